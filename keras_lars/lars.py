@@ -1,5 +1,6 @@
 """LARS: Layer-wise Adaptive Rate Scaling (You, Gitman & Ginsburg, 2017)."""
 
+import numbers
 import re
 
 import keras
@@ -123,8 +124,8 @@ class LARS(keras.optimizers.Optimizer):
         name="lars",
         **kwargs,
     ):
-        if isinstance(learning_rate, int) and not isinstance(learning_rate, bool):
-            learning_rate = float(learning_rate)
+        if isinstance(learning_rate, numbers.Real):
+            learning_rate = float(learning_rate)  # The base class wants a float.
         if isinstance(learning_rate, float) and learning_rate < 0:
             raise ValueError(
                 "`learning_rate` must be >= 0. "
@@ -339,7 +340,7 @@ def _variable_path(variable):
 
 def _check_number(name, value, low, high=None):
     """Raises `ValueError` unless `low <= value` (and `value < high`)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"`{name}` must be a number. Received: {name}={value!r}")
     if value < low or (high is not None and value >= high):
         interval = f"[{low}, {high})" if high is not None else f">= {low}"

@@ -1,5 +1,7 @@
 """The LARS paper's global schedule: linear warm-up, then polynomial decay."""
 
+import numbers
+
 import keras
 from keras import ops
 
@@ -103,8 +105,8 @@ class PolynomialWarmup(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _not_number(value):
-    return isinstance(value, bool) or not isinstance(value, (int, float))
+    return isinstance(value, bool) or not isinstance(value, numbers.Real)

@@ -218,3 +218,44 @@ def test_low_precision_variables_use_float32_norms(dtype, rtol):
     assert np.all(np.isfinite(got))
     assert not np.allclose(got, stored_w)  # it moved
     np.testing.assert_allclose(got, expected, rtol=rtol)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+@pytest.mark.parametrize("exclusion", ["default", "weight_decay_only", "none"])
+def test_norm_of_sum_matches_optax_lars(nesterov, exclusion):
+    """optax.lars (a JAX implementation, whatever the Keras backend) is the
+    reference for the ‖g + βw‖ form; its own schedules build the warm-up."""
+    optax = pytest.importorskip("optax")
+    jnp = pytest.importorskip("jax.numpy")
+    kwargs, _, decayed, adapted = EXCLUSIONS[exclusion]
+    model = make_model()
+    params = {p: jnp.asarray(keras.ops.convert_to_numpy(v))
+              for p, v in zip(PATHS, model.trainable_variables)}
+    gradients = random_gradients(model, STEPS)
+
+    optimizer = keras_lars.LARS(schedule(), nesterov=nesterov,
+                                trust_ratio_denominator="norm_of_sum",
+                                **HYPER, **kwargs)
+    apply_all(optimizer, model.trainable_variables, gradients)
+
+    s = SCHEDULE
+    optax_schedule = optax.join_schedules(
+        [optax.linear_schedule(0.0, s["peak"], s["warmup_steps"]),
+         optax.polynomial_schedule(s["peak"], s["end"], 2, s["decay_steps"])],
+        [s["warmup_steps"]])
+    reference_optimizer = optax.lars(
+        optax_schedule, weight_decay=HYPER["weight_decay"],
+        weight_decay_mask={p: p in decayed for p in PATHS},
+        trust_coefficient=HYPER["trust_coefficient"], eps=HYPER["epsilon"],
+        trust_ratio_mask={p: p in adapted for p in PATHS},
+        momentum=HYPER["momentum"], nesterov=nesterov)
+    state = reference_optimizer.init(params)
+    for step_gradients in gradients:
+        grads = {p: jnp.asarray(g, "float32") for p, g in zip(PATHS, step_gradients)}
+        updates, state = reference_optimizer.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+
+    for path, variable in zip(PATHS, model.trainable_variables):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(variable),
+                                   np.asarray(params[path]), rtol=2e-5, atol=2e-6,
+                                   err_msg=path)
