@@ -238,9 +238,7 @@ class LARS(keras.optimizers.Optimizer):
     def update_step(self, gradient, variable, learning_rate):
         index = self._get_variable_index(variable)
         dtype = variable.dtype
-        # Densifies tf.IndexedSlices, summing repeated indices: the norm needs
-        # the true gradient, and the decay term is dense anyway.
-        gradient = ops.convert_to_tensor(gradient)
+        gradient = _densify(gradient, variable.shape)
         decay = self.weight_decay if index in self._decayed_indices else 0.0
 
         learning_rate = ops.cast(learning_rate, "float32")
@@ -325,6 +323,16 @@ class LARS(keras.optimizers.Optimizer):
             }
         )
         return config
+
+
+def _densify(gradient, shape):
+    """A dense gradient; `tf.IndexedSlices` (Embedding gradients on TensorFlow)
+    are scattered with repeated indices summed. The norm needs the true
+    gradient, and the decay term makes the update dense anyway."""
+    if hasattr(gradient, "indices") and hasattr(gradient, "values"):
+        indices = ops.expand_dims(gradient.indices, -1)
+        return ops.scatter(indices, gradient.values, shape)
+    return gradient
 
 
 def _norm(x):
