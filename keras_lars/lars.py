@@ -329,9 +329,12 @@ def _densify(gradient, shape):
     """A dense gradient; `tf.IndexedSlices` (Embedding gradients on TensorFlow)
     are scattered with repeated indices summed. The norm needs the true
     gradient, and the decay term makes the update dense anyway."""
-    if hasattr(gradient, "indices") and hasattr(gradient, "values"):
-        indices = ops.expand_dims(gradient.indices, -1)
-        return ops.scatter(indices, gradient.values, shape)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if isinstance(gradient, tf.IndexedSlices):
+            indices = ops.expand_dims(gradient.indices, -1)
+            return ops.scatter(indices, gradient.values, shape)
     return gradient
 
 

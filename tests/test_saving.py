@@ -1,0 +1,79 @@
+"""Saving: .keras files, resumed training and tf.train.Checkpoint."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_lars
+import training
+
+
+def compiled_model():
+    net = training.model()
+    net.compile(optimizer=training.optimizer(), loss="mse")
+    return net
+
+
+def fit(net, epochs):
+    x, y = training.data()
+    net.fit(x, y, batch_size=training.BATCH, epochs=epochs, shuffle=False, verbose=0)
+
+
+def optimizer_state(net):
+    return [keras.ops.convert_to_numpy(v) for v in net.optimizer.variables]
+
+
+def test_keras_file_restores_optimizer_state_and_schedule(tmp_path):
+    net = compiled_model()
+    fit(net, epochs=2)
+    net.save(tmp_path / "model.keras")
+
+    restored = keras.models.load_model(tmp_path / "model.keras")
+
+    assert isinstance(restored.optimizer, keras_lars.LARS)
+    assert isinstance(restored.optimizer._learning_rate, keras_lars.PolynomialWarmup)
+    assert restored.optimizer.get_config() == net.optimizer.get_config()
+    assert int(keras.ops.convert_to_numpy(restored.optimizer.iterations)) == 8
+    assert any(np.any(s != 0) for s in optimizer_state(restored)[2:])
+    for got, want in zip(optimizer_state(restored), optimizer_state(net)):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_resumed_training_continues_exactly(tmp_path):
+    uninterrupted = compiled_model()
+    fit(uninterrupted, epochs=4)
+
+    first_half = compiled_model()
+    fit(first_half, epochs=2)
+    first_half.save(tmp_path / "half.keras")
+    resumed = keras.models.load_model(tmp_path / "half.keras")
+    fit(resumed, epochs=2)
+
+    for got, want in zip(resumed.get_weights(), uninterrupted.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    for got, want in zip(optimizer_state(resumed), optimizer_state(uninterrupted)):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    for got, want in zip(resumed.get_weights(), training.reference_training(4)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                    reason="tf.train.Checkpoint is TensorFlow's")
+def test_tf_train_checkpoint_round_trips_slots(tmp_path):
+    import tensorflow as tf
+
+    net = compiled_model()
+    fit(net, epochs=1)
+    path = tf.train.Checkpoint(model=net, optimizer=net.optimizer).save(
+        str(tmp_path / "ckpt"))
+
+    fresh = compiled_model()
+    fresh.optimizer.build(fresh.trainable_variables)
+    tf.train.Checkpoint(model=fresh, optimizer=fresh.optimizer).restore(
+        path).assert_consumed()
+
+    assert len(fresh.optimizer.momentums) == len(net.trainable_variables)
+    for got, want in zip(optimizer_state(fresh), optimizer_state(net)):
+        np.testing.assert_array_equal(got, want)
+    for got, want in zip(fresh.get_weights(), net.get_weights()):
+        np.testing.assert_array_equal(got, want)
