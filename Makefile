@@ -4,7 +4,7 @@ PYTHON := $(VENV)/bin/python
 TESTS ?= tests
 PYTEST := $(PYTHON) -m pytest -q -p no:cacheprovider
 
-.PHONY: install test study
+.PHONY: install test study data
 
 install: $(VENV)/.installed
 
@@ -23,3 +23,20 @@ test: install
 	KERAS_BACKEND=tensorflow $(PYTEST) $(TESTS)
 	KERAS_BACKEND=jax $(PYTEST) $(TESTS)
 	KERAS_BACKEND=torch $(PYTEST) $(TESTS)
+
+# Fashion-MNIST from Debian's package (31 MB, no download at run time).
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+data:
+	@test -f $(FASHION_MNIST) || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	  else \
+	    echo "Fashion-MNIST is missing. Run: sudo apt-get install dataset-fashion-mnist"; \
+	    echo "or: make study STUDY_ARGS=--data_dir=DIR (DIR with the four idx .gz files)"; \
+	    exit 1; \
+	  fi; }
+
+# The main job: the large-batch study (about 9 minutes on 2 cores).
+# STUDY_ARGS=--quick for a 2-minute run, --seeds=3 for more seeds.
+study: install $(if $(findstring data_dir,$(STUDY_ARGS)),,data)
+	$(PYTHON) -m recipes.large_batch_study $(STUDY_ARGS)

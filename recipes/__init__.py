@@ -1,0 +1,1 @@
+"""Training recipes: the large-batch study (and, later, ImageNet)."""
