@@ -441,17 +441,21 @@ def _ratio_panels(ratios, summary):
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("out_dir", "runs/study", "Where the table, CSV and plots go.")
-flags.DEFINE_string("data_dir", None, "A directory with the four Fashion-MNIST idx .gz "
-                    "files; by default the Debian package's or the Keras cache's.")
-flags.DEFINE_bool("quick", False, "A smaller run (about 2 minutes on 2 cores).")
-flags.DEFINE_integer("seeds", 1, "Seeds per configuration; results are averaged.")
-flags.DEFINE_integer("epochs", None, "Epochs per run (default 6; 3 with --quick).")
-flags.DEFINE_list("batch_sizes", None, "Batch sizes (default 128,1024,4096,8192).")
-flags.DEFINE_float("sgd_failure_gap", Thresholds.sgd_failure_gap,
-                   "Points below batch 128 at which linear-scaled SGD counts as failed.")
-flags.DEFINE_float("lars_gap_4k", 4.0, "Allowed LARS shortfall at batch 4096, in points.")
-flags.DEFINE_float("lars_gap_8k", 7.0, "Allowed LARS shortfall at batch 8192, in points.")
+
+
+def define_flags():
+    """Defined only when run as a script, so modules can share flag names."""
+    flags.DEFINE_string("out_dir", "runs/study", "Where the table, CSV and plots go.")
+    flags.DEFINE_string("data_dir", None, "A directory with the four Fashion-MNIST idx .gz "
+                        "files; by default the Debian package's or the Keras cache's.")
+    flags.DEFINE_bool("quick", False, "A smaller run (about 2 minutes on 2 cores).")
+    flags.DEFINE_integer("seeds", 1, "Seeds per configuration; results are averaged.")
+    flags.DEFINE_integer("epochs", None, "Epochs per run (default 6; 3 with --quick).")
+    flags.DEFINE_list("batch_sizes", None, "Batch sizes (default 128,1024,4096,8192).")
+    flags.DEFINE_float("sgd_failure_gap", Thresholds.sgd_failure_gap,
+                       "Points below batch 128 at which linear-scaled SGD counts as failed.")
+    flags.DEFINE_float("lars_gap_4k", 4.0, "Allowed LARS shortfall at batch 4096, in points.")
+    flags.DEFINE_float("lars_gap_8k", 7.0, "Allowed LARS shortfall at batch 8192, in points.")
 
 
 def main(argv):
@@ -471,4 +475,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

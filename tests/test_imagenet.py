@@ -1,0 +1,247 @@
+"""The ImageNet converter and input pipeline, on generated ImageNet-format data."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                                reason="tf.data and TFRecords are TensorFlow's")
+tf = pytest.importorskip("tensorflow")
+
+from recipes import imagenet_input  # noqa: E402
+from tools import imagenet_to_tfrecords as converter  # noqa: E402
+from tools import make_fake_imagenet  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS = 4, 6, 2
+GOOD_ODDITIES = 3  # CMYK, greyscale and PNG: re-encoded and kept
+SHARDS = dict(train_shards=3, validation_shards=2)
+
+
+@pytest.fixture(scope="module")
+def fake(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fake")
+    make_fake_imagenet.make(str(root), CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS,
+                            with_bad_files=True)
+    return root
+
+
+def convert(source, output, **kwargs):
+    return converter.convert(str(source), str(output),
+                             validation_labels=os.path.join(fake_raw(source), "validation_labels.txt"),
+                             synset_names=os.path.join(fake_raw(source), "synsets.txt"),
+                             **{**SHARDS, **kwargs})
+
+
+def fake_raw(source):
+    return os.path.join(os.path.dirname(str(source)), "raw")
+
+
+@pytest.fixture(scope="module")
+def converted(fake, tmp_path_factory):
+    output = tmp_path_factory.mktemp("tfrecords")
+    return output, convert(fake / "raw", output)
+
+
+def shard_bytes(directory):
+    return {name: (directory / name).read_bytes() for name in sorted(os.listdir(directory))
+            if converter.SHARD_NAME.match(name)}
+
+
+def records(directory, split):
+    spec = {k: tf.io.FixedLenFeature([], t) for k, t in [
+        ("image/encoded", tf.string), ("image/class/label", tf.int64),
+        ("image/class/synset", tf.string), ("image/filename", tf.string),
+        ("image/class/text", tf.string), ("image/height", tf.int64)]}
+    files = sorted(str(directory / n) for n in os.listdir(directory) if n.startswith(split + "-"))
+    return [{k: v.numpy() for k, v in tf.io.parse_single_example(r, spec).items()}
+            for r in tf.data.TFRecordDataset(files)]
+
+
+def test_converts_with_schema_labels_and_reports(converted):
+    output, summary = converted
+    train = records(output, "train")
+    assert len(train) == summary["train"]["images"] == CLASSES * TRAIN_PER_CLASS + GOOD_ODDITIES
+    assert len(records(output, "validation")) == CLASSES * VAL_PER_CLASS
+    wnids = [make_fake_imagenet.wnid(c) for c in range(CLASSES)]
+    for record in train:
+        synset = record["image/class/synset"].decode()
+        assert record["image/class/label"] == wnids.index(synset) + 1  # 1..N, sorted
+        assert record["image/class/text"].decode() == f"fake class {wnids.index(synset)}"
+        image = tf.io.decode_jpeg(record["image/encoded"]).numpy()
+        assert image.shape == (48, 64, 3) and record["image/height"] == 48
+    assert sorted(summary["train"]["class_counts"].values()) == [6, 6, 6, 9]
+    skipped = summary["train"]["skipped"]
+    assert len(skipped) == 2
+    assert any("truncated.JPEG" in s for s in skipped)
+    assert any("not_an_image.JPEG" in s for s in skipped)
+    assert all(str(fake_raw(output)) not in s for s in skipped)
+    reencoded = " ".join(summary["train"]["reencoded"])
+    assert "CMYK" in reencoded and "JPEG L" in reencoded and "PNG" in reencoded
+    labels = (output / "labels.txt").read_text().splitlines()
+    assert labels[0] == f"1\t{wnids[0]}\tfake class 0" and len(labels) == CLASSES
+
+
+def test_archives_give_the_same_bytes_as_the_tree(fake, converted, tmp_path):
+    output, _ = converted
+    summary = convert(fake / "archives", tmp_path)
+    assert shard_bytes(tmp_path) == shard_bytes(output)
+    assert all("ILSVRC2012_img_train.tar:" in s for s in summary["train"]["skipped"])
+
+
+def test_interrupted_run_resumes_to_identical_output(fake, converted, tmp_path, monkeypatch):
+    output, _ = converted
+    real_write_shard = converter.write_shard
+    calls = []
+
+    def dies_on_third_shard(job):
+        calls.append(job.name)
+        if len(calls) == 3:  # killed mid-shard: a partial file, then death
+            partial = os.path.join(job.output_dir, converter.WORK_DIR, job.name + ".partial")
+            with open(partial, "wb") as f:
+                f.write(b"half a shard")
+            raise KeyboardInterrupt
+        return real_write_shard(job)
+
+    monkeypatch.setattr(converter, "write_shard", dies_on_third_shard)
+    with pytest.raises(KeyboardInterrupt):
+        convert(fake / "raw", tmp_path)
+    assert len(shard_bytes(tmp_path)) == 2  # no partial shard under a final name
+    monkeypatch.setattr(converter, "write_shard", real_write_shard)
+
+    summary = convert(fake / "raw", tmp_path)
+    assert summary["shards_already_done"] == 2 and summary["shards_written_this_run"] == 3
+    assert shard_bytes(tmp_path) == shard_bytes(output)
+    assert summary["train"]["skipped"] == converted[1]["train"]["skipped"]
+
+
+def test_verify_passes_then_catches_tampering(fake, tmp_path):
+    convert(fake / "raw", tmp_path)
+    assert converter.verify(str(tmp_path)) == []
+    shard = tmp_path / "train-00001-of-00003"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    (tmp_path / "validation-00001-of-00002").write_bytes(
+        (tmp_path / "validation-00000-of-00002").read_bytes())
+    problems = converter.verify(str(tmp_path))
+    assert any(p.startswith(str(shard)) for p in problems), problems
+    assert any("also in validation-00000-of-00002" in p for p in problems), problems
+
+
+def test_command_line_exits_non_zero_on_skips_unless_allowed(fake, tmp_path):
+    base = [sys.executable, "-m", "tools.imagenet_to_tfrecords",
+            f"--raw_data_dir={fake / 'raw'}", f"--output_dir={tmp_path}",
+            f"--validation_labels={fake / 'raw' / 'validation_labels.txt'}",
+            "--train_shards=2", "--validation_shards=1", "--num_workers=2"]
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    first = subprocess.run(base, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 1, first.stdout + first.stderr
+    assert "SKIPPED" in first.stdout and "truncated.JPEG" in first.stdout
+    again = subprocess.run(base + ["--allow_skips"], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "0 shards written, 3 already done" in again.stdout
+    verify = subprocess.run([sys.executable, "-m", "tools.imagenet_to_tfrecords", "--verify",
+                             f"--output_dir={tmp_path}"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert verify.returncode == 0 and "0 problem(s)" in verify.stdout, verify.stdout
+
+
+# --- The input pipeline ------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("training", [True, False])
+def test_pipeline_shapes_dtypes_and_labels(converted, dtype, training):
+    output, _ = converted
+    dataset = imagenet_input.build_dataset(
+        str(output / "train-*"), training=training, global_batch_size=5, image_size=32,
+        dtype=dtype, repeat=False)
+    images, labels = next(iter(dataset))
+    assert images.shape == (5, 32, 32, 3) and images.dtype == tf.as_dtype(dtype)
+    assert np.isfinite(images.numpy().astype(np.float32)).all()
+    assert labels.dtype == tf.int32
+    all_labels = np.concatenate([b[1].numpy() for b in dataset])
+    assert set(all_labels) == set(range(CLASSES))  # 1..N in the files, minus 1
+    raw = imagenet_input.build_dataset(str(output / "train-*"), training=False,
+                                       global_batch_size=5, label_offset=0)
+    assert set(np.concatenate([b[1].numpy() for b in raw])) == set(range(1, CLASSES + 1))
+
+
+def test_tfds_schema(tmp_path):
+    path = str(tmp_path / "imagenet2012-train.tfrecord-00000-of-00001")
+    image = tf.io.encode_jpeg(tf.zeros([40, 50, 3], tf.uint8)).numpy()
+    with tf.io.TFRecordWriter(path) as writer:
+        for label in (0, 999):
+            writer.write(tf.train.Example(features=tf.train.Features(feature={
+                "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
+                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+            })).SerializeToString())
+    dataset = imagenet_input.build_dataset(str(tmp_path / "imagenet2012-train*"),
+                                           training=False, global_batch_size=2,
+                                           schema="tfds", image_size=16)
+    assert next(iter(dataset))[1].numpy().tolist() == [0, 999]
+
+
+def filenames_seen(files, context):
+    spec = {"image/filename": tf.io.FixedLenFeature([], tf.string)}
+    records_ = imagenet_input.read_records(files, training=True, input_context=context,
+                                           seed=1)
+    return [tf.io.parse_single_example(r, spec)["image/filename"].numpy() for r in records_]
+
+
+@pytest.mark.parametrize("pattern", ["train-*", "validation-00000-*"])
+def test_input_contexts_cover_the_data_disjointly_and_completely(converted, pattern):
+    output, _ = converted
+    files = imagenet_input.list_files(str(output / pattern))
+    everything = filenames_seen(files, None)
+    parts = [filenames_seen(files, tf.distribute.InputContext(2, i, 2)) for i in range(2)]
+    assert all(parts) and sorted(parts[0] + parts[1]) == sorted(everything)
+    assert len(set(everything)) == len(everything)
+
+
+def test_per_replica_batch_from_the_input_context(converted):
+    output, _ = converted
+    dataset = imagenet_input.build_dataset(
+        str(output / "train-*"), training=True, global_batch_size=8, image_size=16,
+        input_context=tf.distribute.InputContext(2, 0, 2))
+    assert next(iter(dataset))[0].shape[0] == 4
+
+
+def test_deterministic_mode_repeats_exactly(converted):
+    output, _ = converted
+
+    def first_batches(seed):
+        dataset = imagenet_input.build_dataset(
+            str(output / "train-*"), training=True, global_batch_size=4, image_size=24,
+            deterministic=True, seed=seed)
+        return [b[0].numpy() for b, _ in zip(dataset, range(3))]
+
+    a, b, c = first_batches(7), first_batches(7), first_batches(8)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+
+
+def test_errors_name_the_path(converted, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        imagenet_input.build_dataset(str(tmp_path / "missing" / "train-*"), training=True,
+                                     global_batch_size=2)
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        imagenet_input.build_dataset(str(tmp_path / "train-*"), training=True,
+                                     global_batch_size=2)
+    with pytest.raises(ValueError, match="`dtype`"):
+        imagenet_input.build_dataset(str(converted[0] / "train-*"), training=True,
+                                     global_batch_size=2, dtype="int8")
+    good = (converted[0] / "train-00000-of-00003").read_bytes()
+    (tmp_path / "train-00000-of-00002").write_bytes(good)
+    (tmp_path / "train-00001-of-00002").write_bytes(good[:len(good) // 2])
+    dataset = imagenet_input.build_dataset(str(tmp_path / "train-*"), training=False,
+                                           global_batch_size=2, image_size=16)
+    with pytest.raises(imagenet_input.BadDataError, match="train-00001-of-00002"):
+        with imagenet_input.naming_bad_files(dataset.files):
+            for _ in dataset:
+                pass

@@ -1,0 +1,1 @@
+"""Command-line tools: ImageNet conversion and synthetic ImageNet-format data."""

@@ -1,0 +1,140 @@
+r"""Makes a small ImageNet-format data set, for tests, smoke runs and benchmarks.
+
+Writes, under --output_dir:
+
+    raw/train/<wnid>/<wnid>_<n>.JPEG
+    raw/validation/ILSVRC2012_val_%08d.JPEG
+    raw/validation_labels.txt       one wnid per line, sorted-filename order
+    raw/synsets.txt                 `wnid name` per line
+    archives/ILSVRC2012_img_train.tar   (a tar of per-class tars, as shipped)
+    archives/ILSVRC2012_img_val.tar
+
+Images are random textures whose mean colour depends on the class, so a model
+can learn them. --bad_files adds, to the first class, the awkward cases real
+ImageNet has (a CMYK JPEG, a greyscale JPEG, a PNG named .JPEG) and two that
+cannot be decoded (a truncated JPEG, a text file named .JPEG).
+
+    python -m tools.make_fake_imagenet --output_dir=/tmp/fake --classes=10
+"""
+
+import io
+import os
+import tarfile
+
+import numpy as np
+from absl import app
+from absl import flags
+from PIL import Image
+
+FIRST_WNID = 1440764  # n01440764, ImageNet's first class
+TRUNCATE_TO = 0.5     # keep half of a JPEG for the truncated case
+
+
+def wnid(index):
+    return f"n{FIRST_WNID + index:08d}"
+
+
+def texture(rng, label, classes, size):
+    height, width = size
+    hue = np.array([np.cos(2 * np.pi * label / classes), np.sin(2 * np.pi * label / classes),
+                    np.cos(4 * np.pi * label / classes)])
+    colour = 128 + 90 * hue
+    noise = rng.normal(scale=40, size=(height, width, 3))
+    return np.clip(colour + noise, 0, 255).astype(np.uint8)
+
+
+def jpeg(array, mode="RGB", fmt="JPEG"):
+    out = io.BytesIO()
+    image = Image.fromarray(array)
+    image.convert(mode).save(out, fmt, quality=90)
+    return out.getvalue()
+
+
+def bad_files(rng, size):
+    """{filename suffix: bytes} of the awkward cases; the last two are broken."""
+    good = jpeg(texture(rng, 0, 1, size))
+    return {
+        "cmyk": jpeg(texture(rng, 0, 1, size), mode="CMYK"),
+        "grey": jpeg(texture(rng, 0, 1, size), mode="L"),
+        "png": jpeg(texture(rng, 0, 1, size), fmt="PNG"),
+        "truncated": good[:int(len(good) * TRUNCATE_TO)],
+        "not_an_image": b"this is not an image\n",
+    }
+
+
+def make(output_dir, classes=4, train_per_class=6, validation_per_class=2,
+         size=(48, 64), with_bad_files=False, seed=0):
+    """Writes the raw tree and the archives; returns the raw directory."""
+    rng = np.random.default_rng(seed)
+    raw = os.path.join(output_dir, "raw")
+    files = {}  # relative path -> bytes
+    for c in range(classes):
+        for n in range(train_per_class):
+            files[f"train/{wnid(c)}/{wnid(c)}_{n}.JPEG"] = jpeg(texture(rng, c, classes, size))
+    if with_bad_files:
+        for suffix, data in bad_files(rng, size).items():
+            files[f"train/{wnid(0)}/{wnid(0)}_{suffix}.JPEG"] = data
+    validation_wnids = []
+    labels = rng.permutation(np.repeat(np.arange(classes), validation_per_class))
+    for i, c in enumerate(labels, start=1):
+        files[f"validation/ILSVRC2012_val_{i:08d}.JPEG"] = jpeg(texture(rng, c, classes, size))
+        validation_wnids.append(wnid(c))
+
+    for path, data in files.items():
+        os.makedirs(os.path.dirname(os.path.join(raw, path)), exist_ok=True)
+        with open(os.path.join(raw, path), "wb") as f:
+            f.write(data)
+    with open(os.path.join(raw, "validation_labels.txt"), "w") as f:
+        f.write("\n".join(validation_wnids) + "\n")
+    with open(os.path.join(raw, "synsets.txt"), "w") as f:
+        f.writelines(f"{wnid(c)} fake class {c}\n" for c in range(classes))
+
+    archives = os.path.join(output_dir, "archives")
+    os.makedirs(archives, exist_ok=True)
+    with tarfile.open(os.path.join(archives, "ILSVRC2012_img_train.tar"), "w") as outer:
+        for c in range(classes):
+            inner_bytes = io.BytesIO()
+            with tarfile.open(fileobj=inner_bytes, mode="w") as inner:
+                for path in sorted(p for p in files if p.startswith(f"train/{wnid(c)}/")):
+                    _add(inner, os.path.basename(path), files[path])
+            _add(outer, f"{wnid(c)}.tar", inner_bytes.getvalue())
+    with tarfile.open(os.path.join(archives, "ILSVRC2012_img_val.tar"), "w") as tar:
+        for path in sorted(p for p in files if p.startswith("validation/")):
+            _add(tar, os.path.basename(path), files[path])
+    return raw
+
+
+def _add(tar, name, data):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0  # reproducible archives
+    tar.addfile(info, io.BytesIO(data))
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """Defined only when run as a script, so modules can share flag names."""
+    flags.DEFINE_string("output_dir", None, "Where raw/ and archives/ go.")
+    flags.DEFINE_integer("classes", 4, "Number of classes.")
+    flags.DEFINE_integer("train_per_class", 6, "Training images per class.")
+    flags.DEFINE_integer("validation_per_class", 2, "Validation images per class.")
+    flags.DEFINE_list("size", ["48", "64"], "Image height,width.")
+    flags.DEFINE_bool("bad_files", False, "Add CMYK, greyscale, PNG, truncated and "
+                      "non-image files to the first class.")
+
+
+def main(argv):
+    del argv
+    if not FLAGS.output_dir:
+        raise app.UsageError("--output_dir is required")
+    raw = make(FLAGS.output_dir, FLAGS.classes, FLAGS.train_per_class,
+               FLAGS.validation_per_class, tuple(int(s) for s in FLAGS.size),
+               FLAGS.bad_files)
+    print(f"wrote {raw} and {os.path.join(FLAGS.output_dir, 'archives')}")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
