@@ -17,9 +17,11 @@ $(VENV)/.installed: setup.py
 	$(PYTHON) -m pip install -q -e '.[tensorflow-cpu,jax,torch,study,test]'
 	touch $@
 
-# The whole suite on TensorFlow, then again on JAX and PyTorch (tests that need
-# TensorFlow itself skip there).
+# Lint, then the whole suite on TensorFlow, and again on JAX and PyTorch (tests
+# that need TensorFlow itself skip there).
 test: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	KERAS_BACKEND=tensorflow $(PYTEST) $(TESTS)
 	KERAS_BACKEND=jax $(PYTEST) $(TESTS)
 	KERAS_BACKEND=torch $(PYTEST) $(TESTS)

@@ -31,7 +31,7 @@ setup(
         "torch": ["torch>=2.1"],
         # The large-batch study, the recipes and the ImageNet tools.
         "study": ["absl-py", "matplotlib", "tqdm", "pillow"],
-        "test": ["pytest", "optax>=0.2"],
+        "test": ["pytest", "optax>=0.2", "ruff"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

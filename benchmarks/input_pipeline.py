@@ -24,26 +24,33 @@ from recipes import imagenet_input  # noqa: E402
 from tools import imagenet_to_tfrecords  # noqa: E402
 from tools import make_fake_imagenet  # noqa: E402
 
-IMAGE_SHAPE = (375, 500)   # a typical ImageNet photo
+IMAGE_SHAPE = (375, 500)  # a typical ImageNet photo
 CLASSES = 8
 BATCH = 64
 
 
 def baseline(files):
     """Decode and resize only: the floor any ImageNet pipeline pays."""
+
     def decode(serialized):
         image_bytes, label = imagenet_input.parse(serialized)
-        image = tf.image.resize(tf.io.decode_jpeg(image_bytes, channels=3),
-                                [imagenet_input.IMAGE_SIZE] * 2)
+        image = tf.image.resize(
+            tf.io.decode_jpeg(image_bytes, channels=3), [imagenet_input.IMAGE_SIZE] * 2
+        )
         return image, label
 
-    return (tf.data.TFRecordDataset(files).map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-            .batch(BATCH).prefetch(tf.data.AUTOTUNE))
+    return (
+        tf.data.TFRecordDataset(files)
+        .map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+        .batch(BATCH)
+        .prefetch(tf.data.AUTOTUNE)
+    )
 
 
 def training(files_pattern):
-    return imagenet_input.build_dataset(files_pattern, training=True, global_batch_size=BATCH,
-                                        repeat=False, drop_remainder=False)
+    return imagenet_input.build_dataset(
+        files_pattern, training=True, global_batch_size=BATCH, repeat=False, drop_remainder=False
+    )
 
 
 def images_per_second(dataset):
@@ -63,9 +70,14 @@ def main():
         make_fake_imagenet.make(tmp, CLASSES, args.images // CLASSES, 1, size=IMAGE_SHAPE)
         out = os.path.join(tmp, "tfrecords")
         imagenet_to_tfrecords.convert(
-            os.path.join(tmp, "raw"), out,
+            os.path.join(tmp, "raw"),
+            out,
             os.path.join(tmp, "raw", "validation_labels.txt"),
-            train_shards=8, validation_shards=1, num_workers=1, splits=("train",))
+            train_shards=8,
+            validation_shards=1,
+            num_workers=1,
+            splits=("train",),
+        )
         pattern = os.path.join(out, "train-*")
         files = imagenet_input.list_files(pattern)
         images_per_second(baseline(files))  # warm the page cache and tf.data
@@ -74,8 +86,10 @@ def main():
             base.append(images_per_second(baseline(files)))
             train.append(images_per_second(training(pattern)))
     best_base, best_train = max(base), max(train)
-    print(f"{args.images} images of {IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]}, batch {BATCH}, "
-          f"{cores} cores, best of {args.rounds} rounds")
+    print(
+        f"{args.images} images of {IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]}, batch {BATCH}, "
+        f"{cores} cores, best of {args.rounds} rounds"
+    )
     print("| pipeline | images/s | images/s per core |")
     print("|---|---:|---:|")
     print(f"| decode + resize (baseline) | {best_base:.0f} | {best_base / cores:.0f} |")

@@ -128,8 +128,7 @@ class LARS(keras.optimizers.Optimizer):
             learning_rate = float(learning_rate)  # The base class wants a float.
         if isinstance(learning_rate, float) and learning_rate < 0:
             raise ValueError(
-                "`learning_rate` must be >= 0. "
-                f"Received: learning_rate={learning_rate}"
+                f"`learning_rate` must be >= 0. Received: learning_rate={learning_rate}"
             )
         _check_number("momentum", momentum, low=0.0, high=1.0)
         _check_number("weight_decay", weight_decay, low=0.0)
@@ -183,12 +182,8 @@ class LARS(keras.optimizers.Optimizer):
                 `get_config` keeps them.
         """
         self._check_not_built("exclude_from_weight_decay")
-        self._weight_decay_excluded_keys.update(
-            self._var_key(v) for v in var_list or ()
-        )
-        self.weight_decay_exclude_patterns += tuple(
-            re.escape(n) for n in var_names or ()
-        )
+        self._weight_decay_excluded_keys.update(self._var_key(v) for v in var_list or ())
+        self.weight_decay_exclude_patterns += tuple(re.escape(n) for n in var_names or ())
 
     def exclude_from_layer_adaptation(self, var_list=None, var_names=None):
         """Excludes variables from layer adaptation (they get `λ = 1`).
@@ -200,12 +195,8 @@ class LARS(keras.optimizers.Optimizer):
                 `get_config` keeps them.
         """
         self._check_not_built("exclude_from_layer_adaptation")
-        self._adaptation_excluded_keys.update(
-            self._var_key(v) for v in var_list or ()
-        )
-        self.adaptation_exclude_patterns += tuple(
-            re.escape(n) for n in var_names or ()
-        )
+        self._adaptation_excluded_keys.update(self._var_key(v) for v in var_list or ())
+        self.adaptation_exclude_patterns += tuple(re.escape(n) for n in var_names or ())
 
     def build(self, variables):
         if self.built:
@@ -219,7 +210,8 @@ class LARS(keras.optimizers.Optimizer):
             for i, v in enumerate(variables)
             if self.weight_decay > 0
             and not self._is_excluded(
-                v, self._weight_decay_excluded_keys,
+                v,
+                self._weight_decay_excluded_keys,
                 self.weight_decay_exclude_patterns,
             )
         )
@@ -227,7 +219,8 @@ class LARS(keras.optimizers.Optimizer):
             i
             for i, v in enumerate(variables)
             if not self._is_excluded(
-                v, self._adaptation_excluded_keys,
+                v,
+                self._adaptation_excluded_keys,
                 self.adaptation_exclude_patterns,
             )
         )
@@ -243,9 +236,7 @@ class LARS(keras.optimizers.Optimizer):
 
         learning_rate = ops.cast(learning_rate, "float32")
         if index in self._adapted_indices:
-            learning_rate = self._local_learning_rate(
-                gradient, variable, decay, learning_rate
-            )
+            learning_rate = self._local_learning_rate(gradient, variable, decay, learning_rate)
         learning_rate = ops.cast(learning_rate, dtype)
 
         gradient = ops.cast(gradient, dtype)
@@ -260,9 +251,7 @@ class LARS(keras.optimizers.Optimizer):
         momentum = ops.cast(self.momentum, dtype)
         self.assign(velocity, ops.add(ops.multiply(momentum, velocity), step))
         if self.nesterov:
-            self.assign_sub(
-                variable, ops.add(ops.multiply(momentum, velocity), step)
-            )
+            self.assign_sub(variable, ops.add(ops.multiply(momentum, velocity), step))
         else:
             self.assign_sub(variable, velocity)
 
@@ -279,9 +268,7 @@ class LARS(keras.optimizers.Optimizer):
             denominator = gradient_norm + self.epsilon
         usable = ops.logical_and(weight_norm > 0, gradient_norm > 0)
         # The `where` on the denominator keeps 0/0 out of the unused branch.
-        ratio = (self.trust_coefficient * weight_norm) / ops.where(
-            usable, denominator, 1.0
-        )
+        ratio = (self.trust_coefficient * weight_norm) / ops.where(usable, denominator, 1.0)
         if self.larc_clip:
             return ops.where(usable, ops.minimum(ratio, learning_rate), learning_rate)
         return learning_rate * ops.where(usable, ratio, 1.0)
@@ -314,12 +301,8 @@ class LARS(keras.optimizers.Optimizer):
                 "nesterov": self.nesterov,
                 "trust_ratio_denominator": self.trust_ratio_denominator,
                 "larc_clip": self.larc_clip,
-                "weight_decay_exclude_patterns": list(
-                    self.weight_decay_exclude_patterns
-                ),
-                "adaptation_exclude_patterns": list(
-                    self.adaptation_exclude_patterns
-                ),
+                "weight_decay_exclude_patterns": list(self.weight_decay_exclude_patterns),
+                "adaptation_exclude_patterns": list(self.adaptation_exclude_patterns),
             }
         )
         return config
@@ -370,8 +353,6 @@ def _check_patterns(name, patterns):
             re.compile(pattern)
         except (re.error, TypeError) as error:
             raise ValueError(
-                f"`{name}` holds an invalid regular expression {pattern!r}: "
-                f"{error}"
+                f"`{name}` holds an invalid regular expression {pattern!r}: {error}"
             ) from None
     return patterns
-

@@ -53,18 +53,14 @@ class PolynomialWarmup(keras.optimizers.schedules.LearningRateSchedule):
             ("warmup_start_learning_rate", warmup_start_learning_rate),
         ):
             if _not_number(value) or value < 0:
-                raise ValueError(
-                    f"`{arg}` must be a number >= 0. Received: {arg}={value!r}"
-                )
+                raise ValueError(f"`{arg}` must be a number >= 0. Received: {arg}={value!r}")
         if not _is_int(decay_steps) or decay_steps <= 0:
             raise ValueError(
-                "`decay_steps` must be an integer > 0. "
-                f"Received: decay_steps={decay_steps!r}"
+                f"`decay_steps` must be an integer > 0. Received: decay_steps={decay_steps!r}"
             )
         if not _is_int(warmup_steps) or warmup_steps < 0:
             raise ValueError(
-                "`warmup_steps` must be an integer >= 0. "
-                f"Received: warmup_steps={warmup_steps!r}"
+                f"`warmup_steps` must be an integer >= 0. Received: warmup_steps={warmup_steps!r}"
             )
         if _not_number(power) or power <= 0:
             raise ValueError(f"`power` must be a number > 0. Received: power={power!r}")
@@ -81,9 +77,10 @@ class PolynomialWarmup(keras.optimizers.schedules.LearningRateSchedule):
         peak = self.initial_learning_rate
         # max(W, 1) keeps 0/0 out of the branch `where` discards when W = 0.
         warmup_fraction = step / max(self.warmup_steps, 1)
-        warmup = self.warmup_start_learning_rate + (
-            peak - self.warmup_start_learning_rate
-        ) * warmup_fraction
+        warmup = (
+            self.warmup_start_learning_rate
+            + (peak - self.warmup_start_learning_rate) * warmup_fraction
+        )
         decay_fraction = ops.minimum(step - self.warmup_steps, self.decay_steps) / (
             self.decay_steps
         )

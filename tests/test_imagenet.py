@@ -8,8 +8,9 @@ import keras
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow",
-                                reason="tf.data and TFRecords are TensorFlow's")
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="tf.data and TFRecords are TensorFlow's"
+)
 tf = pytest.importorskip("tensorflow")
 
 from recipes import imagenet_input  # noqa: E402
@@ -25,16 +26,19 @@ SHARDS = dict(train_shards=3, validation_shards=2)
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory):
     root = tmp_path_factory.mktemp("fake")
-    make_fake_imagenet.make(str(root), CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS,
-                            with_bad_files=True)
+    make_fake_imagenet.make(str(root), CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS, with_bad_files=True)
     return root
 
 
 def convert(source, output, **kwargs):
-    return converter.convert(str(source), str(output),
-                             validation_labels=os.path.join(fake_raw(source), "validation_labels.txt"),
-                             synset_names=os.path.join(fake_raw(source), "synsets.txt"),
-                             **{**SHARDS, **kwargs})
+    raw = fake_raw(source)
+    return converter.convert(
+        str(source),
+        str(output),
+        validation_labels=os.path.join(raw, "validation_labels.txt"),
+        synset_names=os.path.join(raw, "synsets.txt"),
+        **{**SHARDS, **kwargs},
+    )
 
 
 def fake_raw(source):
@@ -48,18 +52,30 @@ def converted(fake, tmp_path_factory):
 
 
 def shard_bytes(directory):
-    return {name: (directory / name).read_bytes() for name in sorted(os.listdir(directory))
-            if converter.SHARD_NAME.match(name)}
+    return {
+        name: (directory / name).read_bytes()
+        for name in sorted(os.listdir(directory))
+        if converter.SHARD_NAME.match(name)
+    }
 
 
 def records(directory, split):
-    spec = {k: tf.io.FixedLenFeature([], t) for k, t in [
-        ("image/encoded", tf.string), ("image/class/label", tf.int64),
-        ("image/class/synset", tf.string), ("image/filename", tf.string),
-        ("image/class/text", tf.string), ("image/height", tf.int64)]}
+    spec = {
+        k: tf.io.FixedLenFeature([], t)
+        for k, t in [
+            ("image/encoded", tf.string),
+            ("image/class/label", tf.int64),
+            ("image/class/synset", tf.string),
+            ("image/filename", tf.string),
+            ("image/class/text", tf.string),
+            ("image/height", tf.int64),
+        ]
+    }
     files = sorted(str(directory / n) for n in os.listdir(directory) if n.startswith(split + "-"))
-    return [{k: v.numpy() for k, v in tf.io.parse_single_example(r, spec).items()}
-            for r in tf.data.TFRecordDataset(files)]
+    return [
+        {k: v.numpy() for k, v in tf.io.parse_single_example(r, spec).items()}
+        for r in tf.data.TFRecordDataset(files)
+    ]
 
 
 def test_converts_with_schema_labels_and_reports(converted):
@@ -127,48 +143,75 @@ def test_verify_passes_then_catches_tampering(fake, tmp_path):
     data[len(data) // 2] ^= 0xFF
     shard.write_bytes(bytes(data))
     (tmp_path / "validation-00001-of-00002").write_bytes(
-        (tmp_path / "validation-00000-of-00002").read_bytes())
+        (tmp_path / "validation-00000-of-00002").read_bytes()
+    )
     problems = converter.verify(str(tmp_path))
     assert any(p.startswith(str(shard)) for p in problems), problems
     assert any("also in validation-00000-of-00002" in p for p in problems), problems
 
 
 def test_command_line_exits_non_zero_on_skips_unless_allowed(fake, tmp_path):
-    base = [sys.executable, "-m", "tools.imagenet_to_tfrecords",
-            f"--raw_data_dir={fake / 'raw'}", f"--output_dir={tmp_path}",
-            f"--validation_labels={fake / 'raw' / 'validation_labels.txt'}",
-            "--train_shards=2", "--validation_shards=1", "--num_workers=2"]
+    base = [
+        sys.executable,
+        "-m",
+        "tools.imagenet_to_tfrecords",
+        f"--raw_data_dir={fake / 'raw'}",
+        f"--output_dir={tmp_path}",
+        f"--validation_labels={fake / 'raw' / 'validation_labels.txt'}",
+        "--train_shards=2",
+        "--validation_shards=1",
+        "--num_workers=2",
+    ]
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
     first = subprocess.run(base, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 1, first.stdout + first.stderr
     assert "SKIPPED" in first.stdout and "truncated.JPEG" in first.stdout
-    again = subprocess.run(base + ["--allow_skips"], cwd=ROOT, env=env, capture_output=True,
-                           text=True, timeout=300)
+    again = subprocess.run(
+        base + ["--allow_skips"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert again.returncode == 0, again.stdout + again.stderr
     assert "0 shards written, 3 already done" in again.stdout
-    verify = subprocess.run([sys.executable, "-m", "tools.imagenet_to_tfrecords", "--verify",
-                             f"--output_dir={tmp_path}"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=300)
+    verify = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tools.imagenet_to_tfrecords",
+            "--verify",
+            f"--output_dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert verify.returncode == 0 and "0 problem(s)" in verify.stdout, verify.stdout
 
 
 # --- The input pipeline ------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 @pytest.mark.parametrize("training", [True, False])
 def test_pipeline_shapes_dtypes_and_labels(converted, dtype, training):
     output, _ = converted
     dataset = imagenet_input.build_dataset(
-        str(output / "train-*"), training=training, global_batch_size=5, image_size=32,
-        dtype=dtype, repeat=False)
+        str(output / "train-*"),
+        training=training,
+        global_batch_size=5,
+        image_size=32,
+        dtype=dtype,
+        repeat=False,
+    )
     images, labels = next(iter(dataset))
     assert images.shape == (5, 32, 32, 3) and images.dtype == tf.as_dtype(dtype)
     assert np.isfinite(images.numpy().astype(np.float32)).all()
     assert labels.dtype == tf.int32
     all_labels = np.concatenate([b[1].numpy() for b in dataset])
     assert set(all_labels) == set(range(CLASSES))  # 1..N in the files, minus 1
-    raw = imagenet_input.build_dataset(str(output / "train-*"), training=False,
-                                       global_batch_size=5, label_offset=0)
+    raw = imagenet_input.build_dataset(
+        str(output / "train-*"), training=False, global_batch_size=5, label_offset=0
+    )
     assert set(np.concatenate([b[1].numpy() for b in raw])) == set(range(1, CLASSES + 1))
 
 
@@ -177,20 +220,29 @@ def test_tfds_schema(tmp_path):
     image = tf.io.encode_jpeg(tf.zeros([40, 50, 3], tf.uint8)).numpy()
     with tf.io.TFRecordWriter(path) as writer:
         for label in (0, 999):
-            writer.write(tf.train.Example(features=tf.train.Features(feature={
-                "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
-                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
-            })).SerializeToString())
-    dataset = imagenet_input.build_dataset(str(tmp_path / "imagenet2012-train*"),
-                                           training=False, global_batch_size=2,
-                                           schema="tfds", image_size=16)
+            writer.write(
+                tf.train.Example(
+                    features=tf.train.Features(
+                        feature={
+                            "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
+                            "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+                        }
+                    )
+                ).SerializeToString()
+            )
+    dataset = imagenet_input.build_dataset(
+        str(tmp_path / "imagenet2012-train*"),
+        training=False,
+        global_batch_size=2,
+        schema="tfds",
+        image_size=16,
+    )
     assert next(iter(dataset))[1].numpy().tolist() == [0, 999]
 
 
 def filenames_seen(files, context):
     spec = {"image/filename": tf.io.FixedLenFeature([], tf.string)}
-    records_ = imagenet_input.read_records(files, training=True, input_context=context,
-                                           seed=1)
+    records_ = imagenet_input.read_records(files, training=True, input_context=context, seed=1)
     return [tf.io.parse_single_example(r, spec)["image/filename"].numpy() for r in records_]
 
 
@@ -207,8 +259,12 @@ def test_input_contexts_cover_the_data_disjointly_and_completely(converted, patt
 def test_per_replica_batch_from_the_input_context(converted):
     output, _ = converted
     dataset = imagenet_input.build_dataset(
-        str(output / "train-*"), training=True, global_batch_size=8, image_size=16,
-        input_context=tf.distribute.InputContext(2, 0, 2))
+        str(output / "train-*"),
+        training=True,
+        global_batch_size=8,
+        image_size=16,
+        input_context=tf.distribute.InputContext(2, 0, 2),
+    )
     assert next(iter(dataset))[0].shape[0] == 4
 
 
@@ -217,8 +273,13 @@ def test_deterministic_mode_repeats_exactly(converted):
 
     def first_batches(seed):
         dataset = imagenet_input.build_dataset(
-            str(output / "train-*"), training=True, global_batch_size=4, image_size=24,
-            deterministic=True, seed=seed)
+            str(output / "train-*"),
+            training=True,
+            global_batch_size=4,
+            image_size=24,
+            deterministic=True,
+            seed=seed,
+        )
         return [b[0].numpy() for b, _ in zip(dataset, range(3))]
 
     a, b, c = first_batches(7), first_batches(7), first_batches(8)
@@ -228,19 +289,21 @@ def test_deterministic_mode_repeats_exactly(converted):
 
 def test_errors_name_the_path(converted, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        imagenet_input.build_dataset(str(tmp_path / "missing" / "train-*"), training=True,
-                                     global_batch_size=2)
+        imagenet_input.build_dataset(
+            str(tmp_path / "missing" / "train-*"), training=True, global_batch_size=2
+        )
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
-        imagenet_input.build_dataset(str(tmp_path / "train-*"), training=True,
-                                     global_batch_size=2)
+        imagenet_input.build_dataset(str(tmp_path / "train-*"), training=True, global_batch_size=2)
     with pytest.raises(ValueError, match="`dtype`"):
-        imagenet_input.build_dataset(str(converted[0] / "train-*"), training=True,
-                                     global_batch_size=2, dtype="int8")
+        imagenet_input.build_dataset(
+            str(converted[0] / "train-*"), training=True, global_batch_size=2, dtype="int8"
+        )
     good = (converted[0] / "train-00000-of-00003").read_bytes()
     (tmp_path / "train-00000-of-00002").write_bytes(good)
-    (tmp_path / "train-00001-of-00002").write_bytes(good[:len(good) // 2])
-    dataset = imagenet_input.build_dataset(str(tmp_path / "train-*"), training=False,
-                                           global_batch_size=2, image_size=16)
+    (tmp_path / "train-00001-of-00002").write_bytes(good[: len(good) // 2])
+    dataset = imagenet_input.build_dataset(
+        str(tmp_path / "train-*"), training=False, global_batch_size=2, image_size=16
+    )
     with pytest.raises(imagenet_input.BadDataError, match="train-00001-of-00002"):
         with imagenet_input.naming_bad_files(dataset.files):
             for _ in dataset:

@@ -11,9 +11,14 @@ import keras_lars
 
 def dense_model():
     return keras.Sequential(
-        [keras.Input((3,)), keras.layers.Dense(2, name="dense"),
-         keras.layers.LayerNormalization(name="norm"),
-         keras.layers.Dense(1, name="head")], name="net")
+        [
+            keras.Input((3,)),
+            keras.layers.Dense(2, name="dense"),
+            keras.layers.LayerNormalization(name="norm"),
+            keras.layers.Dense(1, name="head"),
+        ],
+        name="net",
+    )
 
 
 @pytest.mark.parametrize(
@@ -44,10 +49,16 @@ def test_integer_learning_rate_is_accepted():
 
 def test_default_exclusions_on_keras_layers():
     model = keras.Sequential(
-        [keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3),
-         keras.layers.BatchNormalization(), keras.layers.GroupNormalization(2),
-         keras.layers.Flatten(), keras.layers.Dense(2),
-         keras.layers.LayerNormalization()])
+        [
+            keras.Input((8, 8, 3)),
+            keras.layers.Conv2D(4, 3),
+            keras.layers.BatchNormalization(),
+            keras.layers.GroupNormalization(2),
+            keras.layers.Flatten(),
+            keras.layers.Dense(2),
+            keras.layers.LayerNormalization(),
+        ]
+    )
     optimizer = keras_lars.LARS()
     optimizer.build(model.trainable_variables)
     adapted = {model.trainable_variables[i].path for i in optimizer._adapted_indices}
@@ -58,8 +69,7 @@ def test_default_exclusions_on_keras_layers():
 
 
 def test_exclusion_methods_are_kept_in_config():
-    optimizer = keras_lars.LARS(weight_decay_exclude_patterns=(),
-                                adaptation_exclude_patterns=())
+    optimizer = keras_lars.LARS(weight_decay_exclude_patterns=(), adaptation_exclude_patterns=())
     optimizer.exclude_from_weight_decay(var_names=["norm/gamma", "a.b"])
     optimizer.exclude_from_layer_adaptation(var_names=["head"])
     config = optimizer.get_config()
@@ -70,15 +80,17 @@ def test_exclusion_methods_are_kept_in_config():
     restored.build(model.trainable_variables)
     paths = [v.path for v in model.trainable_variables]
     assert {paths[i] for i in restored._adapted_indices} == {
-        "net/dense/kernel", "net/dense/bias", "net/norm/gamma", "net/norm/beta"}
-    assert {paths[i] for i in restored._decayed_indices} == set(paths) - {
-        "net/norm/gamma"}
+        "net/dense/kernel",
+        "net/dense/bias",
+        "net/norm/gamma",
+        "net/norm/beta",
+    }
+    assert {paths[i] for i in restored._decayed_indices} == set(paths) - {"net/norm/gamma"}
 
 
 def test_exclusion_by_variable_object():
     model = dense_model()
-    optimizer = keras_lars.LARS(weight_decay_exclude_patterns=(),
-                                adaptation_exclude_patterns=())
+    optimizer = keras_lars.LARS(weight_decay_exclude_patterns=(), adaptation_exclude_patterns=())
     head_kernel = model.get_layer("head").kernel
     optimizer.exclude_from_layer_adaptation(var_list=[head_kernel])
     optimizer.build(model.trainable_variables)
@@ -113,21 +125,38 @@ def test_excluded_variable_with_zero_gradient_does_not_move():
 def test_config_round_trip_keeps_every_argument():
     optimizer = keras_lars.LARS(
         learning_rate=keras_lars.PolynomialWarmup(7.0, 100, warmup_steps=5),
-        momentum=0.95, weight_decay=1e-4, trust_coefficient=0.02, epsilon=1e-9,
-        nesterov=True, trust_ratio_denominator="norm_of_sum", larc_clip=True,
-        weight_decay_exclude_patterns=["bias$"], adaptation_exclude_patterns=["gamma"],
-        global_clipnorm=1.0, gradient_accumulation_steps=4, name="my_lars")
+        momentum=0.95,
+        weight_decay=1e-4,
+        trust_coefficient=0.02,
+        epsilon=1e-9,
+        nesterov=True,
+        trust_ratio_denominator="norm_of_sum",
+        larc_clip=True,
+        weight_decay_exclude_patterns=["bias$"],
+        adaptation_exclude_patterns=["gamma"],
+        global_clipnorm=1.0,
+        gradient_accumulation_steps=4,
+        name="my_lars",
+    )
     config = optimizer.get_config()
     # Keras's from_config swaps the schedule's dict for the object in place.
     restored = keras_lars.LARS.from_config(copy.deepcopy(config))
     assert restored.get_config() == config
     assert isinstance(restored._learning_rate, keras_lars.PolynomialWarmup)
-    expected = dict(momentum=0.95, weight_decay=1e-4, trust_coefficient=0.02,
-                    epsilon=1e-9, nesterov=True,
-                    trust_ratio_denominator="norm_of_sum", larc_clip=True,
-                    weight_decay_exclude_patterns=["bias$"],
-                    adaptation_exclude_patterns=["gamma"], global_clipnorm=1.0,
-                    gradient_accumulation_steps=4, name="my_lars")
+    expected = dict(
+        momentum=0.95,
+        weight_decay=1e-4,
+        trust_coefficient=0.02,
+        epsilon=1e-9,
+        nesterov=True,
+        trust_ratio_denominator="norm_of_sum",
+        larc_clip=True,
+        weight_decay_exclude_patterns=["bias$"],
+        adaptation_exclude_patterns=["gamma"],
+        global_clipnorm=1.0,
+        gradient_accumulation_steps=4,
+        name="my_lars",
+    )
     assert {k: config[k] for k in expected} == expected
 
 
@@ -135,8 +164,8 @@ def test_found_by_registered_name():
     by_name = keras.optimizers.get("keras_lars>LARS")
     assert isinstance(by_name, keras_lars.LARS)
     from_dict = keras.optimizers.get(
-        {"class_name": "keras_lars>LARS", "config": {"learning_rate": 3.0,
-                                                    "larc_clip": True}})
+        {"class_name": "keras_lars>LARS", "config": {"learning_rate": 3.0, "larc_clip": True}}
+    )
     assert from_dict.larc_clip and from_dict.get_config()["learning_rate"] == 3.0
     optimizer = keras_lars.LARS(keras_lars.PolynomialWarmup(2.0, 10), momentum=0.8)
     restored = keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))

@@ -57,20 +57,19 @@ def test_resumed_training_continues_exactly(tmp_path):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
-                    reason="tf.train.Checkpoint is TensorFlow's")
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="tf.train.Checkpoint is TensorFlow's"
+)
 def test_tf_train_checkpoint_round_trips_slots(tmp_path):
     import tensorflow as tf
 
     net = compiled_model()
     fit(net, epochs=1)
-    path = tf.train.Checkpoint(model=net, optimizer=net.optimizer).save(
-        str(tmp_path / "ckpt"))
+    path = tf.train.Checkpoint(model=net, optimizer=net.optimizer).save(str(tmp_path / "ckpt"))
 
     fresh = compiled_model()
     fresh.optimizer.build(fresh.trainable_variables)
-    tf.train.Checkpoint(model=fresh, optimizer=fresh.optimizer).restore(
-        path).assert_consumed()
+    tf.train.Checkpoint(model=fresh, optimizer=fresh.optimizer).restore(path).assert_consumed()
 
     assert len(fresh.optimizer.momentums) == len(net.trainable_variables)
     for got, want in zip(optimizer_state(fresh), optimizer_state(net)):

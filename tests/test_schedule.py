@@ -1,7 +1,6 @@
 """PolynomialWarmup: tables of (step, expected rate), dtypes, errors, config."""
 
 import keras
-import numpy as np
 import pytest
 
 import keras_lars
@@ -13,17 +12,20 @@ import reference
 MLPERF_WARMUP = 313 * 5
 MLPERF_TRAIN = 313 * 41
 MLPERF = keras_lars.PolynomialWarmup(
-    10.0, decay_steps=MLPERF_TRAIN - MLPERF_WARMUP + 1,
-    warmup_steps=MLPERF_WARMUP, end_learning_rate=1e-4)
+    10.0,
+    decay_steps=MLPERF_TRAIN - MLPERF_WARMUP + 1,
+    warmup_steps=MLPERF_WARMUP,
+    end_learning_rate=1e-4,
+)
 MLPERF_TABLE = [
     (0, 0.0),
     (1, 10.0 / 1565),
-    (313, 2.0),                      # one epoch = a fifth of warm-up
+    (313, 2.0),  # one epoch = a fifth of warm-up
     (1564, 10.0 * 1564 / 1565),
-    (1565, 10.0),                    # REFERENCE.md §2: LR 10.0 at step 1565
-    (1565 + 11269, 1e-4),            # decay ends one step after training does
-    (MLPERF_TRAIN, 1e-4 + (10.0 - 1e-4) / 11269 ** 2),
-    (10**6, 1e-4),                   # constant afterwards
+    (1565, 10.0),  # REFERENCE.md §2: LR 10.0 at step 1565
+    (1565 + 11269, 1e-4),  # decay ends one step after training does
+    (MLPERF_TRAIN, 1e-4 + (10.0 - 1e-4) / 11269**2),
+    (10**6, 1e-4),  # constant afterwards
 ]
 
 # Round numbers: peak 4, 10 warm-up steps, 100 decay steps.
@@ -44,8 +46,7 @@ def test_mlperf_table(step, expected):
 
 @pytest.mark.parametrize("kwargs,table", SIMPLE_TABLE)
 def test_simple_table(kwargs, table):
-    schedule = keras_lars.PolynomialWarmup(
-        4.0, decay_steps=100, **{"warmup_steps": 10, **kwargs})
+    schedule = keras_lars.PolynomialWarmup(4.0, decay_steps=100, **{"warmup_steps": 10, **kwargs})
     for step, expected in table:
         got = float(keras.ops.convert_to_numpy(schedule(step)))
         assert got == pytest.approx(expected, rel=1e-6, abs=1e-7), step
@@ -53,8 +54,13 @@ def test_simple_table(kwargs, table):
 
 def test_matches_reference_everywhere():
     schedule = keras_lars.PolynomialWarmup(
-        3.0, decay_steps=37, warmup_steps=11, end_learning_rate=0.2,
-        warmup_start_learning_rate=0.1, power=2.0)
+        3.0,
+        decay_steps=37,
+        warmup_steps=11,
+        end_learning_rate=0.2,
+        warmup_start_learning_rate=0.1,
+        power=2.0,
+    )
     for step in range(60):
         want = reference.polynomial_warmup(step, 3.0, 37, 11, 0.2, 2.0, 0.1)
         got = float(keras.ops.convert_to_numpy(schedule(step)))
@@ -78,10 +84,17 @@ def test_drives_the_optimizer_step_counter():
 
 def test_config_round_trip():
     schedule = keras_lars.PolynomialWarmup(
-        3.0, 37, warmup_steps=11, end_learning_rate=0.2, power=1.5,
-        warmup_start_learning_rate=0.1, name="custom")
+        3.0,
+        37,
+        warmup_steps=11,
+        end_learning_rate=0.2,
+        power=1.5,
+        warmup_start_learning_rate=0.1,
+        name="custom",
+    )
     restored = keras.optimizers.schedules.deserialize(
-        keras.optimizers.schedules.serialize(schedule))
+        keras.optimizers.schedules.serialize(schedule)
+    )
     assert isinstance(restored, keras_lars.PolynomialWarmup)
     assert restored.get_config() == schedule.get_config()
     assert restored.get_config()["name"] == "custom"

@@ -15,8 +15,7 @@ NAN = math.nan
 
 
 def write_idx(path, array, magic):
-    header = magic.to_bytes(4, "big") + b"".join(
-        d.to_bytes(4, "big") for d in array.shape)
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
     with gzip.open(path, "wb") as f:
         f.write(header + array.astype(np.uint8).tobytes())
 
@@ -29,7 +28,7 @@ def fashion_dir(tmp_path):
         labels = rng.integers(0, 10, size=n)
         images = rng.integers(0, 60, size=(n, 28, 28))
         for i, label in enumerate(labels):  # class k lights up row band k
-            images[i, 2 * label: 2 * label + 3, :] = 250
+            images[i, 2 * label : 2 * label + 3, :] = 250
         write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", images, 2051)
         write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", labels, 2049)
     return tmp_path
@@ -56,8 +55,10 @@ def test_missing_and_corrupt_files_are_named(fashion_dir):
 
 def summary_of(linear, sgd_best, lars_best):
     """Builds a summary from {batch: accuracy} per line (rate 1.0 everywhere)."""
-    return {line: {b: (a, 1.0) for b, a in values.items()}
-            for line, values in zip(study.LINES, (linear, sgd_best, lars_best))}
+    return {
+        line: {b: (a, 1.0) for b, a in values.items()}
+        for line, values in zip(study.LINES, (linear, sgd_best, lars_best))
+    }
 
 
 BASE = {128: 90.0}
@@ -67,14 +68,26 @@ BASE = {128: 90.0}
     "linear,sgd_best,lars_best,expected",
     [
         # The paper's picture: every part holds.
-        ({4096: 70.0, 8192: NAN}, {4096: 84.0, 8192: 80.0}, {4096: 87.0, 8192: 84.0},
-         [True, True, True, True, True, True]),
+        (
+            {4096: 70.0, 8192: NAN},
+            {4096: 84.0, 8192: 80.0},
+            {4096: 87.0, 8192: 84.0},
+            [True, True, True, True, True, True],
+        ),
         # Linear SGD only 5 points down at 4K; LARS 5 points down at 4K.
-        ({4096: 85.0, 8192: 60.0}, {4096: 86.0, 8192: 80.0}, {4096: 85.0, 8192: 83.5},
-         [False, True, False, True, False, True]),
+        (
+            {4096: 85.0, 8192: 60.0},
+            {4096: 86.0, 8192: 80.0},
+            {4096: 85.0, 8192: 83.5},
+            [False, True, False, True, False, True],
+        ),
         # LARS diverged at 8K; SGD's sweep beat LARS at 4K.
-        ({4096: NAN, 8192: NAN}, {4096: 88.0, 8192: NAN}, {4096: 87.0, 8192: NAN},
-         [True, True, True, False, False, False]),
+        (
+            {4096: NAN, 8192: NAN},
+            {4096: 88.0, 8192: NAN},
+            {4096: 87.0, 8192: NAN},
+            [True, True, True, False, False, False],
+        ),
     ],
 )
 def test_claim_checker(linear, sgd_best, lars_best, expected):
@@ -84,8 +97,11 @@ def test_claim_checker(linear, sgd_best, lars_best, expected):
 
 
 def test_claim_thresholds_are_arguments():
-    summary = summary_of({**BASE, 4096: 85.0, 8192: 85.0}, {**BASE, 4096: 85.0, 8192: 85.0},
-                         {**BASE, 4096: 86.0, 8192: 86.0})
+    summary = summary_of(
+        {**BASE, 4096: 85.0, 8192: 85.0},
+        {**BASE, 4096: 85.0, 8192: 85.0},
+        {**BASE, 4096: 86.0, 8192: 86.0},
+    )
     strict = study.check_claims(summary)
     lenient = study.check_claims(summary, study.Thresholds(sgd_failure_gap=5.0))
     assert [c.held for c in strict[:2]] == [False, False]
@@ -98,17 +114,28 @@ def test_missing_batch_size_is_not_tested():
 
 
 def row(optimizer, batch, lr, seed, val, test, linear=False):
-    return dict(optimizer=optimizer, batch_size=batch, learning_rate=lr,
-                linear_scaled=linear, seed=seed, val_accuracy=val, test_accuracy=test)
+    return dict(
+        optimizer=optimizer,
+        batch_size=batch,
+        learning_rate=lr,
+        linear_scaled=linear,
+        seed=seed,
+        val_accuracy=val,
+        test_accuracy=test,
+    )
 
 
 def test_summarize_selects_on_validation_and_averages_seeds():
     rows = [
         row("sgd", 64, 0.8, 0, NAN, NAN, linear=True),
-        row("sgd", 64, 0.2, 0, 0.80, 0.70), row("sgd", 64, 0.2, 1, 0.90, 0.80),
-        row("sgd", 64, 0.05, 0, 0.84, 0.95), row("sgd", 64, 0.05, 1, 0.84, 0.95),
-        row("lars", 64, 1.0, 0, 0.9, 0.9), row("lars", 64, 1.0, 1, NAN, NAN),
-        row("lars", 64, 3.0, 0, 0.5, 0.6), row("lars", 64, 3.0, 1, 0.7, 0.6),
+        row("sgd", 64, 0.2, 0, 0.80, 0.70),
+        row("sgd", 64, 0.2, 1, 0.90, 0.80),
+        row("sgd", 64, 0.05, 0, 0.84, 0.95),
+        row("sgd", 64, 0.05, 1, 0.84, 0.95),
+        row("lars", 64, 1.0, 0, 0.9, 0.9),
+        row("lars", 64, 1.0, 1, NAN, NAN),
+        row("lars", 64, 3.0, 0, 0.5, 0.6),
+        row("lars", 64, 3.0, 1, 0.7, 0.6),
     ]
     summary = study.summarize(rows, [64])
     assert math.isnan(summary[study.SGD_LINEAR][64][0])
@@ -119,15 +146,26 @@ def test_summarize_selects_on_validation_and_averages_seeds():
     assert summary[study.LARS_BEST][64] == pytest.approx((60.0, 3.0))
 
 
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
-                    reason="the study records gradients with tf.GradientTape")
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="the study records gradients with tf.GradientTape",
+)
 def test_end_to_end_on_a_tiny_set(fashion_dir, tmp_path):
-    config = study.StudyConfig(batch_sizes=(16, 64), epochs=2, warmup_epochs=1,
-                               sgd_sweep=(1.0, 0.25), lars_lrs=(3.0,),
-                               validation_examples=100)
+    config = study.StudyConfig(
+        batch_sizes=(16, 64),
+        epochs=2,
+        warmup_epochs=1,
+        sgd_sweep=(1.0, 0.25),
+        lars_lrs=(3.0,),
+        validation_examples=100,
+    )
     out = tmp_path / "out"
-    claims = study.run_study(config, fashion_mnist.load(str(fashion_dir)), str(out),
-                             study.Thresholds(lars_gaps=((64, 50.0),)))
+    claims = study.run_study(
+        config,
+        fashion_mnist.load(str(fashion_dir)),
+        str(out),
+        study.Thresholds(lars_gaps=((64, 50.0),)),
+    )
 
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))

@@ -23,22 +23,28 @@ def data(seed=0):
 
 def initial_params(seed=0):
     rng = np.random.default_rng(seed + 100)
-    return [rng.normal(scale=0.5, size=s).astype("float32")
-            for s in [(IN, HIDDEN), (HIDDEN,), (HIDDEN, OUT), (OUT,)]]
+    return [
+        rng.normal(scale=0.5, size=s).astype("float32")
+        for s in [(IN, HIDDEN), (HIDDEN,), (HIDDEN, OUT), (OUT,)]
+    ]
 
 
 def model():
     net = keras.Sequential(
-        [keras.Input((IN,)), keras.layers.Dense(HIDDEN, name="hidden"),
-         keras.layers.Dense(OUT, name="out")], name="linear_mlp")
+        [
+            keras.Input((IN,)),
+            keras.layers.Dense(HIDDEN, name="hidden"),
+            keras.layers.Dense(OUT, name="out"),
+        ],
+        name="linear_mlp",
+    )
     net.set_weights(initial_params())
     return net
 
 
 def optimizer(**kwargs):
     s = SCHEDULE
-    schedule = keras_lars.PolynomialWarmup(s["peak"], s["decay_steps"],
-                                           s["warmup_steps"])
+    schedule = keras_lars.PolynomialWarmup(s["peak"], s["decay_steps"], s["warmup_steps"])
     return keras_lars.LARS(schedule, **HYPER, **kwargs)
 
 
@@ -51,11 +57,12 @@ def reference_training(epochs):
     for _ in range(epochs):
         for start in range(0, EXAMPLES, BATCH):
             grads = reference.linear_mlp_gradients(
-                params, x[start:start + BATCH], y[start:start + BATCH])
+                params, x[start : start + BATCH], y[start : start + BATCH]
+            )
             lr = reference.polynomial_warmup(step, **SCHEDULE)
             for i, g in enumerate(grads):
                 params[i], velocities[i] = reference.lars_step(
-                    params[i], g, velocities[i], lr, decayed=DECAYED[i],
-                    adapted=ADAPTED[i], **HYPER)
+                    params[i], g, velocities[i], lr, decayed=DECAYED[i], adapted=ADAPTED[i], **HYPER
+                )
             step += 1
     return params

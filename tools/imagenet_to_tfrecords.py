@@ -43,8 +43,8 @@ from tqdm import tqdm
 TRAIN_ARCHIVE = "ILSVRC2012_img_train.tar"
 VALIDATION_ARCHIVE = "ILSVRC2012_img_val.tar"
 SPLITS = ("train", "validation")
-JPEG_QUALITY = 95        # for re-encoded images only; RGB JPEGs are kept as is
-SHUFFLE_SEED = 12345     # training files are shuffled before sharding
+JPEG_QUALITY = 95  # for re-encoded images only; RGB JPEGs are kept as is
+SHUFFLE_SEED = 12345  # training files are shuffled before sharding
 WORK_DIR = ".conversion"  # unfinished shards and per-shard statistics
 SHARD_NAME = re.compile(r"^(train|validation)-(\d{5})-of-(\d{5})$")
 
@@ -78,14 +78,17 @@ class BadImage(Exception):
 
 # --- Listing -----------------------------------------------------------------
 
+
 def list_train(raw_dir):
     tree = os.path.join(raw_dir, "train")
     archive = os.path.join(raw_dir, TRAIN_ARCHIVE)
     if os.path.isdir(tree):
-        return [_file_ref(os.path.join(tree, wnid, name), wnid)
-                for wnid in sorted(os.listdir(tree))
-                if os.path.isdir(os.path.join(tree, wnid))
-                for name in sorted(os.listdir(os.path.join(tree, wnid)))]
+        return [
+            _file_ref(os.path.join(tree, wnid, name), wnid)
+            for wnid in sorted(os.listdir(tree))
+            if os.path.isdir(os.path.join(tree, wnid))
+            for name in sorted(os.listdir(os.path.join(tree, wnid)))
+        ]
     if os.path.isfile(archive):
         return _list_train_archive(archive)
     raise FileNotFoundError(f"No training data: neither {tree} nor {archive} exists")
@@ -97,17 +100,22 @@ def list_validation(raw_dir, labels_file):
     if os.path.isdir(tree):
         entries = sorted(os.listdir(tree))
         if entries and all(os.path.isdir(os.path.join(tree, e)) for e in entries):
-            return [_file_ref(os.path.join(tree, wnid, name), wnid) for wnid in entries
-                    for name in sorted(os.listdir(os.path.join(tree, wnid)))]
+            return [
+                _file_ref(os.path.join(tree, wnid, name), wnid)
+                for wnid in entries
+                for name in sorted(os.listdir(os.path.join(tree, wnid)))
+            ]
         files = [(name, os.path.join(tree, name)) for name in entries]
         make = lambda name, path, wnid: _file_ref(path, wnid)  # noqa: E731
     elif os.path.isfile(archive):
         with tarfile.open(archive) as tar:
-            members = sorted((m for m in tar.getmembers() if m.isfile()),
-                             key=lambda m: os.path.basename(m.name))
+            members = sorted(
+                (m for m in tar.getmembers() if m.isfile()), key=lambda m: os.path.basename(m.name)
+            )
         files = [(os.path.basename(m.name), m) for m in members]
         make = lambda name, m, wnid: ImageRef(  # noqa: E731
-            name, wnid, archive, m.offset_data, m.size, f"{archive}:{m.name}")
+            name, wnid, archive, m.offset_data, m.size, f"{archive}:{m.name}"
+        )
     else:
         raise FileNotFoundError(f"No validation data: neither {tree} nor {archive} exists")
     wnids = _read_validation_labels(labels_file, len(files))
@@ -125,26 +133,33 @@ def _list_train_archive(archive):
         for member in sorted(outer.getmembers(), key=lambda m: m.name):
             if not member.name.endswith(".tar"):
                 continue
-            wnid = os.path.basename(member.name)[:-len(".tar")]
+            wnid = os.path.basename(member.name)[: -len(".tar")]
             with tarfile.open(fileobj=outer.extractfile(member)) as inner:
                 for image in sorted(inner.getmembers(), key=lambda m: m.name):
                     if image.isfile():
-                        refs.append(ImageRef(
-                            os.path.basename(image.name), wnid, archive,
-                            member.offset_data + image.offset_data, image.size,
-                            f"{archive}:{member.name}/{image.name}"))
+                        refs.append(
+                            ImageRef(
+                                os.path.basename(image.name),
+                                wnid,
+                                archive,
+                                member.offset_data + image.offset_data,
+                                image.size,
+                                f"{archive}:{member.name}/{image.name}",
+                            )
+                        )
     return refs
 
 
 def _read_validation_labels(labels_file, expected):
     if not labels_file:
-        raise ValueError("--validation_labels is needed for a flat validation set: "
-                         "one wnid per line, in sorted-filename order")
+        raise ValueError(
+            "--validation_labels is needed for a flat validation set: "
+            "one wnid per line, in sorted-filename order"
+        )
     with open(labels_file) as f:
         wnids = [line.split()[0] for line in f if line.strip()]
     if len(wnids) != expected:
-        raise ValueError(f"{labels_file} has {len(wnids)} labels for {expected} "
-                         "validation images")
+        raise ValueError(f"{labels_file} has {len(wnids)} labels for {expected} validation images")
     return wnids
 
 
@@ -157,6 +172,7 @@ def read_synset_names(path):
 
 
 # --- Encoding ----------------------------------------------------------------
+
 
 def rgb_jpeg(data, where):
     """(JPEG bytes, height, width, what was re-encoded or None); BadImage if
@@ -201,13 +217,14 @@ def make_example(tf, ref, jpeg, height, width, label, name):
 
 # --- Shards ------------------------------------------------------------------
 
+
 @dataclasses.dataclass
 class ShardJob:
     output_dir: str
     name: str
     refs: list
-    labels: dict   # wnid -> label
-    names: dict    # wnid -> human-readable name
+    labels: dict  # wnid -> label
+    names: dict  # wnid -> human-readable name
 
 
 def shard_jobs(split, refs, num_shards, output_dir, labels, names):
@@ -216,9 +233,16 @@ def shard_jobs(split, refs, num_shards, output_dir, labels, names):
         random.Random(SHUFFLE_SEED).shuffle(refs)
     num_shards = max(1, min(num_shards, len(refs)))
     bounds = [len(refs) * i // num_shards for i in range(num_shards + 1)]
-    return [ShardJob(output_dir, f"{split}-{i:05d}-of-{num_shards:05d}",
-                     refs[bounds[i]:bounds[i + 1]], labels, names)
-            for i in range(num_shards)]
+    return [
+        ShardJob(
+            output_dir,
+            f"{split}-{i:05d}-of-{num_shards:05d}",
+            refs[bounds[i] : bounds[i + 1]],
+            labels,
+            names,
+        )
+        for i in range(num_shards)
+    ]
 
 
 def stats_path(output_dir, name):
@@ -226,8 +250,9 @@ def stats_path(output_dir, name):
 
 
 def shard_is_done(job):
-    return (os.path.exists(os.path.join(job.output_dir, job.name))
-            and os.path.exists(stats_path(job.output_dir, job.name)))
+    return os.path.exists(os.path.join(job.output_dir, job.name)) and os.path.exists(
+        stats_path(job.output_dir, job.name)
+    )
 
 
 def write_shard(job):
@@ -247,8 +272,9 @@ def write_shard(job):
                 continue
             if reencoded:
                 stats["reencoded"].append(f"{ref.where}: {reencoded}")
-            example = make_example(tf, ref, jpeg, height, width, job.labels[ref.synset],
-                                   job.names.get(ref.synset))
+            example = make_example(
+                tf, ref, jpeg, height, width, job.labels[ref.synset], job.names.get(ref.synset)
+            )
             writer.write(example.SerializeToString())
             stats["count"] += 1
             stats["class_counts"][ref.synset] += 1
@@ -263,8 +289,16 @@ def _write_json_atomically(path, data):
     os.replace(path + ".partial", path)
 
 
-def convert(raw_dir, output_dir, validation_labels=None, synset_names=None,
-            train_shards=1024, validation_shards=128, num_workers=1, splits=SPLITS):
+def convert(
+    raw_dir,
+    output_dir,
+    validation_labels=None,
+    synset_names=None,
+    train_shards=1024,
+    validation_shards=128,
+    num_workers=1,
+    splits=SPLITS,
+):
     """Converts the splits; returns a summary dict (also in summary.json)."""
     os.makedirs(os.path.join(output_dir, WORK_DIR), exist_ok=True)
     refs = {"train": list_train(raw_dir)}
@@ -281,8 +315,11 @@ def convert(raw_dir, output_dir, validation_labels=None, synset_names=None,
             f.write(f"{labels[wnid]}\t{wnid}\t{names.get(wnid, '')}\n")
 
     shards = {"train": train_shards, "validation": validation_shards}
-    jobs = [job for split in splits
-            for job in shard_jobs(split, refs[split], shards[split], output_dir, labels, names)]
+    jobs = [
+        job
+        for split in splits
+        for job in shard_jobs(split, refs[split], shards[split], output_dir, labels, names)
+    ]
     todo = [job for job in jobs if not shard_is_done(job)]
     start = time.time()
     written = 0
@@ -292,9 +329,12 @@ def convert(raw_dir, output_dir, validation_labels=None, synset_names=None,
             written += stats["count"]
     seconds = time.time() - start
 
-    summary = {"seconds": round(seconds, 1),
-               "images_per_second": round(written / seconds, 1) if seconds else 0.0,
-               "shards_written_this_run": len(todo), "shards_already_done": len(jobs) - len(todo)}
+    summary = {
+        "seconds": round(seconds, 1),
+        "images_per_second": round(written / seconds, 1) if seconds else 0.0,
+        "shards_written_this_run": len(todo),
+        "shards_already_done": len(jobs) - len(todo),
+    }
     for split in splits:
         per_shard = []
         for job in jobs:
@@ -325,6 +365,7 @@ def _map(function, jobs, num_workers):
 
 
 # --- Verification ------------------------------------------------------------
+
 
 def verify(output_dir):
     """Reads every shard back; returns a list of problems (empty if none)."""
@@ -363,8 +404,9 @@ def verify(output_dir):
                     filename = example["image/filename"].numpy().decode()
                     label = int(example["image/class/label"])
                     if not 1 <= label <= num_classes:
-                        problems.append(f"{path}: {filename} has label {label}, "
-                                        f"outside 1..{num_classes}")
+                        problems.append(
+                            f"{path}: {filename} has label {label}, outside 1..{num_classes}"
+                        )
                     try:
                         tf.io.decode_jpeg(example["image/encoded"], channels=3)
                     except tf.errors.InvalidArgumentError:
@@ -392,19 +434,31 @@ FLAGS = flags.FLAGS
 
 def define_flags():
     """Defined only when run as a script, so modules can share flag names."""
-    flags.DEFINE_string("raw_data_dir", None, "Extracted ImageNet, or the directory "
-                        f"holding {TRAIN_ARCHIVE} and {VALIDATION_ARCHIVE}.")
+    flags.DEFINE_string(
+        "raw_data_dir",
+        None,
+        f"Extracted ImageNet, or the directory holding {TRAIN_ARCHIVE} and {VALIDATION_ARCHIVE}.",
+    )
     flags.DEFINE_string("output_dir", None, "Where the shards go.")
-    flags.DEFINE_string("validation_labels", None, "One wnid per line, in sorted-filename "
-                        "order; needed unless validation/ is sorted into wnid folders.")
-    flags.DEFINE_string("synset_names", None, "Optional `wnid name` lines (e.g. "
-                        "LOC_synset_mapping.txt) for labels.txt and image/class/text.")
+    flags.DEFINE_string(
+        "validation_labels",
+        None,
+        "One wnid per line, in sorted-filename "
+        "order; needed unless validation/ is sorted into wnid folders.",
+    )
+    flags.DEFINE_string(
+        "synset_names",
+        None,
+        "Optional `wnid name` lines (e.g. "
+        "LOC_synset_mapping.txt) for labels.txt and image/class/text.",
+    )
     flags.DEFINE_integer("train_shards", 1024, "Training shards.")
     flags.DEFINE_integer("validation_shards", 128, "Validation shards.")
     flags.DEFINE_integer("num_workers", os.cpu_count(), "Worker processes.")
     flags.DEFINE_list("splits", list(SPLITS), "Which splits to convert.")
-    flags.DEFINE_bool("allow_skips", False, "Exit 0 even if some files did not decode "
-                      "(they are still listed).")
+    flags.DEFINE_bool(
+        "allow_skips", False, "Exit 0 even if some files did not decode (they are still listed)."
+    )
     flags.DEFINE_bool("verify", False, "Only read back and check existing shards.")
 
 
@@ -420,26 +474,39 @@ def main(argv):
         return 1 if problems else 0
     if not FLAGS.raw_data_dir:
         raise app.UsageError("--raw_data_dir is required")
-    summary = convert(FLAGS.raw_data_dir, FLAGS.output_dir, FLAGS.validation_labels,
-                      FLAGS.synset_names, FLAGS.train_shards, FLAGS.validation_shards,
-                      FLAGS.num_workers, tuple(FLAGS.splits))
+    summary = convert(
+        FLAGS.raw_data_dir,
+        FLAGS.output_dir,
+        FLAGS.validation_labels,
+        FLAGS.synset_names,
+        FLAGS.train_shards,
+        FLAGS.validation_shards,
+        FLAGS.num_workers,
+        tuple(FLAGS.splits),
+    )
     skipped = 0
     for split in FLAGS.splits:
         s = summary[split]
         counts = list(s["class_counts"].values()) or [0]
-        print(f"{split}: {s['images']} images in {s['shards']} shards, "
-              f"{len(counts)} classes ({min(counts)}..{max(counts)} per class), "
-              f"{len(s['reencoded'])} re-encoded, {len(s['skipped'])} skipped")
+        print(
+            f"{split}: {s['images']} images in {s['shards']} shards, "
+            f"{len(counts)} classes ({min(counts)}..{max(counts)} per class), "
+            f"{len(s['reencoded'])} re-encoded, {len(s['skipped'])} skipped"
+        )
         for line in s["skipped"]:
             print(f"  SKIPPED {line}")
         skipped += len(s["skipped"])
-    print(f"{summary['images_per_second']} images/s; {summary['shards_written_this_run']} "
-          f"shards written, {summary['shards_already_done']} already done; "
-          f"details in {os.path.join(FLAGS.output_dir, 'summary.json')}")
+    print(
+        f"{summary['images_per_second']} images/s; {summary['shards_written_this_run']} "
+        f"shards written, {summary['shards_already_done']} already done; "
+        f"details in {os.path.join(FLAGS.output_dir, 'summary.json')}"
+    )
     if skipped and not FLAGS.allow_skips:
-        print(f"{skipped} file(s) could not be decoded (listed above). The shards "
-              "are complete without them; rerun with --allow_skips to accept.",
-              file=sys.stderr)
+        print(
+            f"{skipped} file(s) could not be decoded (listed above). The shards "
+            "are complete without them; rerun with --allow_skips to accept.",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -27,7 +27,7 @@ from absl import flags
 from PIL import Image
 
 FIRST_WNID = 1440764  # n01440764, ImageNet's first class
-TRUNCATE_TO = 0.5     # keep half of a JPEG for the truncated case
+TRUNCATE_TO = 0.5  # keep half of a JPEG for the truncated case
 
 
 def wnid(index):
@@ -36,8 +36,13 @@ def wnid(index):
 
 def texture(rng, label, classes, size):
     height, width = size
-    hue = np.array([np.cos(2 * np.pi * label / classes), np.sin(2 * np.pi * label / classes),
-                    np.cos(4 * np.pi * label / classes)])
+    hue = np.array(
+        [
+            np.cos(2 * np.pi * label / classes),
+            np.sin(2 * np.pi * label / classes),
+            np.cos(4 * np.pi * label / classes),
+        ]
+    )
     colour = 128 + 90 * hue
     noise = rng.normal(scale=40, size=(height, width, 3))
     return np.clip(colour + noise, 0, 255).astype(np.uint8)
@@ -57,13 +62,20 @@ def bad_files(rng, size):
         "cmyk": jpeg(texture(rng, 0, 1, size), mode="CMYK"),
         "grey": jpeg(texture(rng, 0, 1, size), mode="L"),
         "png": jpeg(texture(rng, 0, 1, size), fmt="PNG"),
-        "truncated": good[:int(len(good) * TRUNCATE_TO)],
+        "truncated": good[: int(len(good) * TRUNCATE_TO)],
         "not_an_image": b"this is not an image\n",
     }
 
 
-def make(output_dir, classes=4, train_per_class=6, validation_per_class=2,
-         size=(48, 64), with_bad_files=False, seed=0):
+def make(
+    output_dir,
+    classes=4,
+    train_per_class=6,
+    validation_per_class=2,
+    size=(48, 64),
+    with_bad_files=False,
+    seed=0,
+):
     """Writes the raw tree and the archives; returns the raw directory."""
     rng = np.random.default_rng(seed)
     raw = os.path.join(output_dir, "raw")
@@ -121,17 +133,25 @@ def define_flags():
     flags.DEFINE_integer("train_per_class", 6, "Training images per class.")
     flags.DEFINE_integer("validation_per_class", 2, "Validation images per class.")
     flags.DEFINE_list("size", ["48", "64"], "Image height,width.")
-    flags.DEFINE_bool("bad_files", False, "Add CMYK, greyscale, PNG, truncated and "
-                      "non-image files to the first class.")
+    flags.DEFINE_bool(
+        "bad_files",
+        False,
+        "Add CMYK, greyscale, PNG, truncated and non-image files to the first class.",
+    )
 
 
 def main(argv):
     del argv
     if not FLAGS.output_dir:
         raise app.UsageError("--output_dir is required")
-    raw = make(FLAGS.output_dir, FLAGS.classes, FLAGS.train_per_class,
-               FLAGS.validation_per_class, tuple(int(s) for s in FLAGS.size),
-               FLAGS.bad_files)
+    raw = make(
+        FLAGS.output_dir,
+        FLAGS.classes,
+        FLAGS.train_per_class,
+        FLAGS.validation_per_class,
+        tuple(int(s) for s in FLAGS.size),
+        FLAGS.bad_files,
+    )
     print(f"wrote {raw} and {os.path.join(FLAGS.output_dir, 'archives')}")
 
 
