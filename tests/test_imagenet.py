@@ -1,6 +1,7 @@
 """The ImageNet converter and input pipeline, on generated ImageNet-format data."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -61,14 +62,14 @@ def shard_bytes(directory):
 
 def records(directory, split):
     spec = {
-        k: tf.io.FixedLenFeature([], t)
-        for k, t in [
-            ("image/encoded", tf.string),
-            ("image/class/label", tf.int64),
-            ("image/class/synset", tf.string),
-            ("image/filename", tf.string),
-            ("image/class/text", tf.string),
-            ("image/height", tf.int64),
+        key: tf.io.FixedLenFeature([], dtype, default_value=default)
+        for key, dtype, default in [
+            ("image/encoded", tf.string, None),
+            ("image/class/label", tf.int64, None),
+            ("image/class/synset", tf.string, None),
+            ("image/filename", tf.string, None),
+            ("image/class/text", tf.string, b""),  # only with --synset_names
+            ("image/height", tf.int64, None),
         ]
     }
     files = sorted(str(directory / n) for n in os.listdir(directory) if n.startswith(split + "-"))
@@ -107,6 +108,23 @@ def test_archives_give_the_same_bytes_as_the_tree(fake, converted, tmp_path):
     summary = convert(fake / "archives", tmp_path)
     assert shard_bytes(tmp_path) == shard_bytes(output)
     assert all("ILSVRC2012_img_train.tar:" in s for s in summary["train"]["skipped"])
+
+
+def test_validation_sorted_into_wnid_folders(fake, converted, tmp_path):
+    raw = tmp_path / "raw"
+    shutil.copytree(fake / "raw" / "train", raw / "train")
+    wnids = (fake / "raw" / "validation_labels.txt").read_text().split()
+    for name, wnid in zip(sorted(os.listdir(fake / "raw" / "validation")), wnids):
+        (raw / "validation" / wnid).mkdir(parents=True, exist_ok=True)
+        shutil.copy(fake / "raw" / "validation" / name, raw / "validation" / wnid / name)
+    converter.convert(str(raw), str(tmp_path / "out"), **SHARDS)
+
+    def labels_by_file(directory):
+        return {
+            r["image/filename"]: r["image/class/label"] for r in records(directory, "validation")
+        }
+
+    assert labels_by_file(tmp_path / "out") == labels_by_file(converted[0])
 
 
 def test_interrupted_run_resumes_to_identical_output(fake, converted, tmp_path, monkeypatch):

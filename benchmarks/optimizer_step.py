@@ -1,0 +1,113 @@
+r"""Optimizer step time: LARS against Keras SGD with momentum, in the same run.
+
+Applies fixed random gradients to the trainable variables of ResNet-50
+(25.6 M parameters in 214 variables) and reports the median time of one
+`apply_gradients` step for SGD(momentum=0.9) and for `keras_lars.LARS`, and
+their ratio. LARS reads w and g once more than SGD (for the norms), so on a
+memory-bound device about 1.4x SGD is the floor (REFERENCE.md section 3).
+
+    KERAS_BACKEND=tensorflow python -m benchmarks.optimizer_step [--jit]
+    KERAS_BACKEND=jax python -m benchmarks.optimizer_step   # jax.jit always
+"""
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keras_lars  # noqa: E402
+
+
+def model_variables(name):
+    if name == "resnet50":
+        model = keras.applications.ResNet50(weights=None)
+    else:  # a small stand-in for quick checks
+        model = keras.Sequential(
+            [
+                keras.Input((32, 32, 3)),
+                keras.layers.Conv2D(64, 3),
+                keras.layers.Flatten(),
+                keras.layers.Dense(10),
+            ]
+        )
+    return model.trainable_variables
+
+
+def step_function(optimizer, variables, gradients, jit):
+    """A zero-argument callable doing one step, and one that waits for it."""
+    backend = keras.backend.backend()
+    optimizer.build(variables)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        @tf.function(jit_compile=jit)
+        def step():
+            optimizer.apply_gradients(zip(gradients, variables))
+
+        return step, lambda: None
+    if backend == "jax":
+        import jax
+
+        state = {
+            "train": [v.value for v in variables],
+            "opt": [v.value for v in optimizer.variables],
+        }
+        apply = jax.jit(optimizer.stateless_apply)
+
+        def step():
+            state["train"], state["opt"] = apply(state["opt"], gradients, state["train"])
+
+        return step, lambda: jax.block_until_ready(state["train"])
+    return lambda: optimizer.apply_gradients(zip(gradients, variables)), lambda: None
+
+
+def median_ms(step, wait, steps, warmup=3):
+    for _ in range(warmup):
+        step()
+    wait()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        wait()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=["resnet50", "small"], default="resnet50")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--jit", action="store_true", help="XLA on TensorFlow")
+    args = parser.parse_args()
+    variables = model_variables(args.model)
+    rng = np.random.default_rng(0)
+    gradients = [
+        keras.ops.convert_to_tensor(rng.normal(size=v.shape).astype("float32")) for v in variables
+    ]
+    parameters = sum(int(np.prod(v.shape)) for v in variables)
+    results = {}
+    for name, optimizer in [
+        ("SGD(momentum=0.9)", keras.optimizers.SGD(0.1, momentum=0.9)),
+        ("LARS", keras_lars.LARS(1.0)),
+    ]:
+        step, wait = step_function(optimizer, variables, gradients, args.jit)
+        results[name] = median_ms(step, wait, args.steps)
+    sgd = results["SGD(momentum=0.9)"]
+    print(
+        f"{args.model}: {parameters / 1e6:.1f} M parameters in {len(variables)} variables; "
+        f"backend {keras.backend.backend()}, jit {args.jit}, median of {args.steps} steps"
+    )
+    print("| optimizer | ms/step | ratio to SGD |")
+    print("|---|---:|---:|")
+    for name, ms in results.items():
+        print(f"| {name} | {ms:.1f} | {ms / sgd:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
