@@ -169,7 +169,7 @@ def test_end_to_end_on_a_tiny_set(fashion_dir, tmp_path):
 
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == len(study.plan_runs(config)) == 1 + 2 + 2 * 1
+    assert len(rows) == len(study.plan_runs(config)) == (1 + 1) + (2 + 1)
     assert {r["optimizer"] for r in rows} == {"sgd", "lars"}
     accuracies = [float(r["test_accuracy"]) for r in rows if r["diverged"] == "False"]
     assert accuracies and max(accuracies) > 0.3  # the bands are learnable
