@@ -3,11 +3,14 @@ r"""Optimizer step time: LARS against Keras SGD with momentum, in the same run.
 Applies fixed random gradients to the trainable variables of ResNet-50
 (25.6 M parameters in 214 variables) and reports the median time of one
 `apply_gradients` step for SGD(momentum=0.9) and for `keras_lars.LARS`, and
-their ratio. LARS reads w and g once more than SGD (for the norms), so on a
+their ratio, with Keras's Lamb (two norms per variable, like LARS) as a second
+yardstick. LARS reads w and g once more than SGD (for the norms), so on a
 memory-bound device about 1.4x SGD is the floor (REFERENCE.md section 3).
+Results and the choices they led to: benchmarks/RESULTS.md.
 
     KERAS_BACKEND=tensorflow python -m benchmarks.optimizer_step [--jit]
     KERAS_BACKEND=jax python -m benchmarks.optimizer_step   # jax.jit always
+    KERAS_BACKEND=torch python -m benchmarks.optimizer_step # eager
 """
 
 import argparse
@@ -95,13 +98,19 @@ def main():
     for name, optimizer in [
         ("SGD(momentum=0.9)", keras.optimizers.SGD(0.1, momentum=0.9)),
         ("LARS", keras_lars.LARS(1.0)),
+        # Keras's own layer-wise optimizer: what a per-variable norm costs there.
+        ("Lamb", keras.optimizers.Lamb(1e-3)),
     ]:
         step, wait = step_function(optimizer, variables, gradients, args.jit)
         results[name] = median_ms(step, wait, args.steps)
     sgd = results["SGD(momentum=0.9)"]
+    backend = keras.backend.backend()
+    compiler = {"jax": "jax.jit", "torch": "nothing (eager)"}.get(
+        backend, "XLA" if args.jit else "tf.function graph"
+    )
     print(
         f"{args.model}: {parameters / 1e6:.1f} M parameters in {len(variables)} variables; "
-        f"backend {keras.backend.backend()}, jit {args.jit}, median of {args.steps} steps"
+        f"backend {backend}, compiled with {compiler}, median of {args.steps} steps"
     )
     print("| optimizer | ms/step | ratio to SGD |")
     print("|---|---:|---:|")
