@@ -126,16 +126,14 @@ class LARS(keras.optimizers.Optimizer):
     ):
         if isinstance(learning_rate, numbers.Real):
             learning_rate = float(learning_rate)  # The base class wants a float.
-        if isinstance(learning_rate, float) and learning_rate < 0:
+        if isinstance(learning_rate, float) and not learning_rate >= 0:  # NaN too
             raise ValueError(
                 f"`learning_rate` must be >= 0. Received: learning_rate={learning_rate}"
             )
         _check_number("momentum", momentum, low=0.0, high=1.0)
         _check_number("weight_decay", weight_decay, low=0.0)
         _check_number("epsilon", epsilon, low=0.0)
-        _check_number("trust_coefficient", trust_coefficient, low=0.0)
-        if trust_coefficient == 0:
-            raise ValueError("`trust_coefficient` must be > 0. Received: 0")
+        _check_number("trust_coefficient", trust_coefficient, low=0.0, low_inclusive=False)
         if trust_ratio_denominator not in _DENOMINATORS:
             raise ValueError(
                 f"`trust_ratio_denominator` must be one of {_DENOMINATORS}. "
@@ -332,12 +330,18 @@ def _variable_path(variable):
     return path
 
 
-def _check_number(name, value, low, high=None):
-    """Raises `ValueError` unless `low <= value` (and `value < high`)."""
+def _check_number(name, value, low, high=None, low_inclusive=True):
+    """Raises `ValueError` unless `low <= value` (`low < value` when not
+    `low_inclusive`) and, given `high`, `value < high`. NaN never passes."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"`{name}` must be a number. Received: {name}={value!r}")
-    if value < low or (high is not None and value >= high):
-        interval = f"[{low}, {high})" if high is not None else f">= {low}"
+    above_low = value >= low if low_inclusive else value > low
+    below_high = high is None or value < high
+    if not (above_low and below_high):
+        if high is not None:
+            interval = f"in [{low}, {high})"
+        else:
+            interval = f">= {low}" if low_inclusive else f"> {low}"
         raise ValueError(f"`{name}` must be {interval}. Received: {name}={value}")
 
 

@@ -52,7 +52,7 @@ class PolynomialWarmup(keras.optimizers.schedules.LearningRateSchedule):
             ("end_learning_rate", end_learning_rate),
             ("warmup_start_learning_rate", warmup_start_learning_rate),
         ):
-            if _not_number(value) or value < 0:
+            if _not_number(value) or not value >= 0:  # NaN too
                 raise ValueError(f"`{arg}` must be a number >= 0. Received: {arg}={value!r}")
         if not _is_int(decay_steps) or decay_steps <= 0:
             raise ValueError(
@@ -62,7 +62,7 @@ class PolynomialWarmup(keras.optimizers.schedules.LearningRateSchedule):
             raise ValueError(
                 f"`warmup_steps` must be an integer >= 0. Received: warmup_steps={warmup_steps!r}"
             )
-        if _not_number(power) or power <= 0:
+        if _not_number(power) or not power > 0:
             raise ValueError(f"`power` must be a number > 0. Received: power={power!r}")
         self.initial_learning_rate = float(initial_learning_rate)
         self.decay_steps = int(decay_steps)

@@ -38,6 +38,10 @@ at both, but LARS ends 4.9 and 13.8 points below batch 128 (the paper-style
 thresholds are 4 and 7): ten epochs are 70 steps at batch 8192. --quick trains
 on 20k images, too few steps at large batch to test the claim.
 
+An interrupted study picks up where it stopped: each finished run is saved in
+`<out_dir>/completed/`, and a rerun with the same settings trains only what is
+missing (`--noresume` starts over).
+
 Writes to `--out_dir` (default `runs/study`): `results.csv` (one row a run),
 `summary.md` (the table, and whether each part of the claim held),
 `accuracy_vs_batch.png` and `trust_ratios.png` (per-layer ‖w‖/‖g‖ over
@@ -46,6 +50,7 @@ training, the paper's motivation for per-layer rates).
 
 import csv
 import dataclasses
+import json
 import math
 import os
 import time
@@ -95,6 +100,35 @@ class StudyConfig:
     train_examples: int = 0  # 0: all that remain after validation
     test_examples: int = 0  # 0: all
 
+    def __post_init__(self):
+        if not self.batch_sizes or not all(_is_positive_int(b) for b in self.batch_sizes):
+            raise ValueError(
+                f"`batch_sizes` must be integers >= 1. Received: batch_sizes={self.batch_sizes}"
+            )
+        for name in ("epochs", "seeds"):
+            if not _is_positive_int(getattr(self, name)):
+                raise ValueError(
+                    f"`{name}` must be an integer >= 1. Received: {name}={getattr(self, name)!r}"
+                )
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(
+                f"`warmup_epochs` must be in [0, epochs={self.epochs}). "
+                f"Received: warmup_epochs={self.warmup_epochs}"
+            )
+        if not self.sgd_sweep or self.sgd_sweep[0] != 1.0:
+            raise ValueError(
+                "`sgd_sweep` must start with 1.0 (linear scaling). "
+                f"Received: sgd_sweep={self.sgd_sweep}"
+            )
+        for name in ("sgd_sweep", "lars_lrs"):
+            rates = getattr(self, name)
+            if not rates or min(rates) <= 0 or len(set(rates)) < len(rates):
+                raise ValueError(f"`{name}` must be distinct numbers > 0. Received: {name}={rates}")
+
+
+def _is_positive_int(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
 
 QUICK = dict(
     epochs=6,
@@ -131,8 +165,6 @@ class Claim:
 def plan_runs(config):
     """Every (optimizer, batch, rate, seed). The smallest batch is the reference:
     each optimizer runs once there, at the first rate of its sweep."""
-    if config.sgd_sweep[0] != 1.0:
-        raise ValueError(f"`sgd_sweep` must start with 1.0. Received: {config.sgd_sweep}")
     reference = min(config.batch_sizes)
     runs = []
     for seed in range(config.seeds):
@@ -394,19 +426,21 @@ def markdown_table(summary, batch_sizes):
     return "\n".join(lines)
 
 
-def write_outputs(out_dir, rows, summary, claims, trust_ratios, config, source, seconds):
+def write_outputs(out_dir, rows, summary, claims, trust_ratios, config, source, seconds, resumed=0):
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     verdict = {True: "HELD", False: "FAILED", None: "NOT TESTED"}
+    wall_time = f"Wall time {seconds / 60:.1f} min"
+    if resumed:
+        wall_time += f", with {resumed} of {len(rows)} runs resumed from an earlier start"
     text = [
         "# Large-batch study: SGD with linear scaling vs LARS",
         "",
         f"Data: {source}. {config.epochs} epochs ({config.warmup_epochs} of warm-up), "
-        f"{config.seeds} seed(s); test accuracy, rate chosen on validation. "
-        f"Wall time {seconds / 60:.1f} min.",
+        f"{config.seeds} seed(s); test accuracy, rate chosen on validation. {wall_time}.",
         "",
         markdown_table(summary, config.batch_sizes),
         "",
@@ -478,15 +512,29 @@ def plot_trust_ratios(path, trust_ratios):
     plt.close(fig)
 
 
-def run_study(config, dataset, out_dir, thresholds=Thresholds()):
-    """Runs every configuration and writes the outputs; returns the claims."""
+def run_study(config, dataset, out_dir, thresholds=Thresholds(), resume=True):
+    """Runs every configuration and writes the outputs; returns the claims.
+
+    Each finished run is saved under `out_dir/completed/`; with `resume`, a
+    rerun of an interrupted study trains only the runs that are missing there
+    (saved runs count only when their training settings and data match).
+    """
     data = split(dataset, config)
     runs = plan_runs(config)
+    settings = _run_settings(config, dataset.source)
     start = time.time()
-    rows, ratios = [], {}
+    rows, ratios, resumed = [], {}, 0
     with tqdm(total=len(runs) * config.epochs, unit="epoch", desc="study") as bar:
         for run in runs:
-            row, record = train(run, data, config, bar)
+            path = _completed_path(out_dir, run)
+            saved = _load_completed(path, settings) if resume else None
+            if saved:
+                row, record = saved
+                resumed += 1
+                bar.update(config.epochs)
+            else:
+                row, record = train(run, data, config, bar)
+                _save_completed(path, settings, row, record)
             rows.append(row)
             ratios[run] = record
     summary = summarize(rows, config.batch_sizes)
@@ -500,9 +548,47 @@ def run_study(config, dataset, out_dir, thresholds=Thresholds()):
         config,
         dataset.source,
         time.time() - start,
+        resumed,
     )
     print(text)
     return claims
+
+
+def _run_settings(config, source):
+    """What one run's result depends on, besides the `Run` itself."""
+    settings = dataclasses.asdict(config)
+    for study_wide in ("batch_sizes", "seeds", "sgd_sweep", "lars_lrs"):
+        del settings[study_wide]
+    return {**settings, "data": source}
+
+
+def _completed_path(out_dir, run):
+    linear = "-linear" if run.linear_scaled else ""
+    name = f"{run.optimizer}-b{run.batch_size}-lr{run.learning_rate:g}{linear}-seed{run.seed}"
+    return os.path.join(out_dir, "completed", name + ".json")
+
+
+def _load_completed(path, settings):
+    """(row, trust-ratio record) saved by an earlier run, or None."""
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        print(f"Retraining: cannot read {path} ({error})")
+        return None
+    if saved.get("settings") != settings:
+        return None
+    return saved["row"], saved["record"]
+
+
+def _save_completed(path, settings, row, record):
+    # Written whole, then renamed: a kill mid-write leaves no half file.
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(dict(settings=settings, row=row, record=record), f)
+    os.replace(path + ".tmp", path)
 
 
 def _ratio_panels(ratios, summary):
@@ -543,6 +629,12 @@ def define_flags():
     )
     flags.DEFINE_float("lars_gap_4k", 4.0, "Allowed LARS shortfall at batch 4096, in points.")
     flags.DEFINE_float("lars_gap_8k", 7.0, "Allowed LARS shortfall at batch 8192, in points.")
+    flags.DEFINE_bool(
+        "resume",
+        True,
+        "Reuse the runs an interrupted study saved in <out_dir>/completed "
+        "(--noresume retrains them all).",
+    )
 
 
 def main(argv):
@@ -553,13 +645,16 @@ def main(argv):
         overrides["epochs"] = FLAGS.epochs
     if FLAGS.batch_sizes:
         overrides["batch_sizes"] = tuple(int(b) for b in FLAGS.batch_sizes)
-    config = StudyConfig(**overrides)
+    try:
+        config = StudyConfig(**overrides)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
     thresholds = Thresholds(
         FLAGS.sgd_failure_gap, ((4096, FLAGS.lars_gap_4k), (8192, FLAGS.lars_gap_8k))
     )
     dataset = fashion_mnist.load(FLAGS.data_dir)
     print(f"Data: {dataset.source}; {len(plan_runs(config))} runs -> {FLAGS.out_dir}")
-    run_study(config, dataset, FLAGS.out_dir, thresholds)
+    run_study(config, dataset, FLAGS.out_dir, thresholds, resume=FLAGS.resume)
 
 
 if __name__ == "__main__":

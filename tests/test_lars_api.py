@@ -25,7 +25,9 @@ def dense_model():
     "kwargs,argument",
     [
         (dict(learning_rate=-1.0), "learning_rate"),
+        (dict(learning_rate=float("nan")), "learning_rate"),
         (dict(weight_decay=-1e-4), "weight_decay"),
+        (dict(weight_decay=float("nan")), "weight_decay"),
         (dict(epsilon=-1e-9), "epsilon"),
         (dict(momentum=1.0), "momentum"),
         (dict(momentum=-0.1), "momentum"),
@@ -41,6 +43,11 @@ def dense_model():
 def test_bad_arguments_raise_value_error_naming_them(kwargs, argument):
     with pytest.raises(ValueError, match=f"`{argument}`"):
         keras_lars.LARS(**kwargs)
+
+
+def test_trust_coefficient_message_states_the_open_interval():
+    with pytest.raises(ValueError, match="must be > 0.0. Received: trust_coefficient=-0.001"):
+        keras_lars.LARS(trust_coefficient=-0.001)
 
 
 def test_integer_learning_rate_is_accepted():

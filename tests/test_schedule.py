@@ -110,6 +110,8 @@ def test_config_round_trip():
         (dict(warmup_steps=-1), "warmup_steps"),
         (dict(end_learning_rate=-0.1), "end_learning_rate"),
         (dict(power=0.0), "power"),
+        (dict(power=float("nan")), "power"),
+        (dict(end_learning_rate=float("nan")), "end_learning_rate"),
         (dict(warmup_start_learning_rate=-1.0), "warmup_start_learning_rate"),
     ],
 )

@@ -1,6 +1,7 @@
 """The large-batch study: data loading, the claim checker, an end-to-end run."""
 
 import csv
+import dataclasses
 import gzip
 import math
 
@@ -180,3 +181,76 @@ def test_end_to_end_on_a_tiny_set(fashion_dir, tmp_path):
     for name in ("accuracy_vs_batch.png", "trust_ratios.png"):
         data = (out / name).read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) > 5000
+
+
+@pytest.mark.parametrize(
+    "kwargs,argument",
+    [
+        (dict(batch_sizes=()), "batch_sizes"),
+        (dict(batch_sizes=(128, 0)), "batch_sizes"),
+        (dict(epochs=0), "epochs"),
+        (dict(seeds=0), "seeds"),
+        (dict(epochs=2, warmup_epochs=2), "warmup_epochs"),
+        (dict(sgd_sweep=(0.5, 1.0)), "sgd_sweep"),
+        (dict(sgd_sweep=(1.0, 1.0)), "sgd_sweep"),
+        (dict(lars_lrs=()), "lars_lrs"),
+        (dict(lars_lrs=(-1.0,)), "lars_lrs"),
+    ],
+)
+def test_bad_study_settings_raise_value_error_naming_them(kwargs, argument):
+    with pytest.raises(ValueError, match=f"`{argument}`"):
+        study.StudyConfig(**kwargs)
+
+
+class FakeTraining:
+    """Stands in for `study.train`: a result made from the run, and a count.
+    `fail_after` calls, it raises KeyboardInterrupt as a user's Ctrl-C would."""
+
+    def __init__(self, fail_after=None):
+        self.trained, self.fail_after = [], fail_after
+
+    def __call__(self, run, data, config, bar):
+        if self.fail_after is not None and len(self.trained) == self.fail_after:
+            raise KeyboardInterrupt
+        self.trained.append(run)
+        bar.update(config.epochs)
+        accuracy = 0.5 + run.learning_rate / 100 + run.seed / 1000
+        result = row(run.optimizer, run.batch_size, run.learning_rate, run.seed, accuracy, accuracy)
+        result["linear_scaled"] = run.linear_scaled
+        record = dict(steps=[0, 1], ratios={"fc1": [1.0, 2.0]}, steps_per_epoch=1)
+        return result, record
+
+
+def test_an_interrupted_study_resumes_without_retraining(fashion_dir, tmp_path, monkeypatch):
+    config = study.StudyConfig(
+        batch_sizes=(16, 64), epochs=2, warmup_epochs=1, lars_lrs=(1.0, 2.0), seeds=2
+    )
+    runs = study.plan_runs(config)
+    dataset = fashion_mnist.load(str(fashion_dir))
+    uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
+    monkeypatch.setattr(study, "train", FakeTraining())
+    study.run_study(config, dataset, str(uninterrupted))
+
+    first = FakeTraining(fail_after=3)
+    monkeypatch.setattr(study, "train", first)
+    with pytest.raises(KeyboardInterrupt):
+        study.run_study(config, dataset, str(interrupted))
+    second = FakeTraining()
+    monkeypatch.setattr(study, "train", second)
+    study.run_study(config, dataset, str(interrupted))
+
+    # Every run trained exactly once across the two starts, in plan order.
+    assert first.trained + second.trained == runs
+    assert (interrupted / "results.csv").read_text() == (uninterrupted / "results.csv").read_text()
+    assert f"3 of {len(runs)} runs resumed" in (interrupted / "summary.md").read_text()
+    assert not list((interrupted / "completed").glob("*.tmp"))
+
+    # Saved runs count only for the same settings; --noresume retrains all.
+    other_settings = FakeTraining()
+    monkeypatch.setattr(study, "train", other_settings)
+    study.run_study(dataclasses.replace(config, epochs=3), dataset, str(interrupted))
+    assert other_settings.trained == runs
+    fresh = FakeTraining()
+    monkeypatch.setattr(study, "train", fresh)
+    study.run_study(config, dataset, str(uninterrupted), resume=False)
+    assert fresh.trained == runs
