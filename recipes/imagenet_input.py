@@ -32,6 +32,7 @@ STDDEV_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 SHUFFLE_BUFFER = 10_000
 INTERLEAVE_CYCLE = 16
 READ_BUFFER_BYTES = 8 * 1024 * 1024
+MAX_INPUT_PIPELINES = 4096  # augmentation streams stay distinct up to this many hosts
 
 SCHEMAS = {
     # name: (image key, label key, default label offset)
@@ -207,10 +208,17 @@ def build_dataset(
     if training and repeat is not False:
         records = records.repeat()
     pipeline = input_context.input_pipeline_id if input_context else 0
+    if input_context and input_context.num_input_pipelines > MAX_INPUT_PIPELINES:
+        raise ValueError(
+            f"At most {MAX_INPUT_PIPELINES} input pipelines are supported. "
+            f"Received: {input_context.num_input_pipelines}"
+        )
 
     def parse_and_preprocess(index, serialized):
         image_bytes, label = parse(serialized, schema, label_offset)
-        element_seed = tf.stack([tf.cast(seed * 1009 + pipeline, tf.int64), index])
+        # One random stream per (seed, pipeline), one seed per element in it.
+        stream = seed * MAX_INPUT_PIPELINES + pipeline
+        element_seed = tf.stack([tf.cast(stream, tf.int64), index])
         return preprocess(image_bytes, training, image_size, dtype, element_seed), label
 
     dataset = records.enumerate().map(

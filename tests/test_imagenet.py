@@ -168,6 +168,27 @@ def test_verify_passes_then_catches_tampering(fake, tmp_path):
     assert any("also in validation-00000-of-00002" in p for p in problems), problems
 
 
+@pytest.mark.parametrize(
+    "kwargs,argument",
+    [
+        (dict(train_shards=0), "train_shards"),
+        (dict(validation_shards=-1), "validation_shards"),
+        (dict(splits=("train", "val")), "splits"),
+    ],
+)
+def test_bad_converter_arguments_are_named(fake, tmp_path, kwargs, argument):
+    with pytest.raises(ValueError, match=f"`{argument}`"):
+        convert(fake / "raw", tmp_path, **kwargs)
+
+
+def test_verify_names_a_directory_that_is_not_converter_output(tmp_path):
+    (tmp_path / "train-00000-of-00001").write_bytes(b"")
+    problems = converter.verify(str(tmp_path))
+    assert problems == [
+        f"{tmp_path / 'labels.txt'}: missing; is {tmp_path} the converter's output?"
+    ]
+
+
 def test_command_line_exits_non_zero_on_skips_unless_allowed(fake, tmp_path):
     base = [
         sys.executable,

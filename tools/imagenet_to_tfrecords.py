@@ -300,6 +300,12 @@ def convert(
     splits=SPLITS,
 ):
     """Converts the splits; returns a summary dict (also in summary.json)."""
+    for name, value in (("train_shards", train_shards), ("validation_shards", validation_shards)):
+        if value < 1:
+            raise ValueError(f"`{name}` must be >= 1. Received: {name}={value}")
+    unknown_splits = set(splits) - set(SPLITS)
+    if unknown_splits:
+        raise ValueError(f"`splits` must be among {SPLITS}. Received: {sorted(unknown_splits)}")
     os.makedirs(os.path.join(output_dir, WORK_DIR), exist_ok=True)
     refs = {"train": list_train(raw_dir)}
     if "validation" in splits:
@@ -372,7 +378,10 @@ def verify(output_dir):
     import tensorflow as tf
 
     problems = []
-    with open(os.path.join(output_dir, "labels.txt")) as f:
+    labels_file = os.path.join(output_dir, "labels.txt")
+    if not os.path.exists(labels_file):
+        return [f"{labels_file}: missing; is {output_dir} the converter's output?"]
+    with open(labels_file) as f:
         num_classes = sum(1 for line in f if line.strip())
     shards = collections.defaultdict(dict)
     for name in sorted(os.listdir(output_dir)):
