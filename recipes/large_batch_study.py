@@ -23,7 +23,7 @@ global rate, which made LARS unstable at high rates in a pilot.
 Command (the README's main job), on 2 CPU cores:
 
     make study                                    # 9.4 minutes, 10 runs
-    python -m recipes.large_batch_study --quick   # 2 minutes: a smoke run
+    python -m recipes.large_batch_study --quick   # 2-3 minutes: a smoke run
     python -m recipes.large_batch_study --seeds 3 # mean over three seeds
 
 What the default run gave here (2 CPU cores, seed 0, test accuracy):
@@ -618,7 +618,7 @@ def define_flags():
         "A directory with the four Fashion-MNIST idx .gz "
         "files; by default the Debian package's or the Keras cache's.",
     )
-    flags.DEFINE_bool("quick", False, "A smaller run (about 2 minutes on 2 cores).")
+    flags.DEFINE_bool("quick", False, "A smaller run (2 to 3 minutes on 2 cores).")
     flags.DEFINE_integer("seeds", 1, "Seeds per configuration; results are averaged.")
     flags.DEFINE_integer("epochs", None, "Epochs per run (default 10; 6 with --quick).")
     flags.DEFINE_list("batch_sizes", None, "Batch sizes (default 128,4096,8192).")
