@@ -260,8 +260,9 @@ class ProgressBar(keras.callbacks.Callback):
         self.bar.update(1)
 
 
-def train(run, data, config, bar):
-    """Trains one configuration; returns its result row and trust ratios."""
+def train(run, data, config, bar, record_trust_ratios=True):
+    """Trains one configuration; returns its result row and trust ratios (or
+    None when not `record_trust_ratios`)."""
     keras.utils.set_random_seed(run.seed)
     x_train, y_train, x_val, y_val, x_test, y_test = data
     steps_per_epoch = math.ceil(len(x_train) / run.batch_size)
@@ -271,11 +272,14 @@ def train(run, data, config, bar):
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
-    probe = slice(0, TRUST_RATIO_PROBE_EXAMPLES)
-    recorder = TrustRatioRecorder(
-        x_train[probe], y_train[probe], steps_per_epoch // TRUST_RATIO_PROBES_PER_EPOCH
-    )
     label = f"{run.optimizer} B={run.batch_size} lr={run.learning_rate:g} seed={run.seed}"
+    callbacks = [keras.callbacks.TerminateOnNaN(), ProgressBar(bar, label)]
+    if record_trust_ratios:
+        probe = slice(0, TRUST_RATIO_PROBE_EXAMPLES)
+        recorder = TrustRatioRecorder(
+            x_train[probe], y_train[probe], steps_per_epoch // TRUST_RATIO_PROBES_PER_EPOCH
+        )
+        callbacks.append(recorder)
     start = time.time()
     history = model.fit(
         x_train,
@@ -284,7 +288,7 @@ def train(run, data, config, bar):
         epochs=config.epochs,
         shuffle=True,
         verbose=0,
-        callbacks=[keras.callbacks.TerminateOnNaN(), recorder, ProgressBar(bar, label)],
+        callbacks=callbacks,
     )
     epochs_run = len(history.history["loss"])
     bar.update(config.epochs - epochs_run)  # epochs skipped after a NaN
@@ -307,6 +311,8 @@ def train(run, data, config, bar):
         final_loss=final_loss,
         seconds=round(time.time() - start, 1),
     )
+    if not record_trust_ratios:
+        return row, None
     return row, dict(steps=recorder.steps, ratios=recorder.history, steps_per_epoch=steps_per_epoch)
 
 
@@ -533,7 +539,7 @@ def run_study(config, dataset, out_dir, thresholds=Thresholds(), resume=True):
                 resumed += 1
                 bar.update(config.epochs)
             else:
-                row, record = train(run, data, config, bar)
+                row, record = train(run, data, config, bar, _may_be_plotted(run, config))
                 _save_completed(path, settings, row, record)
             rows.append(row)
             ratios[run] = record
@@ -589,6 +595,16 @@ def _save_completed(path, settings, row, record):
     with open(path + ".tmp", "w") as f:
         json.dump(dict(settings=settings, row=row, record=record), f)
     os.replace(path + ".tmp", path)
+
+
+def _may_be_plotted(run, config):
+    """Whether `_ratio_panels` may pick this run: the trust-ratio probes cost
+    about 7% of a run, so only these record them."""
+    if run.seed != 0:
+        return False
+    if run.optimizer == "sgd":
+        return run.linear_scaled and run.batch_size == min(config.batch_sizes)
+    return run.batch_size == max(config.batch_sizes)
 
 
 def _ratio_panels(ratios, summary):

@@ -209,7 +209,7 @@ class FakeTraining:
     def __init__(self, fail_after=None):
         self.trained, self.fail_after = [], fail_after
 
-    def __call__(self, run, data, config, bar):
+    def __call__(self, run, data, config, bar, record_trust_ratios):
         if self.fail_after is not None and len(self.trained) == self.fail_after:
             raise KeyboardInterrupt
         self.trained.append(run)
@@ -217,8 +217,9 @@ class FakeTraining:
         accuracy = 0.5 + run.learning_rate / 100 + run.seed / 1000
         result = row(run.optimizer, run.batch_size, run.learning_rate, run.seed, accuracy, accuracy)
         result["linear_scaled"] = run.linear_scaled
-        record = dict(steps=[0, 1], ratios={"fc1": [1.0, 2.0]}, steps_per_epoch=1)
-        return result, record
+        if not record_trust_ratios:
+            return result, None
+        return result, dict(steps=[0, 1], ratios={"fc1": [1.0, 2.0]}, steps_per_epoch=1)
 
 
 def test_an_interrupted_study_resumes_without_retraining(fashion_dir, tmp_path, monkeypatch):
