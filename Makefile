@@ -38,7 +38,7 @@ data:
 	    exit 1; \
 	  fi; }
 
-# The main job: the large-batch study (about 9 minutes on 2 cores).
+# The main job: the large-batch study (9 to 13 minutes on 2 cores).
 # STUDY_ARGS=--quick for a 2-to-3-minute smoke run, --seeds=3 for more seeds.
 study: install $(if $(findstring data_dir,$(STUDY_ARGS)),,data)
 	$(PYTHON) -m recipes.large_batch_study $(STUDY_ARGS)

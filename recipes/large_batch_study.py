@@ -22,7 +22,7 @@ global rate, which made LARS unstable at high rates in a pilot.
 
 Command (the README's main job), on 2 CPU cores:
 
-    make study                                    # 9.4 minutes, 10 runs
+    make study                                    # 10 runs, 9.4-12.9 minutes
     python -m recipes.large_batch_study --quick   # 2-3 minutes: a smoke run
     python -m recipes.large_batch_study --seeds 3 # mean over three seeds
 
