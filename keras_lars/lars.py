@@ -6,6 +6,8 @@ import re
 import keras
 from keras import ops
 
+from keras_lars._validation import check_number
+
 # Leaf names of Keras bias and normalisation variables (Dense/Conv `bias`,
 # BatchNormalization/LayerNormalization/GroupNormalization `gamma` and `beta`).
 # Matched with `re.search` against `variable.path`, e.g. "model/dense/bias".
@@ -124,16 +126,13 @@ class LARS(keras.optimizers.Optimizer):
         name="lars",
         **kwargs,
     ):
-        if isinstance(learning_rate, numbers.Real):
+        if isinstance(learning_rate, numbers.Real):  # Not a schedule or callable.
+            check_number("learning_rate", learning_rate, low=0.0)
             learning_rate = float(learning_rate)  # The base class wants a float.
-        if isinstance(learning_rate, float) and not learning_rate >= 0:  # NaN too
-            raise ValueError(
-                f"`learning_rate` must be >= 0. Received: learning_rate={learning_rate}"
-            )
-        _check_number("momentum", momentum, low=0.0, high=1.0)
-        _check_number("weight_decay", weight_decay, low=0.0)
-        _check_number("epsilon", epsilon, low=0.0)
-        _check_number("trust_coefficient", trust_coefficient, low=0.0, low_inclusive=False)
+        check_number("momentum", momentum, low=0.0, high=1.0)
+        check_number("weight_decay", weight_decay, low=0.0)
+        check_number("epsilon", epsilon, low=0.0)
+        check_number("trust_coefficient", trust_coefficient, low=0.0, low_inclusive=False)
         if trust_ratio_denominator not in _DENOMINATORS:
             raise ValueError(
                 f"`trust_ratio_denominator` must be one of {_DENOMINATORS}. "
@@ -328,21 +327,6 @@ def _variable_path(variable):
     if path is None:  # A raw backend variable: "dense/bias:0" -> "dense/bias".
         path = re.sub(r":\d+$", "", variable.name)
     return path
-
-
-def _check_number(name, value, low, high=None, low_inclusive=True):
-    """Raises `ValueError` unless `low <= value` (`low < value` when not
-    `low_inclusive`) and, given `high`, `value < high`. NaN never passes."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"`{name}` must be a number. Received: {name}={value!r}")
-    above_low = value >= low if low_inclusive else value > low
-    below_high = high is None or value < high
-    if not (above_low and below_high):
-        if high is not None:
-            interval = f"in [{low}, {high})"
-        else:
-            interval = f">= {low}" if low_inclusive else f"> {low}"
-        raise ValueError(f"`{name}` must be {interval}. Received: {name}={value}")
 
 
 def _check_patterns(name, patterns):

@@ -1,9 +1,10 @@
 """The LARS paper's global schedule: linear warm-up, then polynomial decay."""
 
-import numbers
-
 import keras
 from keras import ops
+
+from keras_lars._validation import check_integer
+from keras_lars._validation import check_number
 
 
 @keras.saving.register_keras_serializable(package="keras_lars")
@@ -52,18 +53,10 @@ class PolynomialWarmup(keras.optimizers.schedules.LearningRateSchedule):
             ("end_learning_rate", end_learning_rate),
             ("warmup_start_learning_rate", warmup_start_learning_rate),
         ):
-            if _not_number(value) or not value >= 0:  # NaN too
-                raise ValueError(f"`{arg}` must be a number >= 0. Received: {arg}={value!r}")
-        if not _is_int(decay_steps) or decay_steps <= 0:
-            raise ValueError(
-                f"`decay_steps` must be an integer > 0. Received: decay_steps={decay_steps!r}"
-            )
-        if not _is_int(warmup_steps) or warmup_steps < 0:
-            raise ValueError(
-                f"`warmup_steps` must be an integer >= 0. Received: warmup_steps={warmup_steps!r}"
-            )
-        if _not_number(power) or not power > 0:
-            raise ValueError(f"`power` must be a number > 0. Received: power={power!r}")
+            check_number(arg, value, low=0.0)
+        check_integer("decay_steps", decay_steps, low=1)
+        check_integer("warmup_steps", warmup_steps, low=0)
+        check_number("power", power, low=0.0, low_inclusive=False)
         self.initial_learning_rate = float(initial_learning_rate)
         self.decay_steps = int(decay_steps)
         self.warmup_steps = int(warmup_steps)
@@ -99,11 +92,3 @@ class PolynomialWarmup(keras.optimizers.schedules.LearningRateSchedule):
             "warmup_start_learning_rate": self.warmup_start_learning_rate,
             "name": self.name,
         }
-
-
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _not_number(value):
-    return isinstance(value, bool) or not isinstance(value, numbers.Real)

@@ -1,0 +1,25 @@
+"""Argument checks shared by the optimizer and the schedule."""
+
+import numbers
+
+
+def check_number(name, value, low, high=None, low_inclusive=True):
+    """Raises `ValueError` naming `name` unless `value` is a real number with
+    `low <= value` (`low < value` when not `low_inclusive`) and, given `high`,
+    `value < high`. NaN never passes."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"`{name}` must be a number. Received: {name}={value!r}")
+    above_low = value >= low if low_inclusive else value > low
+    below_high = high is None or value < high
+    if not (above_low and below_high):
+        if high is not None:
+            interval = f"in [{low}, {high})"
+        else:
+            interval = f">= {low}" if low_inclusive else f"> {low}"
+        raise ValueError(f"`{name}` must be {interval}. Received: {name}={value}")
+
+
+def check_integer(name, value, low):
+    """Raises `ValueError` naming `name` unless `value` is an int >= `low`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"`{name}` must be an integer >= {low}. Received: {name}={value!r}")
