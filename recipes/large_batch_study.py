@@ -368,35 +368,34 @@ def check_claims(summary, thresholds=Thresholds()):
     """Each part of the paper's claim, and whether it held on these results."""
     baseline_batch = min(summary[SGD_LINEAR])
     baseline = summary[SGD_LINEAR][baseline_batch][0]
+
+    def judged(statement, accuracy, held_if_diverged, held):
+        if accuracy is None:
+            return Claim(statement, None, "batch size not run")
+        if math.isnan(accuracy):
+            return Claim(statement, held_if_diverged, "diverged")
+        return Claim(statement, held(baseline - accuracy), _gap_detail(accuracy, baseline))
+
     claims = []
     for batch, _ in thresholds.lars_gaps:
-        sgd = summary[SGD_LINEAR].get(batch, (None,))[0]
-        statement = (
-            f"Linear-scaled SGD fails at batch {batch} (diverges, or ends "
-            f">= {thresholds.sgd_failure_gap:g} points below batch "
-            f"{baseline_batch})"
-        )
-        if sgd is None:
-            claims.append(Claim(statement, None, "batch size not run"))
-        elif math.isnan(sgd):
-            claims.append(Claim(statement, True, "diverged"))
-        else:
-            gap = baseline - sgd
-            claims.append(
-                Claim(statement, gap >= thresholds.sgd_failure_gap, _gap_detail(sgd, baseline))
+        claims.append(
+            judged(
+                f"Linear-scaled SGD fails at batch {batch} (diverges, or ends "
+                f">= {thresholds.sgd_failure_gap:g} points below batch {baseline_batch})",
+                summary[SGD_LINEAR].get(batch, (None,))[0],
+                held_if_diverged=True,
+                held=lambda gap: gap >= thresholds.sgd_failure_gap,
             )
-    for batch, lars_gap in thresholds.lars_gaps:
-        lars = summary[LARS_BEST].get(batch, (None,))[0]
-        statement = (
-            f"LARS ends within {lars_gap:g} points of batch {baseline_batch} at batch {batch}"
         )
-        if lars is None:
-            claims.append(Claim(statement, None, "batch size not run"))
-        elif math.isnan(lars):
-            claims.append(Claim(statement, False, "LARS diverged"))
-        else:
-            gap = baseline - lars
-            claims.append(Claim(statement, gap <= lars_gap, _gap_detail(lars, baseline)))
+    for batch, lars_gap in thresholds.lars_gaps:
+        claims.append(
+            judged(
+                f"LARS ends within {lars_gap:g} points of batch {baseline_batch} at batch {batch}",
+                summary[LARS_BEST].get(batch, (None,))[0],
+                held_if_diverged=False,
+                held=lambda gap, allowed=lars_gap: gap <= allowed,
+            )
+        )
     for batch, _ in thresholds.lars_gaps:
         lars = summary[LARS_BEST].get(batch, (None,))[0]
         sgd = summary[SGD_BEST].get(batch, (None,))[0]
