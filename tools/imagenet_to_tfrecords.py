@@ -375,9 +375,6 @@ def _map(function, jobs, num_workers):
 
 def verify(output_dir):
     """Reads every shard back; returns a list of problems (empty if none)."""
-    import tensorflow as tf
-
-    problems = []
     labels_file = os.path.join(output_dir, "labels.txt")
     if not os.path.exists(labels_file):
         return [f"{labels_file}: missing; is {output_dir} the converter's output?"]
@@ -390,12 +387,8 @@ def verify(output_dir):
             shards[match[1]][int(match[2])] = (name, int(match[3]))
     if not shards:
         return [f"{output_dir}: no shards"]
-    feature_spec = {
-        "image/encoded": tf.io.FixedLenFeature([], tf.string),
-        "image/class/label": tf.io.FixedLenFeature([], tf.int64),
-        "image/filename": tf.io.FixedLenFeature([], tf.string),
-    }
-    seen = {}
+    problems = []
+    seen = {}  # filename -> the shard it was first found in
     for split, found in shards.items():
         total = {of for _, of in found.values()}
         if len(total) != 1:
@@ -404,35 +397,46 @@ def verify(output_dir):
         if missing:
             problems.append(f"{split}: missing shards {missing[:10]}")
         for index in sorted(found):
-            name = found[index][0]
-            path = os.path.join(output_dir, name)
-            count = 0
+            problems += _verify_shard(output_dir, found[index][0], num_classes, seen)
+    return problems
+
+
+def _verify_shard(output_dir, name, num_classes, seen):
+    """Problems with one shard: labels, decoding, duplicates (updating `seen`),
+    and its record count against the statistics written with it."""
+    import tensorflow as tf
+
+    feature_spec = {
+        "image/encoded": tf.io.FixedLenFeature([], tf.string),
+        "image/class/label": tf.io.FixedLenFeature([], tf.int64),
+        "image/filename": tf.io.FixedLenFeature([], tf.string),
+    }
+    path = os.path.join(output_dir, name)
+    problems = []
+    count = 0
+    try:
+        for record in tf.data.TFRecordDataset(path):
+            example = tf.io.parse_single_example(record, feature_spec)
+            filename = example["image/filename"].numpy().decode()
+            label = int(example["image/class/label"])
+            if not 1 <= label <= num_classes:
+                problems.append(f"{path}: {filename} has label {label}, outside 1..{num_classes}")
             try:
-                for record in tf.data.TFRecordDataset(path):
-                    example = tf.io.parse_single_example(record, feature_spec)
-                    filename = example["image/filename"].numpy().decode()
-                    label = int(example["image/class/label"])
-                    if not 1 <= label <= num_classes:
-                        problems.append(
-                            f"{path}: {filename} has label {label}, outside 1..{num_classes}"
-                        )
-                    try:
-                        tf.io.decode_jpeg(example["image/encoded"], channels=3)
-                    except tf.errors.InvalidArgumentError:
-                        problems.append(f"{path}: {filename} does not decode")
-                    if filename in seen:
-                        problems.append(f"{path}: {filename} also in {seen[filename]}")
-                    seen[filename] = name
-                    count += 1
-            except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
-                problems.append(f"{path}: unreadable after {count} records: {error.message}")
-                continue
-            stats = stats_path(output_dir, name)
-            if os.path.exists(stats):
-                with open(stats) as f:
-                    expected = json.load(f)["count"]
-                if count != expected:
-                    problems.append(f"{path}: {count} records, expected {expected}")
+                tf.io.decode_jpeg(example["image/encoded"], channels=3)
+            except tf.errors.InvalidArgumentError:
+                problems.append(f"{path}: {filename} does not decode")
+            if filename in seen:
+                problems.append(f"{path}: {filename} also in {seen[filename]}")
+            seen[filename] = name
+            count += 1
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
+        return problems + [f"{path}: unreadable after {count} records: {error.message}"]
+    stats = stats_path(output_dir, name)
+    if os.path.exists(stats):
+        with open(stats) as f:
+            expected = json.load(f)["count"]
+        if count != expected:
+            problems.append(f"{path}: {count} records, expected {expected}")
     return problems
 
 
