@@ -96,6 +96,10 @@ class LARS(keras.optimizers.Optimizer):
             matches any are not decayed. Defaults to `DEFAULT_EXCLUDE_PATTERNS`.
         adaptation_exclude_patterns: Regular expressions; variables whose path
             matches any get `λ = 1`. Defaults to `DEFAULT_EXCLUDE_PATTERNS`.
+        track_trust_ratios: Whether to keep the `λ` of each variable's last
+            update in a float32 optimizer variable, for monitoring (the
+            paper's per-layer plots) without an extra forward or backward
+            pass; read them with `trust_ratios()`. Defaults to `False`.
         clipnorm, clipvalue, global_clipnorm, use_ema, ema_momentum,
             ema_overwrite_frequency, loss_scale_factor,
             gradient_accumulation_steps, name: forwarded to
@@ -115,6 +119,7 @@ class LARS(keras.optimizers.Optimizer):
         larc_clip=False,
         weight_decay_exclude_patterns=DEFAULT_EXCLUDE_PATTERNS,
         adaptation_exclude_patterns=DEFAULT_EXCLUDE_PATTERNS,
+        track_trust_ratios=False,
         clipnorm=None,
         clipvalue=None,
         global_clipnorm=None,
@@ -158,6 +163,7 @@ class LARS(keras.optimizers.Optimizer):
         self.nesterov = bool(nesterov)
         self.trust_ratio_denominator = trust_ratio_denominator
         self.larc_clip = bool(larc_clip)
+        self.track_trust_ratios = bool(track_trust_ratios)
         self.weight_decay_exclude_patterns = _check_patterns(
             "weight_decay_exclude_patterns", weight_decay_exclude_patterns
         )
@@ -224,6 +230,17 @@ class LARS(keras.optimizers.Optimizer):
         self.momentums = []
         if self.momentum > 0:
             self.momentums = self.add_optimizer_variables(variables, "momentum")
+        self._variable_paths = tuple(_variable_path(v) for v in variables)
+        self._trust_ratios = []
+        if self.track_trust_ratios:
+            self._trust_ratios = [
+                self.add_variable(
+                    shape=(),
+                    dtype="float32",
+                    name=re.sub(r"\W", "_", path) + "_trust_ratio",
+                )
+                for path in self._variable_paths
+            ]
 
     def update_step(self, gradient, variable, learning_rate):
         index = self._get_variable_index(variable)
@@ -232,8 +249,17 @@ class LARS(keras.optimizers.Optimizer):
         decay = self.weight_decay if index in self._decayed_indices else 0.0
 
         learning_rate = ops.cast(learning_rate, "float32")
+        trust_ratio = 1.0
         if index in self._adapted_indices:
-            learning_rate = self._local_learning_rate(gradient, variable, decay, learning_rate)
+            trust_ratio, usable = self._trust_ratio(gradient, variable, decay)
+            if self.larc_clip:
+                learning_rate = ops.where(
+                    usable, ops.minimum(trust_ratio, learning_rate), learning_rate
+                )
+            else:
+                learning_rate = learning_rate * trust_ratio
+        if self._trust_ratios:
+            self.assign(self._trust_ratios[index], trust_ratio)
         learning_rate = ops.cast(learning_rate, dtype)
 
         gradient = ops.cast(gradient, dtype)
@@ -252,8 +278,9 @@ class LARS(keras.optimizers.Optimizer):
         else:
             self.assign_sub(variable, velocity)
 
-    def _local_learning_rate(self, gradient, variable, decay, learning_rate):
-        """The adapted rate, a float32 scalar: `γ·λ` (or `min(λ, γ)`)."""
+    def _trust_ratio(self, gradient, variable, decay):
+        """`λ` as a float32 scalar (1 where a norm is zero), and whether the
+        norms were usable."""
         weights = ops.cast(variable, "float32")
         gradient = ops.cast(gradient, "float32")
         weight_norm = _norm(weights)
@@ -266,9 +293,22 @@ class LARS(keras.optimizers.Optimizer):
         usable = ops.logical_and(weight_norm > 0, gradient_norm > 0)
         # The `where` on the denominator keeps 0/0 out of the unused branch.
         ratio = (self.trust_coefficient * weight_norm) / ops.where(usable, denominator, 1.0)
-        if self.larc_clip:
-            return ops.where(usable, ops.minimum(ratio, learning_rate), learning_rate)
-        return learning_rate * ops.where(usable, ratio, 1.0)
+        return ops.where(usable, ratio, 1.0), usable
+
+    def trust_ratios(self):
+        """`{variable.path: λ}` of each variable's last update, as floats; 1.0
+        for variables excluded from adaptation, 0.0 before the first update.
+
+        Needs `track_trust_ratios=True` and a built optimizer.
+        """
+        if not self.track_trust_ratios:
+            raise ValueError("`trust_ratios()` needs `LARS(..., track_trust_ratios=True)`.")
+        if not self.built:
+            raise ValueError("`trust_ratios()` needs a built optimizer (after the first step).")
+        return {
+            path: float(ops.convert_to_numpy(ratio))
+            for path, ratio in zip(self._variable_paths, self._trust_ratios)
+        }
 
     def _apply_weight_decay(self, variables):
         # The base class would apply decoupled (AdamW-style) decay before
@@ -298,6 +338,7 @@ class LARS(keras.optimizers.Optimizer):
                 "nesterov": self.nesterov,
                 "trust_ratio_denominator": self.trust_ratio_denominator,
                 "larc_clip": self.larc_clip,
+                "track_trust_ratios": self.track_trust_ratios,
                 "weight_decay_exclude_patterns": list(self.weight_decay_exclude_patterns),
                 "adaptation_exclude_patterns": list(self.adaptation_exclude_patterns),
             }

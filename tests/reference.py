@@ -44,20 +44,30 @@ def lars_step(
     decayed_gradient = g + beta * w
     local_lr = lr
     if adapted:
-        w_norm = np.linalg.norm(w)
-        if denominator == "sum_of_norms":
-            g_norm = np.linalg.norm(g)
-            ratio_denominator = g_norm + beta * w_norm + epsilon
-        else:
-            g_norm = np.linalg.norm(decayed_gradient)
-            ratio_denominator = g_norm + epsilon
-        if w_norm > 0 and g_norm > 0:
-            trust_ratio = trust_coefficient * w_norm / ratio_denominator
-            local_lr = min(trust_ratio, lr) if larc_clip else lr * trust_ratio
+        ratio = trust_ratio(w, g, beta, trust_coefficient, epsilon, denominator)
+        if ratio is not None:
+            local_lr = min(ratio, lr) if larc_clip else lr * ratio
     step = local_lr * decayed_gradient
     v = momentum * v + step
     w = w - (momentum * v + step if nesterov else v)
     return w, v
+
+
+def trust_ratio(w, g, beta, trust_coefficient, epsilon=0.0, denominator="sum_of_norms"):
+    """λ = η‖w‖ / (‖g‖ + β‖w‖ + ε) (or η‖w‖ / (‖g + βw‖ + ε)); None when a norm
+    is zero (the optimizer then uses the global rate)."""
+    w = np.asarray(w, np.float64)
+    g = np.asarray(g, np.float64)
+    w_norm = np.linalg.norm(w)
+    if denominator == "sum_of_norms":
+        g_norm = np.linalg.norm(g)
+        ratio_denominator = g_norm + beta * w_norm + epsilon
+    else:
+        g_norm = np.linalg.norm(g + beta * w)
+        ratio_denominator = g_norm + epsilon
+    if w_norm > 0 and g_norm > 0:
+        return trust_coefficient * w_norm / ratio_denominator
+    return None
 
 
 def lars_run(weights, gradients_per_step, learning_rates, decayed, adapted, **hyper):

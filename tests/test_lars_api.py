@@ -138,6 +138,7 @@ def test_config_round_trip_keeps_every_argument():
         nesterov=True,
         trust_ratio_denominator="norm_of_sum",
         larc_clip=True,
+        track_trust_ratios=True,
         weight_decay_exclude_patterns=["bias$"],
         adaptation_exclude_patterns=["gamma"],
         global_clipnorm=1.0,

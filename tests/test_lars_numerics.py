@@ -154,6 +154,59 @@ def test_matches_reference_over_many_steps(denominator, larc_clip, nesterov, exc
         )
 
 
+@pytest.mark.parametrize("denominator", ["sum_of_norms", "norm_of_sum"])
+def test_tracked_trust_ratios_are_the_last_updates_lambda(denominator):
+    model = make_model()
+    initial = [keras.ops.convert_to_numpy(v) for v in model.trainable_variables]
+    gradients = random_gradients(model, STEPS)
+    optimizer = keras_lars.LARS(
+        schedule(), trust_ratio_denominator=denominator, track_trust_ratios=True, **HYPER
+    )
+    apply_all(optimizer, model.trainable_variables, gradients)
+
+    before_last, _ = reference.lars_run(
+        initial,
+        gradients[:-1],
+        reference_rates(STEPS - 1),
+        decayed=[p in KERNELS for p in PATHS],
+        adapted=[p in KERNELS for p in PATHS],
+        denominator=denominator,
+        **HYPER,
+    )
+    expected = {
+        path: (
+            reference.trust_ratio(
+                w,
+                g,
+                HYPER["weight_decay"],
+                HYPER["trust_coefficient"],
+                HYPER["epsilon"],
+                denominator,
+            )
+            if path in KERNELS
+            else 1.0  # excluded from adaptation
+        )
+        for path, w, g in zip(PATHS, before_last, gradients[-1])
+    }
+    got = optimizer.trust_ratios()
+    assert list(got) == list(PATHS)
+    for path in PATHS:
+        assert got[path] == pytest.approx(expected[path], rel=1e-5), path
+    # Tracking changes nothing in the update.
+    untracked_model = make_model()
+    untracked = keras_lars.LARS(schedule(), trust_ratio_denominator=denominator, **HYPER)
+    apply_all(untracked, untracked_model.trainable_variables, gradients)
+    for a, b in zip(model.trainable_variables, untracked_model.trainable_variables):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+
+
+def test_trust_ratios_need_tracking_and_a_build():
+    with pytest.raises(ValueError, match="track_trust_ratios=True"):
+        keras_lars.LARS().trust_ratios()
+    with pytest.raises(ValueError, match="built"):
+        keras_lars.LARS(track_trust_ratios=True).trust_ratios()
+
+
 def test_without_momentum_matches_reference_and_keeps_no_slots():
     model = make_model()
     optimizer = keras_lars.LARS(schedule(), **{**HYPER, "momentum": 0.0})
