@@ -1,9 +1,15 @@
 """The ImageNet input pipeline: read -> decode -> preprocess -> batch.
 
-Reads TFRecords written by `tools/imagenet_to_tfrecords.py` (or any file with
-the tensorflow/tpu schema: `image/encoded`, `image/class/label` in 1..1000) and
-TFDS `imagenet2012` files (`image`, `label` in 0..999). The label offset is
-explicit: `label_offset` is subtracted, so both give 0..999 by default.
+Two sources of (JPEG bytes, label) examples:
+
+- `TFRecordSource`: TFRecords written by `tools/imagenet_to_tfrecords.py` (or
+  any file with the tensorflow/tpu schema: `image/encoded`, `image/class/label`
+  in 1..1000), or TFDS-format files read directly (`schema="tfds"`);
+- `TFDSSource`: TFDS `imagenet2012` through tensorflow-datasets' builder,
+  keeping the JPEG bytes (`SkipDecoding`) for the fused decode-and-crop.
+
+The label offset is explicit: `label_offset` is subtracted, so both give
+0..999 by default.
 
     dataset = imagenet_input.build_dataset(
         "/data/imagenet/train-*", training=True, global_batch_size=4096,
@@ -14,12 +20,18 @@ explicit: `label_offset` is subtracted, so both give 0..999 by default.
 Under a `tf.distribute` strategy use `strategy.distribute_datasets_from_function`
 with a function that passes its `InputContext`: every pipeline then reads a
 disjoint part of the data, and together they read all of it.
+`evaluation_batches` pads the last global batch with masked examples so that
+every validation image is seen exactly once, on any number of replicas.
 """
 
+import concurrent.futures
 import contextlib
+import json
+import math
 import os
 
 import tensorflow as tf
+from tqdm import tqdm
 
 IMAGE_SIZE = 224
 # Inception-style crop (Szegedy et al. 2015), as in the ResNet references.
@@ -33,6 +45,12 @@ SHUFFLE_BUFFER = 10_000
 INTERLEAVE_CYCLE = 16
 READ_BUFFER_BYTES = 8 * 1024 * 1024
 MAX_INPUT_PIPELINES = 4096  # augmentation streams stay distinct up to this many hosts
+IMAGENET_TRAIN_IMAGES = 1_281_167
+IMAGENET_CLASSES = 1000
+RESCAN_THREADS = 8  # files checked at once when looking for a bad one
+# Words in TensorFlow's messages for records that do not read or images that
+# do not decode.
+UNREADABLE_SIGNS = ("JPEG", "Could not parse example", "corrupted record")
 
 SCHEMAS = {
     # name: (image key, label key, default label offset)
@@ -58,21 +76,13 @@ def list_files(file_pattern):
     return files
 
 
-def read_records(
-    files,
-    *,
-    training,
-    input_context=None,
-    cache=False,
-    deterministic=False,
-    seed=0,
-    shuffle_buffer=SHUFFLE_BUFFER,
-):
-    """Serialized records: this pipeline's share of `files`, shuffled if training.
+def read_records(files, *, training, input_context=None, deterministic=False, seed=0):
+    """Serialized records: this pipeline's share of `files`, one pass, the file
+    order reshuffled on every pass if training.
 
     With N input pipelines, pipeline i reads files i, i+N, ... (or, with fewer
     files than pipelines, records i, i+N, ...), so together they read every
-    record exactly once per epoch.
+    record exactly once per pass.
     """
     pipelines = input_context.num_input_pipelines if input_context else 1
     index = input_context.input_pipeline_id if input_context else 0
@@ -86,14 +96,11 @@ def read_records(
         lambda f: tf.data.TFRecordDataset(f, buffer_size=READ_BUFFER_BYTES),
         cycle_length=min(INTERLEAVE_CYCLE, len(files)),
         num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=deterministic,
+        # Sharding records needs the same order in every pipeline.
+        deterministic=deterministic or not shard_files,
     )
     if not shard_files:
         dataset = dataset.shard(pipelines, index)
-    if cache:
-        dataset = dataset.cache()
-    if training:
-        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     return dataset
 
 
@@ -109,6 +116,113 @@ def parse(serialized, schema="imagenet", label_offset=None):
     )
     offset = default_offset if label_offset is None else label_offset
     return features[image_key], tf.cast(features[label_key] - offset, tf.int32)
+
+
+def count_records(files):
+    """Records in `files`: from the converter's per-shard statistics where it
+    wrote them (`.conversion/<shard>.json`), else by reading the file."""
+    total = 0
+    for path in files:
+        stats = os.path.join(os.path.dirname(path), ".conversion", os.path.basename(path) + ".json")
+        if tf.io.gfile.exists(stats):
+            with tf.io.gfile.GFile(stats) as f:
+                total += json.load(f)["count"]
+        else:
+            total += int(tf.data.TFRecordDataset(path).reduce(0, lambda n, _: n + 1))
+    return total
+
+
+class TFRecordSource:
+    """ImageNet examples from TFRecord files matching `file_pattern`.
+
+    `num_classes` comes from the converter's `labels.txt` beside the files
+    (one line a class), else ImageNet's 1000.
+    """
+
+    def __init__(self, file_pattern, schema="imagenet", label_offset=None):
+        if schema not in SCHEMAS:
+            raise ValueError(f"`schema` must be one of {tuple(SCHEMAS)}. Received: {schema!r}")
+        self.files = list_files(file_pattern)
+        self.schema, self.label_offset = schema, label_offset
+        labels = os.path.join(os.path.dirname(file_pattern), "labels.txt")
+        self.num_classes = IMAGENET_CLASSES
+        if tf.io.gfile.exists(labels):
+            with tf.io.gfile.GFile(labels) as f:
+                self.num_classes = sum(1 for line in f if line.strip())
+
+    def examples(self, *, training, input_context=None, deterministic=False, seed=0):
+        """(JPEG bytes, label) of this pipeline's share, one pass."""
+        records = read_records(
+            self.files,
+            training=training,
+            input_context=input_context,
+            deterministic=deterministic,
+            seed=seed,
+        )
+        return records.map(
+            lambda r: parse(r, self.schema, self.label_offset),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=deterministic,
+        )
+
+    def count(self):
+        return count_records(self.files)
+
+    def naming_bad_files(self):
+        return naming_bad_files(self.files, self.schema)
+
+
+class TFDSSource:
+    """A split of a TFDS image-classification data set (`imagenet2012` by
+    default), read through tensorflow-datasets' builder from `data_dir`.
+
+    Each input pipeline reads its own files (`tfds.ReadConfig` with the input
+    context; TFDS refuses when there are fewer files than pipelines) and the
+    images stay encoded (`SkipDecoding`) for the fused decode-and-crop.
+    """
+
+    def __init__(self, data_dir, split, name="imagenet2012"):
+        import tensorflow_datasets as tfds  # an optional extra: keras_lars[tfds]
+
+        self._tfds = tfds
+        self.split = split
+        self.builder = tfds.builder(name, data_dir=data_dir)
+        self.num_classes = self.builder.info.features["label"].num_classes
+        self.files = []  # TFDS checks its own files when it prepares them
+
+    def _as_dataset(self, *, training, input_context, deterministic, seed):
+        tfds = self._tfds
+        options = tf.data.Options()
+        options.deterministic = deterministic
+        read_config = tfds.ReadConfig(
+            input_context=input_context,
+            shuffle_seed=seed,
+            shuffle_reshuffle_each_iteration=True,
+            interleave_cycle_length=INTERLEAVE_CYCLE,
+            options=options,
+        )
+        return self.builder.as_dataset(
+            split=self.split,
+            shuffle_files=training,
+            read_config=read_config,
+            decoders={"image": tfds.decode.SkipDecoding()},
+        )
+
+    def examples(self, *, training, input_context=None, deterministic=False, seed=0):
+        dataset = self._as_dataset(
+            training=training,
+            input_context=input_context,
+            deterministic=deterministic,
+            seed=seed,
+        )
+        return dataset.map(lambda e: (e["image"], tf.cast(e["label"], tf.int32)))
+
+    def count(self):
+        dataset = self._as_dataset(training=False, input_context=None, deterministic=True, seed=0)
+        return int(dataset.cardinality())
+
+    def naming_bad_files(self):
+        return contextlib.nullcontext()
 
 
 def decode_and_random_crop(image_bytes, image_size, seed):
@@ -160,99 +274,218 @@ def preprocess(image_bytes, training, image_size=IMAGE_SIZE, dtype="float32", se
     return tf.cast(image, dtype)
 
 
-def build_dataset(
-    file_pattern,
+def batches(
+    source,
     *,
     training,
     global_batch_size,
     input_context=None,
     image_size=IMAGE_SIZE,
     dtype="float32",
-    schema="imagenet",
-    label_offset=None,
     cache=False,
     deterministic=False,
     seed=0,
     repeat=None,
     drop_remainder=True,
     shuffle_buffer=SHUFFLE_BUFFER,
+    skip=0,
+    num_classes=None,
 ):
-    """Batches of (image, label) for one input pipeline.
+    """Batches of (image, label) from `source` for one input pipeline.
 
     `global_batch_size` is split across replicas with the input context.
     `drop_remainder=True` keeps shapes static (TPU, XLA). Training data repeats
     unless `repeat=False`. `deterministic=True` makes order and augmentation
     repeat exactly for a given `seed`; otherwise tf.data may reorder for speed
-    (the augmentation is still seeded per element). The returned dataset has a
-    `files` attribute for `naming_bad_files`.
+    (the augmentation is still seeded per element). `skip` drops the first
+    `skip` examples of this pipeline's stream, keeping the augmentation of the
+    rest: with `deterministic=True`, a resumed run continues exactly where the
+    first one stopped. Given `num_classes`, a label outside [0, num_classes)
+    stops the pipeline with an error that says so (a wrong label offset would
+    otherwise train on nothing).
     """
     if dtype not in DTYPES:
         raise ValueError(f"`dtype` must be one of {DTYPES}. Received: dtype={dtype!r}")
-    if schema not in SCHEMAS:
-        raise ValueError(f"`schema` must be one of {tuple(SCHEMAS)}. Received: {schema!r}")
-    files = list_files(file_pattern)
+    pipelines = input_context.num_input_pipelines if input_context else 1
+    if pipelines > MAX_INPUT_PIPELINES:
+        raise ValueError(
+            f"At most {MAX_INPUT_PIPELINES} input pipelines are supported. Received: {pipelines}"
+        )
+    pipeline = input_context.input_pipeline_id if input_context else 0
     batch_size = (
         input_context.get_per_replica_batch_size(global_batch_size)
         if input_context
         else global_batch_size
     )
-    records = read_records(
-        files,
-        training=training,
-        input_context=input_context,
-        cache=cache,
-        deterministic=deterministic,
-        seed=seed,
-        shuffle_buffer=shuffle_buffer,
+    examples = source.examples(
+        training=training, input_context=input_context, deterministic=deterministic, seed=seed
     )
-    if training and repeat is not False:
-        records = records.repeat()
-    pipeline = input_context.input_pipeline_id if input_context else 0
-    if input_context and input_context.num_input_pipelines > MAX_INPUT_PIPELINES:
-        raise ValueError(
-            f"At most {MAX_INPUT_PIPELINES} input pipelines are supported. "
-            f"Received: {input_context.num_input_pipelines}"
-        )
+    if cache:
+        examples = examples.cache()
+    if training:
+        examples = examples.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        if repeat is not False:
+            examples = examples.repeat()
+    examples = examples.enumerate()
+    if skip:
+        examples = examples.skip(skip)
 
-    def parse_and_preprocess(index, serialized):
-        image_bytes, label = parse(serialized, schema, label_offset)
+    def preprocess_one(index, example):
+        image_bytes, label = example
+        label = checked_label(label, num_classes)
         # One random stream per (seed, pipeline), one seed per element in it.
         stream = seed * MAX_INPUT_PIPELINES + pipeline
         element_seed = tf.stack([tf.cast(stream, tf.int64), index])
         return preprocess(image_bytes, training, image_size, dtype, element_seed), label
 
-    dataset = records.enumerate().map(
-        parse_and_preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic
+    dataset = examples.map(
+        preprocess_one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic
     )
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
-    dataset = dataset.prefetch(tf.data.AUTOTUNE)
-    dataset.files = files
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def checked_label(label, num_classes):
+    """`label`, with an assertion that it lies in [0, num_classes) (none if
+    `num_classes` is None)."""
+    if num_classes is None:
+        return label
+    message = (
+        f"Label outside [0, {num_classes}): is the label offset right? The converter's "
+        "labels are 1..N (offset 1), TFDS's 0..N-1 (offset 0)."
+    )
+    with tf.control_dependencies(
+        [
+            tf.debugging.assert_non_negative(label, message=message),
+            tf.debugging.assert_less(label, num_classes, message=message),
+        ]
+    ):
+        return tf.identity(label)
+
+
+def build_dataset(file_pattern, *, schema="imagenet", label_offset=None, **kwargs):
+    """`batches` of the TFRecord files matching `file_pattern`; the dataset
+    has a `files` attribute for `naming_bad_files`."""
+    source = TFRecordSource(file_pattern, schema, label_offset)
+    dataset = batches(source, **kwargs)
+    dataset.files = source.files
     return dataset
 
 
-def find_bad_files(files, schema="imagenet"):
-    """["path: what is wrong", ...] for files that do not read or decode."""
-    problems = []
-    for path in files:
-        count = 0
+def evaluation_steps(num_examples, global_batch_size, num_pipelines=1):
+    """Steps that show every one of `num_examples` exactly once when each of
+    `num_pipelines` pipelines holds at most ceil(num_examples / num_pipelines)."""
+    per_pipeline = math.ceil(num_examples / num_pipelines)
+    return max(1, math.ceil(per_pipeline / (global_batch_size // num_pipelines)))
+
+
+def evaluation_batches(
+    source,
+    *,
+    global_batch_size,
+    num_examples,
+    input_context=None,
+    image_size=IMAGE_SIZE,
+    dtype="float32",
+    num_classes=None,
+):
+    """Batches of (image, label, mask) showing each of the `num_examples`
+    validation examples exactly once (mask 1) over `evaluation_steps(...)`
+    steps, padded with blank examples (mask 0, label 0) to whole batches.
+
+    The examples are dealt to pipelines one by one, so a pipeline holds at most
+    one more than another, and every replica gets a full batch in every step:
+    shapes stay static and no replica sees an empty batch.
+    """
+    pipelines = input_context.num_input_pipelines if input_context else 1
+    index = input_context.input_pipeline_id if input_context else 0
+    batch_size = (
+        input_context.get_per_replica_batch_size(global_batch_size)
+        if input_context
+        else global_batch_size
+    )
+    steps = evaluation_steps(num_examples, global_batch_size, pipelines)
+    batches_per_step = global_batch_size // pipelines // batch_size  # replicas it feeds
+    examples = source.examples(training=False, deterministic=True).shard(pipelines, index)
+    real = examples.map(
+        lambda image_bytes, label: (
+            preprocess(image_bytes, False, image_size, dtype),
+            checked_label(label, num_classes),
+            tf.constant(1.0),
+        ),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    blank = tf.data.Dataset.from_tensors(
+        (tf.zeros([image_size, image_size, 3], dtype), tf.constant(0), tf.constant(0.0))
+    ).repeat()
+    dataset = real.concatenate(blank).batch(batch_size, drop_remainder=True)
+    dataset = dataset.take(steps * batches_per_step).prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = True  # the deal to pipelines depends on the order
+    return dataset.with_options(options)
+
+
+def synthetic_batch(batch_size, image_size, num_classes, dtype="float32"):
+    """Random normalised images and labels, made where it is called (inside a
+    replica's step, so on the device): input-free throughput runs."""
+    images = tf.random.normal([batch_size, image_size, image_size, 3], dtype=tf.float32)
+    labels = tf.random.uniform([batch_size], 0, num_classes, dtype=tf.int32)
+    return tf.cast(images, dtype), labels
+
+
+def _first_problem(path, schema):
+    """ "path: record N: what is wrong", or None if the file reads and decodes."""
+    count = 0
+    try:
+        for serialized in tf.data.TFRecordDataset(path):
+            image_bytes, _ = parse(serialized, schema, 0)
+            tf.io.decode_jpeg(image_bytes, channels=3)
+            count += 1
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
+        return f"{path}: record {count}: {error.message.splitlines()[0]}"
+    return None
+
+
+def find_first_bad_file(files, schema="imagenet", threads=RESCAN_THREADS):
+    """The first problem found in `files` ("path: record N: what"), checking
+    `threads` files at once with a progress bar; None if all are good."""
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        futures = [pool.submit(_first_problem, path, schema) for path in files]
         try:
-            for serialized in tf.data.TFRecordDataset(path):
-                image_bytes, _ = parse(serialized, schema, 0)
-                tf.io.decode_jpeg(image_bytes, channels=3)
-                count += 1
-        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
-            problems.append(f"{path}: record {count}: {error.message.splitlines()[0]}")
-    return problems
+            with tqdm(total=len(files), unit="file", desc="looking for the bad file") as bar:
+                for future in concurrent.futures.as_completed(futures):
+                    bar.update(1)
+                    if future.result():
+                        return future.result()
+        finally:
+            for future in futures:
+                future.cancel()
+    return None
+
+
+def is_unreadable_data(error):
+    """Whether a TensorFlow error says a record does not read or an image does
+    not decode (the cases a file can be blamed for), as opposed to an error in
+    the model or a bad setting. tf.data's errors surface through an
+    iterator's GetNext op."""
+    if isinstance(error, tf.errors.DataLossError):
+        return True
+    return "IteratorGetNext" in error.message and any(
+        sign in error.message for sign in UNREADABLE_SIGNS
+    )
 
 
 @contextlib.contextmanager
 def naming_bad_files(files, schema="imagenet"):
     """Re-raises tf.data's read and decode errors, which name no file, as a
-    `BadDataError` that names them (the files are rescanned only on failure)."""
+    `BadDataError` that names one. Only those start the rescan; any other
+    error is re-raised at once."""
     try:
         yield
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
-        problems = find_bad_files(files, schema)
-        if not problems:
+        if not is_unreadable_data(error):
             raise
-        raise BadDataError("Bad input data:\n  " + "\n  ".join(problems)) from error
+        problem = find_first_bad_file(files, schema)
+        if not problem:
+            raise
+        raise BadDataError(f"Bad input data: {problem}") from error

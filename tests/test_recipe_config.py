@@ -1,0 +1,146 @@
+"""Presets and the recipes' configuration: values against their sources,
+flags over presets, and bad settings named by flag."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from recipes import models
+from recipes import presets
+from recipes import strategies
+from recipes import train_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# (batch, peak rate, warm-up epochs, weight decay, momentum, epochs), copied
+# from the sources' tables (REFERENCE.md §2 and §6), not from presets.py.
+SOURCES = {
+    "mlperf_4k": (4096, 10.0, 5, 2e-4, 0.9, 42),
+    "mlperf_8k": (8192, 17.0, 5, 2e-4, 0.9, 44),
+    "tpu_16k": (16384, 25.0, 5, 1e-4, 0.9, 91),
+    "mlperf_32k": (32768, 29.0, 18, 1e-4, 0.929, 60),
+    "mlperf_64k": (65536, 24.699, 31, 1e-4, 0.951807, 88.9),
+    "paper_resnet_8k": (8192, 30.0, 5, 5e-4, 0.9, 100),
+    "paper_resnet_16k": (16384, 33.0, 12, 5e-4, 0.9, 100),
+    "paper_resnet_32k": (32768, 40.0, 12, 5e-4, 0.9, 100),
+    "paper_alexnet_512": (512, 2.0, 2, 5e-4, 0.9, 100),
+    "paper_alexnet_8k": (8192, 10.0, 2, 5e-4, 0.9, 100),
+    "paper_alexnet_32k": (32768, 14.0, 2, 5e-4, 0.9, 100),
+    "paper_alexnet_bn_8k": (8192, 14.0, 5, 5e-4, 0.9, 100),  # the paper's 14, not NVCaffe's 10
+    "paper_alexnet_bn_16k": (16384, 23.0, 5, 5e-4, 0.9, 100),
+    "paper_alexnet_bn_32k": (32768, 22.0, 5, 5e-4, 0.9, 100),
+}
+FIELDS = ("global_batch_size", "learning_rate", "warmup_epochs", "weight_decay", "momentum")
+
+
+@pytest.mark.parametrize("name", SOURCES)
+def test_presets_match_their_sources(name):
+    preset = presets.PRESETS[name]
+    assert tuple(preset[f] for f in FIELDS + ("train_epochs",)) == SOURCES[name]
+    assert preset["source"] and preset["reported"]
+
+
+def test_mlperf_presets_use_label_smoothing_and_end_rate():
+    for name in ("mlperf_4k", "mlperf_8k", "tpu_16k", "mlperf_32k", "mlperf_64k"):
+        preset = presets.PRESETS[name]
+        assert (preset["label_smoothing"], preset["end_learning_rate"]) == (0.1, 1e-4), name
+        assert preset["eval_every_epochs"] == 4
+
+
+def test_every_preset_resolves_to_a_complete_config():
+    for name, preset in presets.PRESETS.items():
+        config = train_config.resolve(name, model_dir="/tmp/x", synthetic=True)
+        assert config.model == preset["model"] and config.preset == name
+        assert config.image_size == models.IMAGE_SIZE[config.model]
+
+
+def test_flags_override_the_preset_and_none_means_not_given():
+    config = train_config.resolve(
+        "mlperf_8k",
+        model_dir="/m",
+        synthetic=True,
+        global_batch_size=1024,
+        learning_rate=None,
+        dtype="bfloat16",
+    )
+    assert config.global_batch_size == 1024 and config.learning_rate == 17.0
+    assert config.dtype == "bfloat16" and config.image_size == 224
+
+
+def test_defaults_depend_on_the_model_and_strategy():
+    assert train_config.resolve(model_dir="/m", synthetic=True).preset == "paper_resnet_256"
+    alexnet = train_config.resolve(model="alexnet_bn", model_dir="/m", synthetic=True)
+    assert (alexnet.preset, alexnet.image_size, alexnet.dropout) == (
+        "paper_alexnet_bn_512",
+        227,
+        0.5,
+    )
+    assert alexnet.adapt_biases  # the authors adapted every blob
+    tpu = train_config.resolve(model_dir="/m", synthetic=True, strategy="tpu", tpu="local")
+    assert tpu.dtype == "bfloat16"
+    assert train_config.resolve(model_dir="/m", synthetic=True).dtype == "float32"
+
+
+@pytest.mark.parametrize(
+    "kwargs,flag",
+    [
+        (dict(preset="mlperf_5k"), "--preset"),
+        (dict(model="vgg16"), "--model"),
+        (dict(preset="mlperf_8k", model="alexnet"), "--preset=mlperf_8k is for --model=resnet50"),
+        (dict(synthetic=False), "--data_dir"),
+        (dict(data_dir="/d"), "--data_dir"),  # and --synthetic: two sources
+        (dict(model_dir=""), "--model_dir"),
+        (dict(strategy="horovod"), "--strategy"),
+        (dict(tpu="my-tpu"), "--tpu"),
+        (dict(dtype="int8"), "--dtype"),
+        (dict(global_batch_size=0), "--global_batch_size"),
+        (dict(global_batch_size=2.5), "--global_batch_size"),
+        (dict(accumulation_steps=0), "--accumulation_steps"),
+        (dict(train_steps=0), "--train_steps"),
+        (dict(steps_per_loop=-1), "--steps_per_loop"),
+        (dict(image_size=16), "--image_size"),
+        (dict(model="alexnet", image_size=64), "--image_size"),
+        (dict(learning_rate=0.0), "--learning_rate"),
+        (dict(learning_rate=float("inf")), "--learning_rate"),
+        (dict(momentum=1.0), "--momentum"),
+        (dict(weight_decay=-1e-4), "--weight_decay"),
+        (dict(label_smoothing=1.0), "--label_smoothing"),
+        (dict(dropout=-0.1), "--dropout"),
+        (dict(warmup_epochs=float("nan")), "--warmup_epochs"),
+        (dict(train_epochs=0), "--train_epochs"),
+        (dict(trust_coefficient=0.0), "--trust_coefficient"),
+        (dict(alexnet_groups="three"), "--alexnet_groups"),
+        (dict(alexnet_bn_variant="before"), "--alexnet_bn_variant"),
+        (dict(logical_cpus=-2), "--logical_cpus"),
+    ],
+)
+def test_bad_settings_name_their_flag(kwargs, flag):
+    settings = {"model_dir": "/m", "synthetic": True, **kwargs}
+    with pytest.raises(ValueError, match=re.escape(flag)):
+        train_config.resolve(**settings)
+
+
+def test_command_line_choices_are_the_modules_choices():
+    """The command line spells its choices out (so that --help needs no
+    TensorFlow import): they must stay the modules' choices."""
+    script = (
+        "import json; from absl import flags; from recipes import imagenet_train; "
+        "imagenet_train.define_flags(); F = flags.FLAGS; "
+        "print(json.dumps({n: getattr(F[n].parser, 'enum_values', None) for n in F}))"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    flag_values = json.loads(output)
+    assert tuple(flag_values["model"]) == models.MODELS
+    assert tuple(flag_values["strategy"]) == strategies.STRATEGIES
+    assert tuple(flag_values["alexnet_groups"]) == models.ALEXNET_GROUPS
+    assert tuple(flag_values["alexnet_bn_variant"]) == models.ALEXNET_BN_VARIANTS
+    assert tuple(flag_values["dtype"]) == train_config.DTYPES
+    assert tuple(flag_values["preset"]) == tuple(presets.PRESETS)
+    # Every setting has its flag.
+    assert set(train_config.TrainConfig.__dataclass_fields__) <= set(flag_values)

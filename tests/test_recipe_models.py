@@ -1,0 +1,160 @@
+"""The recipes' models: parameter counts by hand, ResNet-50 v1.5 details,
+AlexNet's LRN and split grouped convolution, on every backend."""
+
+import keras
+import numpy as np
+import pytest
+
+from recipes import models
+from recipes.models.alexnet import LocalResponseNormalization
+from recipes.models.alexnet import SplitGroupConv2D
+
+
+def parameters(variables):
+    return sum(int(np.prod(v.shape)) for v in variables)
+
+
+def conv(k, c_in, c_out, bias=True):
+    return k * k * c_in * c_out + (c_out if bias else 0)
+
+
+def dense(n_in, n_out):
+    return n_in * n_out + n_out
+
+
+# BVLC AlexNet at 227, two groups: conv2, conv4, conv5 see half the channels.
+ALEXNET_CONVS = [
+    conv(11, 3, 96),
+    conv(5, 48, 256),
+    conv(3, 256, 384),
+    conv(3, 192, 384),
+    conv(3, 192, 256),
+]
+ALEXNET_FCS = [dense(6 * 6 * 256, 4096), dense(4096, 4096), dense(4096, 1000)]
+ALEXNET = sum(ALEXNET_CONVS) + sum(ALEXNET_FCS)
+# Ungrouped: conv2, conv4 and conv5 see all the channels.
+ALEXNET_UNGROUPED = ALEXNET + (conv(5, 96, 256) - conv(5, 48, 256))
+ALEXNET_UNGROUPED += (conv(3, 384, 384) - conv(3, 192, 384)) + (
+    conv(3, 384, 256) - conv(3, 192, 256)
+)
+CONV_CHANNELS = (96, 256, 384, 384, 256)
+
+
+def test_resnet50_has_25_557_032_parameters():
+    model = models.build("resnet50", 1000, 224)
+    assert parameters(model.trainable_variables) == 25_557_032
+    assert model.output.shape == (None, 1000)
+
+
+def test_resnet50_is_v1_5_with_the_tf_references_batch_norm():
+    model = models.build("resnet50", 10, 64)
+    first = "stage3_block1"
+    assert model.get_layer(first + "_conv1").strides == (1, 1)
+    assert model.get_layer(first + "_conv2").strides == (2, 2)  # v1.5
+    assert model.get_layer(first + "_proj").strides == (2, 2)
+    convolutions = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert len(convolutions) == 53 and not any(c.use_bias for c in convolutions)
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert {(n.momentum, n.epsilon) for n in norms} == {(0.9, 1e-5)}
+    zeroed = {n.name for n in norms if not np.any(keras.ops.convert_to_numpy(n.gamma))}
+    assert zeroed == {n.name for n in norms if n.name.endswith("_bn3")}
+    assert len(zeroed) == 16  # one per residual branch
+    plain = models.build("resnet50", 10, 64, zero_init_residual=False)
+    assert all(
+        np.all(keras.ops.convert_to_numpy(layer.gamma) == 1)
+        for layer in plain.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    )
+
+
+@pytest.mark.parametrize(
+    "name,options,trainable,non_trainable_bn",
+    [
+        ("alexnet", {}, ALEXNET, 0),
+        ("alexnet", {"alexnet_groups": "native"}, ALEXNET, 0),
+        ("alexnet", {"alexnet_groups": "none"}, ALEXNET_UNGROUPED, 0),
+        # Authors: BN without scale or offset on the inputs of conv2..conv5.
+        ("alexnet_bn", {}, ALEXNET, 2 * (96 + 256 + 384 + 384)),
+        # conv -> BN -> ReLU: no conv biases, a BN γ and β per channel.
+        (
+            "alexnet_bn",
+            {"alexnet_bn_variant": "conv_bn_relu"},
+            ALEXNET - sum(CONV_CHANNELS) + 2 * sum(CONV_CHANNELS),
+            2 * sum(CONV_CHANNELS),
+        ),
+    ],
+)
+def test_alexnet_parameter_counts(name, options, trainable, non_trainable_bn):
+    model = models.build(name, 1000, 227, **options)
+    assert parameters(model.trainable_variables) == trainable
+    moving = [v for v in model.non_trainable_variables if "moving" in v.path]
+    assert parameters(moving) == non_trainable_bn
+    assert model.output.shape == (None, 1000)
+
+
+def test_alexnet_is_60_965_224_parameters():
+    assert ALEXNET == 60_965_224  # BVLC's published count
+
+
+def test_split_grouped_convolution_equals_native_groups():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 9, 9, 8)).astype("float32")
+    split = SplitGroupConv2D(6, 3, groups=2, bias_initializer="random_normal")
+    native = keras.layers.Conv2D(6, 3, padding="same", groups=2)
+    split.build(x.shape)
+    native.build(x.shape)
+    native.set_weights(split.get_weights())
+    assert split.kernel.shape == native.kernel.shape == (3, 3, 4, 6)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(split(x)),
+        keras.ops.convert_to_numpy(native(x)),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+def test_local_response_normalization_matches_caffe_formula():
+    rng = np.random.default_rng(0)
+    x = rng.normal(scale=30.0, size=(1, 2, 2, 7)).astype("float32")
+    layer = LocalResponseNormalization(size=5, alpha=1e-4, beta=0.75, bias=1.0)
+    expected = np.empty_like(x, dtype=np.float64)
+    for c in range(7):
+        window = x[..., max(0, c - 2) : c + 3].astype(np.float64)
+        expected[..., c] = x[..., c] / (1.0 + 1e-4 / 5 * np.sum(window**2, -1)) ** 0.75
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x)), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", models.MODELS)
+def test_logits_are_float32_under_mixed_precision(name):
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = models.build(name, 5, models.MIN_IMAGE_SIZE[name], dropout=0.0)
+        assert model.layers[1].compute_dtype == "bfloat16"
+        logits = model(np.zeros((1, *model.input.shape[1:]), "float32"))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert keras.backend.standardize_dtype(logits.dtype) == "float32"
+
+
+def test_models_save_and_load(tmp_path):
+    model = models.build("alexnet", 3, 67)
+    model.save(tmp_path / "alexnet.keras")
+    restored = keras.models.load_model(tmp_path / "alexnet.keras")
+    x = np.random.default_rng(0).normal(size=(1, 67, 67, 3)).astype("float32")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(restored(x)), keras.ops.convert_to_numpy(model(x)), rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    "call,argument",
+    [
+        (lambda: models.build("alexnet", 10, 66), "image_size"),
+        (lambda: models.build("alexnet", 10, 227, alexnet_groups="three"), "groups"),
+        (lambda: models.build("alexnet_bn", 10, 227, alexnet_bn_variant="x"), "variant"),
+        (lambda: models.build("vgg16", 10, 224), "model"),
+    ],
+)
+def test_bad_model_arguments_are_named(call, argument):
+    with pytest.raises(ValueError, match=f"`{argument}`"):
+        call()
