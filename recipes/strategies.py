@@ -15,6 +15,10 @@ import os
 import tensorflow as tf
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
+# One MirroredStrategy per device set and process: a second one over the same
+# devices reuses collective keys and fails with "Shape mismatch in the
+# collective instance" (tensorflow #62790; tests/test_tensorflow.py pins it).
+_MIRRORED = {}
 
 
 class StrategyError(RuntimeError):
@@ -35,7 +39,8 @@ def split_cpu(logical_cpus):
 
 def create(name, tpu=None):
     """The strategy called `name`; `StrategyError` naming the flag if it
-    cannot be had (an unknown name, no TPU reachable)."""
+    cannot be had (an unknown name, no TPU reachable). "mirrored" returns the
+    same strategy each time in a process."""
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "one_device":
@@ -43,7 +48,10 @@ def create(name, tpu=None):
         return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
     if name == "mirrored":
         devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-        return tf.distribute.MirroredStrategy([d.name for d in devices])
+        names = tuple(d.name for d in devices)
+        if names not in _MIRRORED:
+            _MIRRORED[names] = tf.distribute.MirroredStrategy(list(names))
+        return _MIRRORED[names]
     if name == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "tpu":

@@ -50,6 +50,15 @@ class Trainer:
         self.synthetic = synthetic
         self.num_classes = model.output.shape[-1]
         self.per_replica_batch = global_batch_size // strategy.num_replicas_in_sync
+        if not optimizer.built:  # its variables must not be created inside the loop
+            optimizer.build(model.trainable_variables)
+        # Keras 3 creates BN moving statistics with aggregation "none": each
+        # replica updates its own copy (tests/test_tensorflow.py pins this).
+        # Averaging them after every loop is what a "mean" aggregation would
+        # give (the moving averages are linear in the batch statistics).
+        self._moving_statistics = [
+            v for v in model.non_trainable_variables if "float" in str(v.dtype)
+        ]
         self._replica_train_step = tf.function(self._replica_train_step, jit_compile=jit_compile)
         self._replica_eval_step = tf.function(self._replica_eval_step, jit_compile=jit_compile)
 
@@ -123,6 +132,19 @@ class Trainer:
         return tf.concat([totals, [tf.cast(first_non_finite, tf.float32)]], 0)
 
     @tf.function
+    def _average_moving_statistics(self):
+        """Sets every replica's BN moving statistics to their mean over replicas
+        (one all-reduce of all of them, flattened)."""
+        variables = self._moving_statistics
+        local = self.strategy.run(
+            lambda: tf.concat([tf.reshape(v.value, [-1]) for v in variables], 0)
+        )
+        mean = self.strategy.reduce(tf.distribute.ReduceOp.MEAN, local, axis=None)
+        sizes = [int(tf.size(v.value)) for v in variables]
+        for variable, value in zip(variables, tf.split(mean, sizes)):
+            variable.assign(tf.reshape(value, variable.shape))
+
+    @tf.function
     def _eval_loop(self, iterator, steps):
         totals = tf.zeros([3])
         for _ in tf.range(steps):
@@ -135,6 +157,8 @@ class Trainer:
         (training mode) and the step whose loss was not finite (None if all
         were; the loop stops there)."""
         loss, top1, top5, examples, bad = self._train_loop(iterator, tf.constant(steps)).numpy()
+        if self.strategy.num_replicas_in_sync > 1 and self._moving_statistics:
+            self._average_moving_statistics()
         steps_run = examples / self.global_batch_size
         return dict(
             loss=float(loss / steps_run),

@@ -6,10 +6,11 @@ With `--ports`, also records what `model.fit` does under the strategy.
 """
 
 import argparse
-import json
 import os
 
 import numpy as np
+
+from cluster import tf_config
 
 EPOCHS = 3
 
@@ -21,10 +22,8 @@ def main():
     parser.add_argument("--task_index", type=int, default=0)
     args = parser.parse_args()
     if args.ports:
-        workers = [f"localhost:{p}" for p in args.ports.split(",")]
-        os.environ["TF_CONFIG"] = json.dumps(
-            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": args.task_index}}
-        )
+        ports = [int(p) for p in args.ports.split(",")]
+        os.environ["TF_CONFIG"] = tf_config(ports, args.task_index)
     os.environ["KERAS_BACKEND"] = "tensorflow"
     import tensorflow as tf
 
