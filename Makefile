@@ -14,7 +14,7 @@ $(VENV)/.installed: setup.py
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install -q --upgrade pip
 	$(PYTHON) -m pip install -q torch==2.13.0
-	$(PYTHON) -m pip install -q -e '.[tensorflow-cpu,jax,torch,study,test]'
+	$(PYTHON) -m pip install -q -e '.[tensorflow-cpu,jax,torch,study,tfds,test]'
 	touch $@
 
 # Lint, then the whole suite on TensorFlow, and again on JAX and PyTorch (tests

@@ -30,7 +30,9 @@ setup(
         "jax": ["jax>=0.4.30"],
         "torch": ["torch>=2.1"],
         # The large-batch study, the recipes and the ImageNet tools.
-        "study": ["absl-py", "matplotlib", "tqdm", "pillow"],
+        "study": ["absl-py", "matplotlib", "tqdm", "pillow", "tensorboard"],
+        # --tfds_data_dir: ImageNet prepared by tensorflow-datasets.
+        "tfds": ["tensorflow-datasets>=4.9"],
         "test": ["pytest", "optax>=0.2", "ruff"],
     },
     classifiers=[
