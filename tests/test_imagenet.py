@@ -347,3 +347,18 @@ def test_errors_name_the_path(converted, tmp_path):
         with imagenet_input.naming_bad_files(dataset.files):
             for _ in dataset:
                 pass
+
+
+def test_a_model_side_error_is_re_raised_at_once(converted, monkeypatch):
+    def no_rescan(*args, **kwargs):
+        raise AssertionError("a model-side error must not start a rescan")
+
+    monkeypatch.setattr(imagenet_input, "find_first_bad_file", no_rescan)
+    output, _ = converted
+    error = tf.errors.InvalidArgumentError(
+        None, None, "Received a label value of 1000 which is outside the valid range [0, 1000)"
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError, match="outside the valid range") as raised:
+        with imagenet_input.naming_bad_files(imagenet_input.list_files(str(output / "train-*"))):
+            raise error
+    assert raised.value is error

@@ -164,6 +164,40 @@ def test_default_strategy_trains_resnet50_and_logs(data_dir, tmp_path):
         assert json.load(f) == summary
 
 
+@pytest.mark.parametrize("strategy", ["one_device", "mirrored"])
+def test_loss_falls_under(data_dir, tmp_path, strategy):
+    summary = run(
+        **LEARNS,
+        **SMALL,
+        strategy=strategy,
+        data_dir=str(data_dir),
+        model_dir=str(tmp_path),
+        train_steps=16,
+    )
+    assert_loss_falls(tmp_path)
+    assert summary["eval_images"] == CLASSES * VALIDATION_PER_CLASS
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_mixed_precision_trains_with_float32_logits(data_dir, tmp_path, dtype):
+    """bfloat16 (the TPU default) and float16, which scales the loss."""
+    run(
+        **LEARNS,
+        **SMALL,
+        dtype=dtype,
+        data_dir=str(data_dir),
+        model_dir=str(tmp_path),
+        train_steps=4,
+    )
+    losses = [value for _, value in scalars(tmp_path)["loss"]]
+    assert len(losses) == 2 and np.all(np.isfinite(losses)), losses
+    weights = checkpoint_weights(tmp_path)
+    assert all(np.all(np.isfinite(w)) for w in weights.values() if w.dtype.kind == "f")
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored
+    if dtype == "float16":  # the loss scale was saved with the optimizer
+        assert any("loss_scale" in key or "dynamic_scale" in key for key in weights), list(weights)
+
+
 def test_mirrored_on_four_cpus_equals_one_device(data_dir, tmp_path):
     """The same global batch on four replicas (conftest.py's logical CPUs)."""
     settings = dict(ALEXNET, **SMALL, data_dir=str(data_dir), train_steps=4, deterministic=True)
