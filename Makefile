@@ -4,18 +4,28 @@ PYTHON := $(VENV)/bin/python
 TESTS ?= tests
 PYTEST := $(PYTHON) -m pytest -q -p no:cacheprovider
 
-.PHONY: install test study data
+.PHONY: install test study data constraints
 
 install: $(VENV)/.installed
 
 # torch is pinned first: this machine keeps a CPU build of 2.13.0 on disk, and
 # an unpinned torch would pull a multi-GB CUDA build from the registry.
-$(VENV)/.installed: setup.py
+$(VENV)/.installed: setup.py constraints.txt
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install -q --upgrade pip
-	$(PYTHON) -m pip install -q torch==2.13.0
-	$(PYTHON) -m pip install -q -e '.[tensorflow-cpu,jax,torch,study,tfds,test]'
+	$(PYTHON) -m pip install -q -c constraints.txt torch==2.13.0
+	$(PYTHON) -m pip install -q -c constraints.txt -e '.[tensorflow-cpu,jax,torch,study,tfds,test]'
 	touch $@
+
+# Re-pin constraints.txt to the newest releases setup.py allows (then run make test).
+constraints:
+	rm -rf .venv-pin
+	python3 -m venv .venv-pin
+	.venv-pin/bin/pip install -q torch==2.13.0
+	.venv-pin/bin/pip install -q -e '.[tensorflow-cpu,jax,torch,study,tfds,test]'
+	{ head -2 constraints.txt; .venv-pin/bin/pip freeze | grep -v "keras_lars\|^#\|^-e" | sort -f; } > constraints.new
+	mv constraints.new constraints.txt
+	rm -rf .venv-pin
 
 # Lint, then the whole suite on TensorFlow, and again on JAX and PyTorch (tests
 # that need TensorFlow itself skip there).

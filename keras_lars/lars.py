@@ -2,16 +2,19 @@
 
 import numbers
 import re
+import warnings
 
 import keras
 from keras import ops
 
+from keras_lars._validation import check_integer
 from keras_lars._validation import check_number
 
-# Leaf names of Keras bias and normalisation variables (Dense/Conv `bias`,
-# BatchNormalization/LayerNormalization/GroupNormalization `gamma` and `beta`).
-# Matched with `re.search` against `variable.path`, e.g. "model/dense/bias".
-DEFAULT_EXCLUDE_PATTERNS = (r"(^|/)(bias|gamma|beta)$",)
+# Leaf names of the trainable variables of Keras's bias and normalisation
+# weights: Dense/Conv `bias`; BatchNormalization, LayerNormalization and
+# GroupNormalization `gamma` and `beta`; RMSNormalization `scale`. Searched
+# (`re.search`) in `variable.path`, e.g. "model/dense/bias".
+DEFAULT_EXCLUDE_PATTERNS = (r"(^|/)(bias|gamma|beta|scale)$",)
 
 SUM_OF_NORMS = "sum_of_norms"
 NORM_OF_SUM = "norm_of_sum"
@@ -34,9 +37,13 @@ class LARS(keras.optimizers.Optimizer):
 
     `η` is `trust_coefficient`, `β` is `weight_decay`, `m` is `momentum`. The
     global rate sits inside the momentum buffer, as in the paper and in every
-    TensorFlow and JAX implementation. Norms are computed in float32 whatever
-    the variable's dtype, and no Python branch depends on a tensor value, so the
-    step compiles under XLA and on TPUs.
+    TensorFlow and JAX implementation. No Python branch depends on a tensor
+    value, so the step compiles under XLA and on TPUs.
+
+    Precision. The update is formed in float32 and cast to the variable's
+    dtype once, so float16 and bfloat16 variables neither overflow in the
+    norms nor lose a small `γ·λ` to underflow; float64 variables are updated
+    in float64 throughout.
 
     Variants, each an explicit argument:
 
@@ -48,21 +55,34 @@ class LARS(keras.optimizers.Optimizer):
       `γ·λ`, so adaptation can only lower the global rate.
     - `nesterov=True`: Nesterov momentum.
 
-    Exclusions. A variable excluded from weight decay uses `β = 0` in both the
-    update and the ratio. A variable excluded from layer adaptation uses
-    `λ = 1`: plain momentum SGD at the global rate. By default biases and
-    normalisation parameters (`DEFAULT_EXCLUDE_PATTERNS`) are excluded from
-    both, as in the TF and MLPerf reference code. The trade-off: excluded
-    variables move with the raw global rate, which in LARS recipes is 10 to 30;
-    the authors' own Caffe code adapted every variable. Adapting biases is not
-    free either: a zero-initialised bias has ‖w‖ = 0, so λ = 1 and it moves
-    with the full global rate on its first step. To adapt biases but still skip
-    their decay, pass `adaptation_exclude_patterns=()`; to exclude by rank as
-    timm does, call `exclude_from_layer_adaptation(var_list=[v for v in
-    model.trainable_variables if len(v.shape) <= 1])` before training.
+    Exclusions: two independent masks, one for weight decay (excluded
+    variables use `β = 0` in the update and the ratio) and one for layer
+    adaptation (excluded variables use `λ = 1`: plain momentum SGD at the
+    global rate). A variable is excluded when its `path` matches one of the
+    `*_exclude_patterns`, when its rank is at most `*_exclude_max_rank`, or
+    when it was excluded by object with `exclude_from_weight_decay(var_list=)`
+    or `exclude_from_layer_adaptation(var_list=)`. The default patterns
+    (`DEFAULT_EXCLUDE_PATTERNS`) exclude the biases and normalisation scales
+    and offsets of every Keras layer from both, as the TF and MLPerf
+    reference code does; `*_exclude_max_rank=1` covers custom layers too,
+    whatever their variables are called (timm's and big_vision's rule).
+    `exclusions()` shows the result once the optimizer is built.
+    Exclusions by object are saved by position in the variable list the
+    optimizer was built with (`*_exclude_indices` in `get_config`), which,
+    unlike a variable's path, survives `keras.models.load_model`.
 
-    Patterns are regular expressions searched in `variable.path`
-    (e.g. `"sequential/dense/bias"`), which is the same on every backend.
+    The trade-off: excluded variables move with the raw global rate, which in
+    LARS recipes is 10 to 30; the authors' own Caffe code adapted every
+    variable. Adapting biases is not free either: a zero-initialised bias has
+    ‖w‖ = 0, so λ = 1 and it moves with the full global rate on its first step.
+    To adapt biases but still skip their decay, pass
+    `adaptation_exclude_patterns=()`.
+
+    Gradient accumulation. With `gradient_accumulation_steps=k`, a learning
+    rate schedule is evaluated at the number of *updates*, `iterations // k`,
+    not at Keras's micro-step counter: large-batch users accumulate to
+    emulate a k-times larger batch, whose warm-up and decay are counted in
+    updates. (Keras's own optimizers pass the micro-step counter.)
 
     Example:
 
@@ -80,22 +100,33 @@ class LARS(keras.optimizers.Optimizer):
             `keras_lars.PolynomialWarmup`), or a callable taking no arguments.
             Defaults to `1.0`; the paper used 2 (batch 512) to 40 (batch 32K).
         momentum: `m`, a float in [0, 1). Defaults to `0.9`.
-        weight_decay: `β`, the coupled L2 weight decay, a float >= 0. It enters
-            both the update and the trust ratio; the base class's decoupled
-            decay is not applied. Defaults to `5e-4` (the paper's value).
+        weight_decay: `β`, the coupled L2 weight decay, a float >= 0 (`None`
+            means 0). It enters both the update and the trust ratio; the base
+            class's decoupled decay is not applied. Defaults to `5e-4` (the
+            paper's value).
         trust_coefficient: `η`, a float > 0. Defaults to `0.001`.
         epsilon: `ε`, a float >= 0 added to the ratio's denominator. Defaults to
             `0.0`, and 0 means 0.
-        nesterov: Whether to use Nesterov momentum. Defaults to `False`.
+        nesterov: Whether to use Nesterov momentum (needs `momentum > 0`).
+            Defaults to `False`.
         trust_ratio_denominator: `"sum_of_norms"` (the paper's
             `‖g‖ + β‖w‖ + ε`) or `"norm_of_sum"` (`‖g + βw‖ + ε`). Defaults to
             `"sum_of_norms"`.
         larc_clip: Whether to cap the local rate at the global rate (LARC's clip
             mode). Defaults to `False`.
         weight_decay_exclude_patterns: Regular expressions; variables whose path
-            matches any are not decayed. Defaults to `DEFAULT_EXCLUDE_PATTERNS`.
+            matches one are not decayed. Defaults to `DEFAULT_EXCLUDE_PATTERNS`.
         adaptation_exclude_patterns: Regular expressions; variables whose path
-            matches any get `λ = 1`. Defaults to `DEFAULT_EXCLUDE_PATTERNS`.
+            matches one get `λ = 1`. Defaults to `DEFAULT_EXCLUDE_PATTERNS`.
+        weight_decay_exclude_max_rank: `None`, or an int; variables of at most
+            this rank are not decayed. Defaults to `None`.
+        adaptation_exclude_max_rank: `None`, or an int; variables of at most
+            this rank get `λ = 1`. Defaults to `None`.
+        weight_decay_exclude_indices: Positions, in the list of variables the
+            optimizer is built with, of variables that are not decayed.
+            `get_config` writes exclusions by object this way. Defaults to `()`.
+        adaptation_exclude_indices: The same, for layer adaptation. Defaults to
+            `()`.
         track_trust_ratios: Whether to keep the `λ` of each variable's last
             update in a float32 optimizer variable, for monitoring (the
             paper's per-layer plots) without an extra forward or backward
@@ -119,6 +150,10 @@ class LARS(keras.optimizers.Optimizer):
         larc_clip=False,
         weight_decay_exclude_patterns=DEFAULT_EXCLUDE_PATTERNS,
         adaptation_exclude_patterns=DEFAULT_EXCLUDE_PATTERNS,
+        weight_decay_exclude_max_rank=None,
+        adaptation_exclude_max_rank=None,
+        weight_decay_exclude_indices=(),
+        adaptation_exclude_indices=(),
         track_trust_ratios=False,
         clipnorm=None,
         clipvalue=None,
@@ -134,6 +169,7 @@ class LARS(keras.optimizers.Optimizer):
         if isinstance(learning_rate, numbers.Real):  # Not a schedule or callable.
             check_number("learning_rate", learning_rate, low=0.0)
             learning_rate = float(learning_rate)  # The base class wants a float.
+        weight_decay = 0.0 if weight_decay is None else weight_decay  # Keras's "off"
         check_number("momentum", momentum, low=0.0, high=1.0)
         check_number("weight_decay", weight_decay, low=0.0)
         check_number("epsilon", epsilon, low=0.0)
@@ -143,6 +179,17 @@ class LARS(keras.optimizers.Optimizer):
                 f"`trust_ratio_denominator` must be one of {_DENOMINATORS}. "
                 f"Received: trust_ratio_denominator={trust_ratio_denominator!r}"
             )
+        if nesterov and momentum == 0:
+            raise ValueError(
+                "`nesterov` needs `momentum` > 0: Nesterov momentum without "
+                "momentum is plain SGD. Received: nesterov=True, momentum=0"
+            )
+        for arg, rank in (
+            ("weight_decay_exclude_max_rank", weight_decay_exclude_max_rank),
+            ("adaptation_exclude_max_rank", adaptation_exclude_max_rank),
+        ):
+            if rank is not None:
+                check_integer(arg, rank, low=0)
         super().__init__(
             learning_rate=learning_rate,
             weight_decay=float(weight_decay),
@@ -164,73 +211,82 @@ class LARS(keras.optimizers.Optimizer):
         self.trust_ratio_denominator = trust_ratio_denominator
         self.larc_clip = bool(larc_clip)
         self.track_trust_ratios = bool(track_trust_ratios)
-        self.weight_decay_exclude_patterns = _check_patterns(
-            "weight_decay_exclude_patterns", weight_decay_exclude_patterns
+        self._weight_decay_mask = _ExclusionRule(
+            "weight_decay",
+            weight_decay_exclude_patterns,
+            weight_decay_exclude_max_rank,
+            weight_decay_exclude_indices,
         )
-        self.adaptation_exclude_patterns = _check_patterns(
-            "adaptation_exclude_patterns", adaptation_exclude_patterns
+        self._adaptation_mask = _ExclusionRule(
+            "adaptation",
+            adaptation_exclude_patterns,
+            adaptation_exclude_max_rank,
+            adaptation_exclude_indices,
         )
-        # Variables excluded by object (`var_list=`), keyed by `_var_key`. They
-        # cannot be serialized; patterns and `var_names=` can.
-        self._weight_decay_excluded_keys = set()
-        self._adaptation_excluded_keys = set()
+
+    # --- Exclusions -------------------------------------------------------------
 
     def exclude_from_weight_decay(self, var_list=None, var_names=None):
-        """Excludes variables from weight decay (adds to the exclusions).
+        """Excludes variables from weight decay (adds to the exclusions); call
+        before the optimizer is built.
 
         Args:
-            var_list: Variables to exclude, by object.
-            var_names: Strings; a variable is excluded when one of them occurs
-                in its `path`. They are stored as escaped patterns, so
-                `get_config` keeps them.
+            var_list: Variables to exclude, by object. Saved by their position
+                in the optimizer's variable list (see the class docstring).
+            var_names: Regular expressions, searched in each variable's `path`
+                (Keras's base optimizer searches them in `name`).
         """
         self._check_not_built("exclude_from_weight_decay")
-        self._weight_decay_excluded_keys.update(self._var_key(v) for v in var_list or ())
-        self.weight_decay_exclude_patterns += tuple(re.escape(n) for n in var_names or ())
+        self._weight_decay_mask.add(self, var_list, var_names)
 
     def exclude_from_layer_adaptation(self, var_list=None, var_names=None):
-        """Excludes variables from layer adaptation (they get `λ = 1`).
-
-        Args:
-            var_list: Variables to exclude, by object.
-            var_names: Strings; a variable is excluded when one of them occurs
-                in its `path`. They are stored as escaped patterns, so
-                `get_config` keeps them.
+        """Excludes variables from layer adaptation (they get `λ = 1`); call
+        before the optimizer is built. Arguments as `exclude_from_weight_decay`.
         """
         self._check_not_built("exclude_from_layer_adaptation")
-        self._adaptation_excluded_keys.update(self._var_key(v) for v in var_list or ())
-        self.adaptation_exclude_patterns += tuple(re.escape(n) for n in var_names or ())
+        self._adaptation_mask.add(self, var_list, var_names)
+
+    def exclusions(self):
+        """`{variable.path: {"weight_decay": bool, "adaptation": bool}}`, True
+        where the variable is decayed / adapted, for the variables the
+        optimizer was built with. (After `keras.models.load_model`, Keras can
+        give two variables of nested models one path; the later one is then
+        keyed "path#index".)"""
+        if not self.built:
+            raise ValueError(
+                "`exclusions()` needs a built optimizer: call "
+                "`optimizer.build(model.trainable_variables)` or train a step first."
+            )
+        table = {}
+        for index, path in enumerate(self._variable_paths):
+            key = path if path not in table else f"{path}#{index}"
+            table[key] = {
+                "weight_decay": index in self._decayed_indices,
+                "adaptation": index in self._adapted_indices,
+            }
+        return table
+
+    # --- Building and updating --------------------------------------------------
 
     def build(self, variables):
         if self.built:
             return
         super().build(variables)
-        # Treatment is decided here, from `path`: inside `update_step` the
-        # TensorFlow backend passes raw (possibly per-replica) tf.Variables.
-        # Frozensets, because TF's tracking wraps lists and dicts.
+        # Treatment is decided here: inside `update_step` the TensorFlow
+        # backend passes raw (possibly per-replica) tf.Variables without
+        # `path`. Frozensets, because TF's tracking wraps lists and dicts.
+        self._variable_paths = tuple(_variable_path(v) for v in variables)
+        decay_excluded = self._weight_decay_mask.resolve(self, variables)
         self._decayed_indices = frozenset(
-            i
-            for i, v in enumerate(variables)
-            if self.weight_decay > 0
-            and not self._is_excluded(
-                v,
-                self._weight_decay_excluded_keys,
-                self.weight_decay_exclude_patterns,
-            )
+            i for i in range(len(variables)) if self.weight_decay > 0 and i not in decay_excluded
         )
+        adaptation_excluded = self._adaptation_mask.resolve(self, variables)
         self._adapted_indices = frozenset(
-            i
-            for i, v in enumerate(variables)
-            if not self._is_excluded(
-                v,
-                self._adaptation_excluded_keys,
-                self.adaptation_exclude_patterns,
-            )
+            i for i in range(len(variables)) if i not in adaptation_excluded
         )
         self.momentums = []
         if self.momentum > 0:
             self.momentums = self.add_optimizer_variables(variables, "momentum")
-        self._variable_paths = tuple(_variable_path(v) for v in variables)
         self._trust_ratios = []
         if self.track_trust_ratios:
             self._trust_ratios = [
@@ -245,13 +301,15 @@ class LARS(keras.optimizers.Optimizer):
     def update_step(self, gradient, variable, learning_rate):
         index = self._get_variable_index(variable)
         dtype = variable.dtype
-        gradient = _densify(gradient, variable.shape)
+        compute = "float64" if keras.backend.standardize_dtype(dtype) == "float64" else "float32"
+        weights = ops.cast(variable, compute)
+        gradient = ops.cast(_densify(gradient, variable.shape), compute)
         decay = self.weight_decay if index in self._decayed_indices else 0.0
 
-        learning_rate = ops.cast(learning_rate, "float32")
+        learning_rate = ops.cast(learning_rate, compute)
         trust_ratio = 1.0
         if index in self._adapted_indices:
-            trust_ratio, usable = self._trust_ratio(gradient, variable, decay)
+            trust_ratio, usable = self._trust_ratio(gradient, weights, decay)
             if self.larc_clip:
                 learning_rate = ops.where(
                     usable, ops.minimum(trust_ratio, learning_rate), learning_rate
@@ -259,30 +317,24 @@ class LARS(keras.optimizers.Optimizer):
             else:
                 learning_rate = learning_rate * trust_ratio
         if self._trust_ratios:
-            self.assign(self._trust_ratios[index], trust_ratio)
-        learning_rate = ops.cast(learning_rate, dtype)
+            self.assign(self._trust_ratios[index], ops.cast(trust_ratio, "float32"))
 
-        gradient = ops.cast(gradient, dtype)
         if decay:
-            gradient = ops.add(gradient, ops.multiply(ops.cast(decay, dtype), variable))
-        step = ops.multiply(learning_rate, gradient)
-
+            gradient = gradient + decay * weights
+        step = learning_rate * gradient
         if not self.momentums:
-            self.assign_sub(variable, step)
+            self.assign(variable, ops.cast(weights - step, dtype))
             return
         velocity = self.momentums[index]
-        momentum = ops.cast(self.momentum, dtype)
-        self.assign(velocity, ops.add(ops.multiply(momentum, velocity), step))
+        new_velocity = self.momentum * ops.cast(velocity, compute) + step
+        self.assign(velocity, ops.cast(new_velocity, velocity.dtype))
         if self.nesterov:
-            self.assign_sub(variable, ops.add(ops.multiply(momentum, velocity), step))
-        else:
-            self.assign_sub(variable, velocity)
+            new_velocity = self.momentum * new_velocity + step
+        self.assign(variable, ops.cast(weights - new_velocity, dtype))
 
-    def _trust_ratio(self, gradient, variable, decay):
-        """`λ` as a float32 scalar (1 where a norm is zero), and whether the
-        norms were usable."""
-        weights = ops.cast(variable, "float32")
-        gradient = ops.cast(gradient, "float32")
+    def _trust_ratio(self, gradient, weights, decay):
+        """`λ` (1 where a norm is zero) and whether the norms were usable, in
+        the dtype of `weights` and `gradient`."""
         weight_norm = _norm(weights)
         if self.trust_ratio_denominator == SUM_OF_NORMS:
             gradient_norm = _norm(gradient)
@@ -294,6 +346,18 @@ class LARS(keras.optimizers.Optimizer):
         # The `where` on the denominator keeps 0/0 out of the unused branch.
         ratio = (self.trust_coefficient * weight_norm) / ops.where(usable, denominator, 1.0)
         return ops.where(usable, ratio, 1.0), usable
+
+    def _get_current_learning_rate(self):
+        # A schedule counts updates, not Keras's micro-steps (class docstring).
+        k = self.gradient_accumulation_steps
+        if k and isinstance(self._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+            return self._learning_rate(self._iterations // k)
+        return super()._get_current_learning_rate()
+
+    def _apply_weight_decay(self, variables):
+        # The base class would apply decoupled (AdamW-style) decay before
+        # `update_step`; LARS couples the decay into the gradient instead.
+        pass
 
     def trust_ratios(self):
         """`{variable.path: λ}` of each variable's last update, as floats; 1.0
@@ -309,17 +373,6 @@ class LARS(keras.optimizers.Optimizer):
             path: float(ops.convert_to_numpy(ratio))
             for path, ratio in zip(self._variable_paths, self._trust_ratios)
         }
-
-    def _apply_weight_decay(self, variables):
-        # The base class would apply decoupled (AdamW-style) decay before
-        # `update_step`; LARS couples the decay into the gradient instead.
-        pass
-
-    def _is_excluded(self, variable, excluded_keys, patterns):
-        if self._var_key(variable) in excluded_keys:
-            return True
-        path = _variable_path(variable)
-        return any(re.search(p, path) for p in patterns)
 
     def _check_not_built(self, method):
         if self.built:
@@ -339,11 +392,70 @@ class LARS(keras.optimizers.Optimizer):
                 "trust_ratio_denominator": self.trust_ratio_denominator,
                 "larc_clip": self.larc_clip,
                 "track_trust_ratios": self.track_trust_ratios,
-                "weight_decay_exclude_patterns": list(self.weight_decay_exclude_patterns),
-                "adaptation_exclude_patterns": list(self.adaptation_exclude_patterns),
+                **self._weight_decay_mask.config(self),
+                **self._adaptation_mask.config(self),
             }
         )
         return config
+
+
+class _ExclusionRule:
+    """Which variables one mask (weight decay or adaptation) leaves out: path
+    patterns, a maximum rank, positions, and variables given by object."""
+
+    def __init__(self, mask, patterns, max_rank, indices):
+        self.mask = mask
+        self.patterns = _check_patterns(f"{mask}_exclude_patterns", patterns)
+        self.max_rank = max_rank
+        self.indices = _check_indices(f"{mask}_exclude_indices", indices)
+        self.object_keys = set()  # variables given by object, until built
+        self.resolved = frozenset()  # their positions, once built
+
+    def add(self, optimizer, var_list, var_names):
+        self.object_keys.update(optimizer._var_key(v) for v in var_list or ())
+        self.patterns += _check_patterns("var_names", var_names)
+
+    def resolve(self, optimizer, variables):
+        """The positions in `variables` this rule excludes."""
+        keys = [optimizer._var_key(v) for v in variables]
+        unknown = self.object_keys - set(keys)
+        if unknown:
+            warnings.warn(
+                f"LARS: {len(unknown)} variable(s) excluded from {self.mask} by object are "
+                "not among the variables the optimizer is built with; the exclusion "
+                "does nothing for them.",
+                stacklevel=3,
+            )
+        self.resolved = frozenset(i for i, key in enumerate(keys) if key in self.object_keys)
+        out_of_range = [i for i in self.indices if i >= len(variables)]
+        if out_of_range:
+            raise ValueError(
+                f"`{self.mask}_exclude_indices` has positions {out_of_range} beyond the "
+                f"{len(variables)} variables the optimizer is built with."
+            )
+        return frozenset(
+            i
+            for i, variable in enumerate(variables)
+            if i in self.indices
+            or i in self.resolved
+            or (self.max_rank is not None and len(variable.shape) <= self.max_rank)
+            or any(re.search(p, _variable_path(variable)) for p in self.patterns)
+        )
+
+    def config(self, optimizer):
+        if self.object_keys and not optimizer.built:
+            warnings.warn(
+                f"LARS.get_config(): {len(self.object_keys)} variable(s) excluded from "
+                f"{self.mask} by object are not in this config, because the optimizer is not "
+                "built yet and their positions are unknown. Build it first "
+                "(`optimizer.build(model.trainable_variables)`), or exclude by pattern.",
+                stacklevel=4,
+            )
+        return {
+            f"{self.mask}_exclude_patterns": list(self.patterns),
+            f"{self.mask}_exclude_max_rank": self.max_rank,
+            f"{self.mask}_exclude_indices": sorted(set(self.indices) | self.resolved),
+        }
 
 
 def _densify(gradient, shape):
@@ -385,3 +497,10 @@ def _check_patterns(name, patterns):
                 f"`{name}` holds an invalid regular expression {pattern!r}: {error}"
             ) from None
     return patterns
+
+
+def _check_indices(name, indices):
+    indices = tuple(indices or ())
+    for index in indices:
+        check_integer(name, index, low=0)
+    return indices

@@ -9,7 +9,7 @@ from keras_lars._validation import check_number
 
 @keras.saving.register_keras_serializable(package="keras_lars")
 class PolynomialWarmup(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up followed by polynomial decay.
+    """Linear warm-up to `initial_learning_rate` (the peak), then polynomial decay.
 
     With `t` the step, `W = warmup_steps`, `T = decay_steps`:
 
@@ -25,8 +25,8 @@ class PolynomialWarmup(keras.optimizers.schedules.LearningRateSchedule):
     epoch, 5 warm-up epochs) it gives `initial_learning_rate` at step 1565.
 
     Args:
-        initial_learning_rate: The peak rate, reached at the end of warm-up.
-            A float >= 0.
+        initial_learning_rate: The peak rate, reached at the end of warm-up
+            (Keras's `CosineDecay` calls it `warmup_target`). A float > 0.
         decay_steps: Number of steps of the decay phase, an int > 0.
         warmup_steps: Number of steps of linear warm-up, an int >= 0.
             Defaults to `0` (no warm-up).
@@ -48,8 +48,15 @@ class PolynomialWarmup(keras.optimizers.schedules.LearningRateSchedule):
         warmup_start_learning_rate=0.0,
         name="polynomial_warmup",
     ):
+        check_number("initial_learning_rate", initial_learning_rate, low=0.0)
+        if initial_learning_rate == 0:
+            raise ValueError(
+                "`initial_learning_rate` is the peak rate, reached at the end of the warm-up "
+                "(what Keras's CosineDecay calls `warmup_target`), so it must be > 0; the "
+                "rate at step 0 is `warmup_start_learning_rate`. Received: "
+                "initial_learning_rate=0"
+            )
         for arg, value in (
-            ("initial_learning_rate", initial_learning_rate),
             ("end_learning_rate", end_learning_rate),
             ("warmup_start_learning_rate", warmup_start_learning_rate),
         ):

@@ -239,6 +239,7 @@ def _train(config, plan, strategy, train_source, eval_source):
     manager = tf.train.CheckpointManager(
         checkpoint, _checkpoint_dir(config, strategy), max_to_keep=CHECKPOINTS_KEPT
     )
+    print(_describe_exclusions(lars.exclusions()))
     start_step = _restore(config, checkpoint, optimizer, lars)
     iterator = _training_iterator(config, strategy, train_source, start_step)
     log = _Log(config, strategy, [v.path for v in model.trainable_variables])
@@ -293,6 +294,24 @@ def _train(config, plan, strategy, train_source, eval_source):
             json.dump(summary, f, indent=1)
     print("Summary:", json.dumps(summary))
     return summary
+
+
+def _describe_exclusions(table):
+    """ "LARS: 54 variables decayed and adapted (conv1/kernel, ...); ..." """
+    groups = {}
+    for path, treatment in table.items():
+        groups.setdefault((treatment["weight_decay"], treatment["adaptation"]), []).append(path)
+    names = {
+        (True, True): "decayed and adapted",
+        (False, True): "adapted, not decayed",
+        (True, False): "decayed, not adapted",
+        (False, False): "neither decayed nor adapted",
+    }
+    parts = [
+        f"{len(paths)} {names[key]} ({', '.join(paths[:2])}{', ...' if len(paths) > 2 else ''})"
+        for key, paths in sorted(groups.items(), reverse=True)
+    ]
+    return "LARS variables: " + "; ".join(parts)
 
 
 def _is_chief(strategy):

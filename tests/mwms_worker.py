@@ -25,6 +25,7 @@ def main():
         ports = [int(p) for p in args.ports.split(",")]
         os.environ["TF_CONFIG"] = tf_config(ports, args.task_index)
     os.environ["KERAS_BACKEND"] = "tensorflow"
+    import keras
     import tensorflow as tf
 
     import training
@@ -62,16 +63,25 @@ def main():
         for inputs in batches:
             train_step(inputs)
 
-    fit_error = ""
-    if args.ports:
-        with strategy.scope():
-            fit_net = training.model()
-            fit_net.compile(optimizer=training.optimizer(), loss="mse")
-        try:
-            fit_net.fit(x, y, batch_size=training.BATCH, epochs=1, verbose=0)
-        except Exception as error:  # noqa: BLE001 - recorded for the test
-            fit_error = f"{type(error).__name__}: {error}"[:500]
-    np.savez(args.output, *net.get_weights(), fit_error=fit_error)
+    fit_errors = {}
+    if args.ports:  # model.fit with LARS and, as a control, with SGD
+        for name, make in (
+            ("lars", training.optimizer),
+            ("sgd", lambda: keras.optimizers.SGD(0.1)),
+        ):
+            with strategy.scope():
+                fit_net = training.model()
+                fit_net.compile(optimizer=make(), loss="mse")
+            try:
+                fit_net.fit(x, y, batch_size=training.BATCH, epochs=1, verbose=0)
+                fit_errors[name] = ""
+            except Exception as error:  # noqa: BLE001 - recorded for the test
+                fit_errors[name] = f"{type(error).__name__}: {error}"[:500]
+    np.savez(
+        args.output,
+        *net.get_weights(),
+        **{f"fit_error_{name}": error for name, error in fit_errors.items()},
+    )
 
 
 if __name__ == "__main__":

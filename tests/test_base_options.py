@@ -82,6 +82,33 @@ def test_gradient_accumulation_averages_then_steps_once():
     assert int(keras.ops.convert_to_numpy(optimizer.iterations)) == 2
 
 
+def test_accumulation_feeds_the_schedule_updates_not_micro_steps():
+    """k = 4: update u averages micro-batches 4u..4u+3 and uses the
+    schedule's rate at u (Keras's optimizers would use the rate at 4u + 3)."""
+    k, updates = 4, 5
+    values, variables = two_variables()
+    grads = gradients(k * updates)
+    schedule = keras_lars.PolynomialWarmup(2.0, decay_steps=6, warmup_steps=3)
+    optimizer = keras_lars.LARS(schedule, gradient_accumulation_steps=k, **HYPER)
+    apply(optimizer, variables, grads)
+
+    averaged = [
+        [sum(grads[u * k + i][j] for i in range(k)) / k for j in range(2)] for u in range(updates)
+    ]
+    rates = [
+        reference.polynomial_warmup(u, peak=2.0, decay_steps=6, warmup_steps=3)
+        for u in range(updates)
+    ]
+    weights, _ = reference.lars_run(
+        values, averaged, rates, decayed=[True, False], adapted=[True, False], **HYPER
+    )
+    assert_close(variables, weights)
+    # Keras's `iterations` counts updates, though its schedules get micro-steps.
+    assert int(keras.ops.convert_to_numpy(optimizer.iterations)) == updates
+    learning_rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+    assert learning_rate == pytest.approx(reference.polynomial_warmup(updates, 2.0, 6, 3))
+
+
 def test_exponential_moving_average_of_lars_weights():
     values, variables = two_variables()
     grads = gradients(4)

@@ -139,7 +139,7 @@ def environment(**extra):
 # --- Each strategy trains ------------------------------------------------------
 
 
-def test_default_strategy_trains_resnet50_and_logs(data_dir, tmp_path):
+def test_default_strategy_trains_resnet50_and_logs(data_dir, tmp_path, capsys):
     summary = run(
         model="resnet50",
         image_size=32,
@@ -151,6 +151,8 @@ def test_default_strategy_trains_resnet50_and_logs(data_dir, tmp_path):
     )
     assert len(scalars(tmp_path)["loss"]) == 4
     assert_loss_falls(tmp_path)
+    # 53 convolutions and the classifier are decayed and adapted; BN is not.
+    assert "LARS variables: 54 decayed and adapted (conv1/kernel," in capsys.readouterr().out
     assert summary["steps"] == 8 and summary["eval_images"] == CLASSES * VALIDATION_PER_CLASS
     logged = scalars(tmp_path)
     assert {"top1", "top5", "learning_rate", "images_per_second"} <= logged.keys()

@@ -38,6 +38,10 @@ def dense_model():
         (dict(weight_decay_exclude_patterns=["bias("]), "weight_decay_exclude_patterns"),
         (dict(adaptation_exclude_patterns="bias"), "adaptation_exclude_patterns"),
         (dict(adaptation_exclude_patterns=[3]), "adaptation_exclude_patterns"),
+        (dict(weight_decay_exclude_max_rank=-1), "weight_decay_exclude_max_rank"),
+        (dict(adaptation_exclude_max_rank=1.5), "adaptation_exclude_max_rank"),
+        (dict(adaptation_exclude_indices=[-1]), "adaptation_exclude_indices"),
+        (dict(nesterov=True, momentum=0.0), "nesterov"),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_them(kwargs, argument):
@@ -68,31 +72,105 @@ def test_default_exclusions_on_keras_layers():
     )
     optimizer = keras_lars.LARS()
     optimizer.build(model.trainable_variables)
-    adapted = {model.trainable_variables[i].path for i in optimizer._adapted_indices}
-    decayed = {model.trainable_variables[i].path for i in optimizer._decayed_indices}
+    table = optimizer.exclusions()
+    adapted = {path for path, t in table.items() if t["adaptation"]}
+    decayed = {path for path, t in table.items() if t["weight_decay"]}
     kernels = {v.path for v in model.trainable_variables if v.path.endswith("kernel")}
     assert len(kernels) == 2
     assert adapted == decayed == kernels
 
 
-def test_exclusion_methods_are_kept_in_config():
+def test_exclusion_methods_take_regular_expressions_and_keep_them_in_config():
+    """`var_names` are regular expressions searched in `path`, as Keras's base
+    optimizer searches them in `name`."""
     optimizer = keras_lars.LARS(weight_decay_exclude_patterns=(), adaptation_exclude_patterns=())
-    optimizer.exclude_from_weight_decay(var_names=["norm/gamma", "a.b"])
+    optimizer.exclude_from_weight_decay(var_names=["norm/gam+a", r"n.t/dense/b"])
     optimizer.exclude_from_layer_adaptation(var_names=["head"])
     config = optimizer.get_config()
-    assert config["weight_decay_exclude_patterns"] == ["norm/gamma", r"a\.b"]
+    assert config["weight_decay_exclude_patterns"] == ["norm/gam+a", r"n.t/dense/b"]
     assert config["adaptation_exclude_patterns"] == ["head"]
     restored = keras_lars.LARS.from_config(config)
     model = dense_model()
     restored.build(model.trainable_variables)
-    paths = [v.path for v in model.trainable_variables]
-    assert {paths[i] for i in restored._adapted_indices} == {
-        "net/dense/kernel",
-        "net/dense/bias",
-        "net/norm/gamma",
-        "net/norm/beta",
+    assert restored.exclusions() == {
+        "net/dense/kernel": {"weight_decay": True, "adaptation": True},
+        "net/dense/bias": {"weight_decay": False, "adaptation": True},
+        "net/norm/gamma": {"weight_decay": False, "adaptation": True},
+        "net/norm/beta": {"weight_decay": True, "adaptation": True},
+        "net/head/kernel": {"weight_decay": True, "adaptation": False},
+        "net/head/bias": {"weight_decay": True, "adaptation": False},
     }
-    assert {paths[i] for i in restored._decayed_indices} == set(paths) - {"net/norm/gamma"}
+
+
+def test_exclusions_need_a_built_optimizer():
+    with pytest.raises(ValueError, match="built"):
+        keras_lars.LARS().exclusions()
+
+
+def test_weight_decay_none_means_no_decay():
+    """Keras's optimizers take `weight_decay=None` for "off"."""
+    optimizer = keras_lars.LARS(weight_decay=None)
+    assert optimizer.get_config()["weight_decay"] == 0.0
+    model = dense_model()
+    optimizer.build(model.trainable_variables)
+    assert not any(t["weight_decay"] for t in optimizer.exclusions().values())
+
+
+NORMALIZATION_LAYERS = {
+    "BatchNormalization": lambda: keras.layers.BatchNormalization(),
+    "GroupNormalization": lambda: keras.layers.GroupNormalization(groups=2),
+    "LayerNormalization": lambda: keras.layers.LayerNormalization(),
+    "Normalization": lambda: keras.layers.Normalization(),
+    "RMSNormalization": lambda: keras.layers.RMSNormalization(),
+    "SpectralNormalization": lambda: keras.layers.SpectralNormalization(keras.layers.Dense(3)),
+    "UnitNormalization": lambda: keras.layers.UnitNormalization(),
+}
+
+
+def test_every_keras_normalization_layer_is_known_here():
+    shipped = {name for name in dir(keras.layers) if name.endswith("Normalization")}
+    assert shipped == set(NORMALIZATION_LAYERS), "a new Keras normalisation layer: add it above"
+
+
+@pytest.mark.parametrize("name", sorted(NORMALIZATION_LAYERS))
+def test_default_exclusions_cover_every_keras_normalization_layer(name):
+    """A normalisation layer's own trainable variables are neither decayed nor
+    adapted; the layer SpectralNormalization wraps keeps its kernel adapted."""
+    layer = NORMALIZATION_LAYERS[name]()
+    layer.build((2, 4))
+    optimizer = keras_lars.LARS()
+    optimizer.build(layer.trainable_variables)
+    for variable, treatment in zip(layer.trainable_variables, optimizer.exclusions().values()):
+        wrapped_kernel = name == "SpectralNormalization" and variable.path.endswith("kernel")
+        expected = {"weight_decay": wrapped_kernel, "adaptation": wrapped_kernel}
+        assert treatment == expected, variable.path
+
+
+class ScaledDense(keras.layers.Layer):
+    """A custom layer whose rank-1 variable no name pattern knows."""
+
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(input_shape[-1], 2), name="w")
+        self.multiplier = self.add_weight(shape=(2,), initializer="ones", name="multiplier")
+
+    def call(self, x):
+        return keras.ops.matmul(x, self.w) * self.multiplier
+
+
+def test_rank_rule_covers_custom_layers_and_round_trips():
+    layer = ScaledDense(name="scaled")
+    layer.build((None, 3))
+    default = keras_lars.LARS()
+    default.build(layer.trainable_variables)
+    assert default.exclusions()["scaled/multiplier"]["adaptation"]  # the names miss it
+
+    optimizer = keras_lars.LARS(weight_decay_exclude_max_rank=1, adaptation_exclude_max_rank=1)
+    restored = keras_lars.LARS.from_config(optimizer.get_config())
+    restored.build(layer.trainable_variables)
+    assert restored.exclusions() == {
+        "scaled/w": {"weight_decay": True, "adaptation": True},
+        "scaled/multiplier": {"weight_decay": False, "adaptation": False},
+    }
 
 
 def test_exclusion_by_variable_object():
@@ -101,9 +179,19 @@ def test_exclusion_by_variable_object():
     head_kernel = model.get_layer("head").kernel
     optimizer.exclude_from_layer_adaptation(var_list=[head_kernel])
     optimizer.build(model.trainable_variables)
-    excluded = set(range(len(model.trainable_variables))) - optimizer._adapted_indices
-    assert [model.trainable_variables[i].path for i in excluded] == ["net/head/kernel"]
-    assert len(optimizer._decayed_indices) == len(model.trainable_variables)
+    table = optimizer.exclusions()
+    assert [path for path, t in table.items() if not t["adaptation"]] == ["net/head/kernel"]
+    assert all(t["weight_decay"] for t in table.values())
+    assert optimizer.get_config()["adaptation_exclude_indices"] == [4]
+
+
+def test_config_of_an_unbuilt_optimizer_warns_about_object_exclusions():
+    model = dense_model()
+    optimizer = keras_lars.LARS()
+    optimizer.exclude_from_weight_decay(var_list=[model.get_layer("head").kernel])
+    with pytest.warns(UserWarning, match="not in this config"):
+        config = optimizer.get_config()
+    assert config["weight_decay_exclude_indices"] == []
 
 
 def test_exclusions_cannot_change_after_build():
@@ -141,6 +229,10 @@ def test_config_round_trip_keeps_every_argument():
         track_trust_ratios=True,
         weight_decay_exclude_patterns=["bias$"],
         adaptation_exclude_patterns=["gamma"],
+        weight_decay_exclude_max_rank=0,
+        adaptation_exclude_max_rank=1,
+        weight_decay_exclude_indices=[2],
+        adaptation_exclude_indices=[0, 3],
         global_clipnorm=1.0,
         gradient_accumulation_steps=4,
         name="my_lars",

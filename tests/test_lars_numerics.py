@@ -286,35 +286,114 @@ def test_zero_everything_leaves_variable_unchanged_and_finite():
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), [0.0, 0.0])
 
 
-@pytest.mark.parametrize("dtype,rtol", [("float16", 2e-3), ("bfloat16", 2e-2)])
-def test_low_precision_variables_use_float32_norms(dtype, rtol):
-    # ‖w‖² = 100·300² = 9e6 overflows float16 (max 65504): a float16 norm
-    # would be inf and the trust ratio 0 or NaN.
+# Hand-computed, two steps of the paper form with momentum and decay:
+# w0 = [3, 4], g1 = [0.8, -0.6], g2 = [0.6, 0.8] (both of norm 1), β = 0.1,
+# η = 0.01, γ = 2, m = 0.9.
+# Step 1: λ1 = 0.01·5 / (1 + 0.1·5) = 1/30; g̃1 = g1 + 0.1·w0 = [1.1, -0.2];
+#   v1 = 2/30·[1.1, -0.2] = [11/150, -2/150]; w1 = w0 − v1 = [439/150, 602/150].
+# Step 2: ‖w1‖ = √(439² + 602²)/150; λ2 = 0.01·‖w1‖ / (1 + 0.1·‖w1‖);
+#   g̃2 = g2 + 0.1·w1 = [0.6 + 43.9/150, 0.8 + 60.2/150];
+#   v2 = 0.9·v1 + 2·λ2·g̃2; w2 = w1 − v2.
+W1_NORM = (439**2 + 602**2) ** 0.5 / 150
+LAMBDA2 = 0.01 * W1_NORM / (1 + 0.1 * W1_NORM)
+V1 = (11 / 150, -2 / 150)
+V2 = (
+    0.9 * V1[0] + 2 * LAMBDA2 * (0.6 + 43.9 / 150),
+    0.9 * V1[1] + 2 * LAMBDA2 * (0.8 + 60.2 / 150),
+)
+TWO_STEPS = [(1, (439 / 150, 602 / 150), V1), (2, (439 / 150 - V2[0], 602 / 150 - V2[1]), V2)]
+
+
+@pytest.mark.parametrize("steps,weights,velocity", TWO_STEPS)
+def test_two_steps_with_momentum_by_hand(steps, weights, velocity):
+    variable = keras.Variable([3.0, 4.0], name="kernel")
+    optimizer = keras_lars.LARS(2.0, momentum=0.9, weight_decay=0.1, trust_coefficient=0.01)
+    for gradient in ([0.8, -0.6], [0.6, 0.8])[:steps]:
+        optimizer.apply_gradients([(keras.ops.convert_to_tensor(gradient), variable)])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(variable), weights, rtol=1e-6)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(optimizer.momentums[0]), velocity, rtol=1e-5
+    )
+
+
+MANTISSA_BITS = {"float16": 10, "bfloat16": 7}
+
+
+def as_float64(values, dtype):
+    """`values` rounded to `dtype` by the backend, back in float64."""
+    tensor = keras.ops.cast(keras.ops.convert_to_tensor(values, "float32"), dtype)
+    return np.asarray(keras.ops.convert_to_numpy(keras.ops.cast(tensor, "float32")), np.float64)
+
+
+def spacing(values, dtype):
+    """The gap between neighbouring `dtype` numbers at each of `values`."""
+    exponent = np.floor(np.log2(np.abs(values)))
+    return 2.0 ** (exponent - MANTISSA_BITS[dtype])
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_low_precision_updates_are_exact_to_a_unit_in_the_last_place(dtype, momentum):
+    """‖w‖² = 100·300² = 9e6 overflows float16 (max 65504), so the norms must
+    be float32. The update w − w0 (about 60, 30 units in the last place for
+    bfloat16) must match the reference to one unit: a 2× error in λ cannot
+    pass."""
     rng = np.random.default_rng(0)
-    w0 = (300.0 * np.sign(rng.normal(size=100))).astype(dtype if dtype == "float16" else "float32")
-    g0 = rng.normal(scale=200.0, size=100)
+    w0 = as_float64(300.0 * np.sign(rng.normal(size=100)), dtype)
+    g0 = as_float64(rng.normal(scale=200.0, size=100), dtype)
     variable = keras.Variable(w0, dtype=dtype, name="kernel")
-    optimizer = keras_lars.LARS(1.0, momentum=0.0, weight_decay=0.0, trust_coefficient=0.01)
+    optimizer = keras_lars.LARS(20.0, momentum=momentum, weight_decay=0.0, trust_coefficient=0.01)
     optimizer.apply_gradients([(keras.ops.convert_to_tensor(g0, dtype), variable)])
-    got = keras.ops.convert_to_numpy(keras.ops.cast(variable, "float32"))
-    stored_w = np.asarray(
-        keras.ops.convert_to_numpy(
-            keras.ops.cast(keras.ops.convert_to_tensor(w0, dtype), "float32")
-        ),
-        np.float64,
-    )
-    stored_g = np.asarray(
-        keras.ops.convert_to_numpy(
-            keras.ops.cast(keras.ops.convert_to_tensor(g0, dtype), "float32")
-        ),
-        np.float64,
-    )
+    got = np.asarray(keras.ops.convert_to_numpy(keras.ops.cast(variable, "float32")), np.float64)
+    expected, _ = reference.lars_step(w0, g0, 0.0, 20.0, momentum=momentum, trust_coefficient=0.01)
+    update = got - w0
+    assert np.median(np.abs(expected - w0) / spacing(expected, dtype)) > 10  # a real move
+    np.testing.assert_array_less(np.abs(update - (expected - w0)), spacing(expected, dtype))
+
+
+def test_float16_step_smaller_than_float16_can_hold_is_not_lost():
+    """γ·λ = 1·(0.001·0.02 / 2000) = 1e-8 is below float16's smallest
+    subnormal (6e-8), but the step γ·λ·g = 1e-5 is about one unit in the last
+    place of w = 0.01: formed in float32 it moves w, cast to float16 first it
+    would vanish."""
+    w0 = np.full(4, 0.01)
+    g0 = np.full(4, 1000.0)
+    variable = keras.Variable(w0, dtype="float16", name="kernel")
+    optimizer = keras_lars.LARS(1.0, momentum=0.0, weight_decay=0.0, trust_coefficient=0.001)
+    optimizer.apply_gradients([(keras.ops.convert_to_tensor(g0, "float16"), variable)])
+    stored_w0 = as_float64(w0, "float16")
     expected, _ = reference.lars_step(
-        stored_w, stored_g, 0.0, 1.0, momentum=0.0, trust_coefficient=0.01
+        stored_w0, as_float64(g0, "float16"), 0.0, 1.0, momentum=0.0, trust_coefficient=0.001
     )
-    assert np.all(np.isfinite(got))
-    assert not np.allclose(got, stored_w)  # it moved
-    np.testing.assert_allclose(got, expected, rtol=rtol)
+    got = as_float64(keras.ops.convert_to_numpy(variable), "float16")
+    assert np.all(got < stored_w0)
+    np.testing.assert_array_equal(got, as_float64(expected, "float16"))
+
+
+def test_float64_variables_are_updated_in_float64():
+    rng = np.random.default_rng(0)
+    w0 = rng.normal(size=(7, 5))
+    g0 = rng.normal(scale=1e-3, size=(7, 5))
+    if keras.backend.backend() == "jax":
+        import jax
+
+        if not jax.config.jax_enable_x64:
+            pytest.skip("JAX stores float64 as float32 unless jax_enable_x64 is set")
+    variable = keras.Variable(w0, dtype="float64", name="kernel")
+    optimizer = keras_lars.LARS(3.0, momentum=0.9, weight_decay=0.01, trust_coefficient=0.02)
+    for _ in range(3):
+        optimizer.apply_gradients([(keras.ops.convert_to_tensor(g0, "float64"), variable)])
+    expected, _ = reference.lars_run(
+        [w0],
+        [[g0]] * 3,
+        [3.0] * 3,
+        [True],
+        [True],
+        momentum=0.9,
+        weight_decay=0.01,
+        trust_coefficient=0.02,
+    )
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(variable), expected[0], rtol=1e-13)
 
 
 @pytest.mark.parametrize("nesterov", [False, True])

@@ -76,3 +76,38 @@ def test_tf_train_checkpoint_round_trips_slots(tmp_path):
         np.testing.assert_array_equal(got, want)
     for got, want in zip(fresh.get_weights(), net.get_weights()):
         np.testing.assert_array_equal(got, want)
+
+
+def test_exclusions_by_object_survive_a_keras_file(tmp_path):
+    """The README's rank rule by object, and a kernel left undecayed: the same
+    treatment per variable after `load_model` (whose paths lose the
+    Sequential's name, so a path could not carry them)."""
+    net = keras.Sequential(
+        [
+            keras.Input((training.IN,)),
+            keras.layers.Dense(training.HIDDEN, name="hidden"),
+            keras.layers.LayerNormalization(name="norm"),
+            keras.layers.Dense(training.OUT, name="out"),
+        ],
+        name="with_norm",
+    )
+    optimizer = keras_lars.LARS(
+        0.1, weight_decay_exclude_patterns=(), adaptation_exclude_patterns=()
+    )
+    optimizer.exclude_from_layer_adaptation(
+        var_list=[v for v in net.trainable_variables if len(v.shape) <= 1]
+    )
+    optimizer.exclude_from_weight_decay(var_list=[net.get_layer("out").kernel])
+    net.compile(optimizer=optimizer, loss="mse")
+    x, y = training.data()
+    net.fit(x, y, batch_size=training.BATCH, epochs=1, verbose=0)
+    before = net.optimizer.exclusions()
+    net.save(tmp_path / "net.keras")
+
+    restored = keras.models.load_model(tmp_path / "net.keras")
+    after = restored.optimizer.exclusions()
+
+    assert list(after.values()) == list(before.values())
+    assert [t["adaptation"] for t in before.values()] == [True, False, False, False, True, False]
+    assert [t["weight_decay"] for t in before.values()] == [True] * 4 + [False, True]
+    restored.fit(x, y, batch_size=training.BATCH, epochs=1, verbose=0)  # and it trains on

@@ -102,6 +102,15 @@ def test_config_round_trip():
     assert restored.get_config()["name"] == "custom"
 
 
+def test_a_zero_peak_is_refused_with_the_reason():
+    """A Keras user porting `CosineDecay(0.0, ..., warmup_target=10)` would
+    write `PolynomialWarmup(0.0, ...)` and train at rate 0."""
+    with pytest.raises(ValueError, match="`initial_learning_rate` is the peak rate"):
+        keras_lars.PolynomialWarmup(0.0, decay_steps=100, warmup_steps=10)
+    first_line = keras_lars.PolynomialWarmup.__doc__.strip().splitlines()[0]
+    assert "initial_learning_rate" in first_line and "peak" in first_line
+
+
 @pytest.mark.parametrize(
     "kwargs,argument",
     [
