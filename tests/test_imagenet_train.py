@@ -147,6 +147,7 @@ def test_default_strategy_trains_resnet50_and_logs(data_dir, tmp_path, capsys):
         data_dir=str(data_dir),
         model_dir=str(tmp_path),
         train_steps=8,
+        deterministic=True,
         **SMALL,
     )
     assert len(scalars(tmp_path)["loss"]) == 4
@@ -170,11 +171,12 @@ def test_default_strategy_trains_resnet50_and_logs(data_dir, tmp_path, capsys):
 def test_loss_falls_under(data_dir, tmp_path, strategy):
     summary = run(
         **LEARNS,
-        **SMALL,
+        **{**SMALL, "global_batch_size": 16},  # 4 images a replica for batch norm
         strategy=strategy,
         data_dir=str(data_dir),
         model_dir=str(tmp_path),
         train_steps=16,
+        deterministic=True,  # the same verdict on every run
     )
     assert_loss_falls(tmp_path)
     assert summary["eval_images"] == CLASSES * VALIDATION_PER_CLASS
@@ -241,6 +243,7 @@ def test_multi_worker_with_two_localhost_workers(data_dir, tmp_path):
         "--steps_per_loop=2",
         "--warmup_epochs=0.25",
         "--eval_every_epochs=0",
+        "--deterministic",
     ]
     workers = [
         subprocess.Popen(
@@ -276,6 +279,7 @@ def test_xla_compiled_step_on_one_device(data_dir, tmp_path):
         data_dir=str(data_dir),
         model_dir=str(tmp_path),
         train_steps=16,
+        deterministic=True,
         **SMALL,
     )
     assert_loss_falls(tmp_path)
