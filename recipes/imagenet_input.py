@@ -48,6 +48,7 @@ MAX_INPUT_PIPELINES = 4096  # augmentation streams stay distinct up to this many
 IMAGENET_TRAIN_IMAGES = 1_281_167
 IMAGENET_CLASSES = 1000
 RESCAN_THREADS = 8  # files checked at once when looking for a bad one
+RESEED_STRIDE = 1_000_003  # a resumed, non-deterministic stream's seed offset per step
 # Words in TensorFlow's messages for records that do not read or images that
 # do not decode.
 UNREADABLE_SIGNS = ("JPEG", "Could not parse example", "corrupted record")
@@ -361,6 +362,20 @@ def checked_label(label, num_classes):
         ]
     ):
         return tf.identity(label)
+
+
+def resume_position(seed, deterministic, start_step, examples_per_step):
+    """(seed, examples to skip) for a training stream opened at `start_step`,
+    when each step consumes `examples_per_step` of it. A deterministic stream
+    is replayed and what was consumed is skipped (read, not decoded), so a
+    resumed run sees exactly the examples an uninterrupted one would; any
+    other is reshuffled from there on, as the MLPerf and Model Garden loops
+    do (skipping would cost a read of everything consumed)."""
+    if start_step and deterministic:
+        return seed, start_step * examples_per_step
+    if start_step:
+        return seed + RESEED_STRIDE * start_step, 0
+    return seed, 0
 
 
 def build_dataset(file_pattern, *, schema="imagenet", label_offset=None, **kwargs):

@@ -2,12 +2,14 @@
 
     run(config)
 
-1. Checks everything that can be checked before any file is written: the
-   strategy (and its replicas), the batch split, the data.
+1. Sets up the devices (a tf.distribute strategy on TensorFlow,
+   `recipes/tf_runner.py`; keras.distribution on JAX, `recipes/jax_runner.py`)
+   and checks everything that can be checked before any file is written: the
+   batch split over replicas and accumulation steps, the data.
 2. Writes `model_dir/config.json` (the settings and the derived step counts);
    a rerun with different training settings in the same `model_dir` is refused.
-3. Builds the model, `keras_lars.LARS` and its `PolynomialWarmup` schedule
-   under the strategy, and resumes from the latest checkpoint if there is one.
+3. Builds the model, `keras_lars.LARS` and its `PolynomialWarmup` schedule,
+   and resumes from the latest checkpoint if there is one.
 4. Trains loop by loop (`steps_per_loop` steps per host call), checkpointing
    after each, evaluating every `eval_every_epochs` and at the end, with
    TensorBoard scalars in `model_dir/train` and `model_dir/eval` and a
@@ -17,14 +19,10 @@ A loop whose loss is not finite stops the run (`TrainingDiverged`, naming the
 step) without saving: the last checkpoint is the last good state.
 
 Resuming. The optimizer's `iterations` is saved with the weights, so the
-schedule continues where it was. With `deterministic=True` the input stream
-is rebuilt and the examples already consumed are skipped (read, not decoded),
-so a killed and resumed run ends with exactly the weights of an uninterrupted
-one. Otherwise the stream is reshuffled from the resume step on, as the MLPerf
-and Model Garden loops do; skipping would cost a read of everything consumed.
+schedule continues where it was, and the input stream is reopened where it
+stopped (`imagenet_input.resume_position`): exactly, with `deterministic=True`.
 """
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -35,17 +33,12 @@ import keras
 import tensorflow as tf
 from tqdm import tqdm
 
-import keras_lars
 from recipes import imagenet_input
-from recipes import models
-from recipes import strategies
+from recipes import optimization
 from recipes import train_config
-from recipes.train_loop import Trainer
 
 POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
-CHECKPOINTS_KEPT = 3
 TRACKED_LAYERS = 4  # kernels whose trust ratio goes to TensorBoard
-RESEED_STRIDE = 1_000_003  # a resumed, non-deterministic stream's seed offset per step
 
 
 class TrainingDiverged(RuntimeError):
@@ -69,20 +62,33 @@ class Plan:
 
 def run(config):
     """Trains as `config` says; returns the summary dict (also in summary.json)."""
-    if config.logical_cpus:
-        strategies.split_cpu(config.logical_cpus)
-    strategy = strategies.create(config.strategy, config.tpu)
+    train_config.check_backend(config)
+    runner = _runner(config)
     train_source, eval_source = _sources(config)
-    plan = _plan(config, strategy, train_source, eval_source)
-    _write_config(config, plan, write=_is_chief(strategy))
-    print(f"{strategies.describe(strategy)}; {_describe(plan)}")
+    plan = _plan(config, runner.replicas, train_source, eval_source)
+    _write_config(config, plan, write=runner.chief)
+    print(f"{runner.description}; {_describe(plan)}")
 
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(POLICIES[config.dtype])
     try:
-        return _train(config, plan, strategy, train_source, eval_source)
+        return _train(config, plan, runner, train_source, eval_source)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
+        if hasattr(runner, "close"):
+            runner.close()
+
+
+def _runner(config):
+    """The runner of the Keras backend in use (train_config has checked that
+    the strategy belongs to it)."""
+    if keras.backend.backend() == "jax":
+        from recipes import jax_runner
+
+        return jax_runner.Runner(config)
+    from recipes import tf_runner
+
+    return tf_runner.Runner(config)
 
 
 def _sources(config):
@@ -106,18 +112,12 @@ def _sources(config):
     )
 
 
-def _plan(config, strategy, train_source, eval_source):
-    replicas = strategy.num_replicas_in_sync
+def _plan(config, replicas, train_source, eval_source):
     split = replicas * config.accumulation_steps
     if config.global_batch_size % split:
         raise ValueError(
             f"--global_batch_size={config.global_batch_size} does not divide into "
             f"{replicas} replica(s) x --accumulation_steps={config.accumulation_steps}"
-        )
-    if config.jit_compile and replicas > 1 and config.strategy != "tpu":
-        raise ValueError(
-            "--jit_compile needs a single replica: XLA with several MirroredStrategy "
-            f"replicas fails in Keras 3 (keras #19005); {replicas} replicas here"
         )
     if config.synthetic:
         num_classes = imagenet_input.IMAGENET_CLASSES
@@ -180,70 +180,18 @@ def _write_config(config, plan, write):
             json.dump(settings, f, indent=1)
 
 
-def _build(config, plan):
-    """Model and optimizer; call inside the strategy's scope."""
-    model = models.build(
-        config.model,
-        plan.num_classes,
-        config.image_size,
-        dropout=config.dropout,
-        zero_init_residual=config.zero_init_residual,
-        alexnet_groups=config.alexnet_groups,
-        alexnet_bn_variant=config.alexnet_bn_variant,
-    )
-    schedule = keras_lars.PolynomialWarmup(
-        config.learning_rate,
-        decay_steps=plan.train_steps - plan.warmup_steps + 1,  # as MLPerf
-        warmup_steps=plan.warmup_steps,
-        end_learning_rate=config.end_learning_rate,
-    )
-    lars = keras_lars.LARS(
-        schedule,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-        trust_coefficient=config.trust_coefficient,
-        track_trust_ratios=True,
-        # adapt_biases: biases and normalisation variables still skip the decay.
-        adaptation_exclude_patterns=()
-        if config.adapt_biases
-        else keras_lars.DEFAULT_EXCLUDE_PATTERNS,
-    )
-    optimizer = keras.optimizers.LossScaleOptimizer(lars) if config.dtype == "float16" else lars
-    optimizer.build(model.trainable_variables)  # before a checkpoint is restored into it
-    return model, optimizer, lars
-
-
-def _train(config, plan, strategy, train_source, eval_source):
+def _train(config, plan, runner, train_source, eval_source):
     keras.utils.set_random_seed(config.seed)  # initialisation and dropout
-    with strategy.scope():
-        model, optimizer, lars = _build(config, plan)
-        trainer = Trainer(
-            strategy,
-            model,
-            optimizer,
-            global_batch_size=config.global_batch_size,
-            label_smoothing=config.label_smoothing,
-            accumulation_steps=config.accumulation_steps,
-            jit_compile=config.jit_compile,
-            synthetic=(config.image_size, plan.num_classes, config.dtype)
-            if config.synthetic
-            else None,
+    runner.build(plan, train_source, eval_source)
+    print(_describe_exclusions(runner.lars.exclusions()))
+    start_step = runner.restore()
+    if start_step:
+        print(
+            f"Resumed from step {start_step} ({runner.latest_checkpoint()}); learning rate "
+            f"{optimization.learning_rate(runner.lars):.6g}"
         )
-    checkpoint = tf.train.Checkpoint(
-        model=model,
-        optimizer=optimizer,
-        # Dropout's random state, which tf.train.Checkpoint does not reach
-        # through the model (tests/test_tensorflow.py pins this).
-        random_states=[v for v in model.non_trainable_variables if "seed_generator" in v.path],
-    )
-    manager = tf.train.CheckpointManager(
-        checkpoint, _checkpoint_dir(config, strategy), max_to_keep=CHECKPOINTS_KEPT
-    )
-    print(_describe_exclusions(lars.exclusions()))
-    start_step = _restore(config, checkpoint, optimizer, lars)
-    iterator = _training_iterator(config, strategy, train_source, start_step)
-    log = _Log(config, strategy, [v.path for v in model.trainable_variables])
-    naming = train_source.naming_bad_files if train_source else contextlib.nullcontext
+    runner.start(start_step)
+    log = _Log(config, runner.chief, [v.path for v in runner.model.trainable_variables])
     step, evaluation = start_step, None
     images, seconds = 0, 0.0  # after the first loop, which also compiles
     started = time.time()
@@ -251,25 +199,24 @@ def _train(config, plan, strategy, train_source, eval_source):
         while step < plan.train_steps:
             steps = _loop_length(step, plan)
             loop_started = time.time()
-            with naming():
-                result = trainer.train(iterator, steps)
+            result = runner.train(steps)
             if result["non_finite_step"] is not None:
                 raise TrainingDiverged(
                     f"The loss is not finite at step {result['non_finite_step']}; stopped "
-                    f"without saving. The last good checkpoint: {manager.latest_checkpoint}"
+                    f"without saving. The last good checkpoint: {runner.latest_checkpoint()}"
                 )
             loop_seconds = time.time() - loop_started
             if step > start_step:
                 images += steps * config.global_batch_size
                 seconds += loop_seconds
             step += steps
-            manager.save(checkpoint_number=step)
+            runner.save(step)
             throughput = steps * config.global_batch_size / loop_seconds
-            log.training(step, result, lars, throughput)
+            log.training(step, result, runner.lars, throughput)
             bar.set_postfix(loss=f"{result['loss']:.3f}", img_s=f"{throughput:.0f}")
             bar.update(steps)
             if _evaluate_now(step, plan) and eval_source:
-                evaluation = _evaluate(config, plan, strategy, trainer, eval_source)
+                evaluation = runner.evaluate()
                 log.evaluation(step, evaluation)
                 bar.write(
                     f"step {step}: top-1 {100 * evaluation['top1']:.2f}%, top-5 "
@@ -279,7 +226,7 @@ def _train(config, plan, strategy, train_source, eval_source):
     summary = dict(
         model=config.model,
         preset=config.preset,
-        strategy=strategies.describe(strategy),
+        strategy=runner.description,
         steps=step,
         epochs=round(step / plan.steps_per_epoch, 3),
         resumed_from_step=start_step,
@@ -289,7 +236,7 @@ def _train(config, plan, strategy, train_source, eval_source):
         wall_seconds=round(time.time() - started, 1),
         images_per_second=round(images / seconds, 1) if seconds else None,
     )
-    if _is_chief(strategy):
+    if runner.chief:
         with tf.io.gfile.GFile(os.path.join(config.model_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=1)
     print("Summary:", json.dumps(summary))
@@ -314,47 +261,10 @@ def _describe_exclusions(table):
     return "LARS variables: " + "; ".join(parts)
 
 
-def _is_chief(strategy):
-    """Whether this process writes the run's files (the only one except under
-    MultiWorkerMirroredStrategy, where worker 0 does)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
-        return True
-    return resolver.task_type in (None, "chief") or (
-        resolver.task_type == "worker" and resolver.task_id == 0
-    )
-
-
-def _checkpoint_dir(config, strategy):
-    """model_dir/checkpoints; other workers save their copy aside, since
-    saving is collective under MultiWorkerMirroredStrategy."""
-    if _is_chief(strategy):
-        return os.path.join(config.model_dir, "checkpoints")
-    resolver = strategy.cluster_resolver
-    return os.path.join(
-        config.model_dir, "workers", f"{resolver.task_type}{resolver.task_id}", "checkpoints"
-    )
-
-
-def _restore(config, checkpoint, optimizer, lars):
-    """Restores the chief's latest checkpoint, if any; returns its step."""
-    latest = tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints"))
-    if not latest:
-        return 0
-    checkpoint.restore(latest).assert_existing_objects_matched()
-    step = int(optimizer.iterations.numpy())
-    print(
-        f"Resumed from step {step} ({latest}); learning rate "
-        f"{float(lars.learning_rate.numpy()):.6g}"
-    )
-    return step
-
-
 class _Log:
     """TensorBoard scalars (model_dir/train, model_dir/eval), chief only."""
 
-    def __init__(self, config, strategy, variable_paths):
-        chief = _is_chief(strategy)
+    def __init__(self, config, chief, variable_paths):
         self.writers = {
             name: tf.summary.create_file_writer(os.path.join(config.model_dir, name))
             if chief
@@ -369,7 +279,7 @@ class _Log:
             "loss": result["loss"],
             "top1": result["top1"],
             "top5": result["top5"],
-            "learning_rate": float(lars.learning_rate.numpy()),
+            "learning_rate": optimization.learning_rate(lars),
             "images_per_second": images_per_second,
             **{f"trust_ratio/{path}": ratios[path] for path in self.tracked},
         }
@@ -386,58 +296,6 @@ class _Log:
     def close(self):
         for writer in self.writers.values():
             writer.flush()
-
-
-def _training_iterator(config, strategy, source, start_step):
-    if source is None:  # synthetic: each replica makes its own batches
-        return None
-    resumed = start_step > 0
-
-    def dataset_fn(context):
-        per_pipeline_step = config.global_batch_size // context.num_input_pipelines
-        if resumed and config.deterministic:  # replay: skip what was consumed
-            seed, skip = config.seed, start_step * per_pipeline_step
-        elif resumed:  # reshuffle from here on
-            seed, skip = config.seed + RESEED_STRIDE * start_step, 0
-        else:
-            seed, skip = config.seed, 0
-        return imagenet_input.batches(
-            source,
-            training=True,
-            global_batch_size=config.global_batch_size,
-            input_context=context,
-            image_size=config.image_size,
-            dtype=config.dtype,
-            deterministic=config.deterministic,
-            seed=seed,
-            skip=skip,
-            num_classes=source.num_classes,
-        )
-
-    return iter(strategy.distribute_datasets_from_function(dataset_fn))
-
-
-def _evaluate(config, plan, strategy, trainer, source):
-    pipelines = []
-
-    def dataset_fn(context):
-        pipelines.append(context.num_input_pipelines)
-        return imagenet_input.evaluation_batches(
-            source,
-            global_batch_size=config.global_batch_size,
-            num_examples=plan.eval_images,
-            input_context=context,
-            image_size=config.image_size,
-            dtype=config.dtype,
-            num_classes=source.num_classes,
-        )
-
-    iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
-    steps = imagenet_input.evaluation_steps(
-        plan.eval_images, config.global_batch_size, pipelines[0]
-    )
-    with source.naming_bad_files():
-        return trainer.evaluate(iterator, steps)
 
 
 def _loop_length(step, plan):

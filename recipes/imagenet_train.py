@@ -46,12 +46,19 @@ def define_flags():
     flags.DEFINE_enum(
         "strategy",
         "default",
-        ["default", "one_device", "mirrored", "multi_worker", "tpu"],
-        "tf.distribute strategy (multi_worker reads the cluster from TF_CONFIG).",
+        ["default", "one_device", "mirrored", "multi_worker", "tpu", "data_parallel"],
+        "TensorFlow: a tf.distribute strategy (multi_worker reads the cluster from "
+        "TF_CONFIG). JAX (KERAS_BACKEND=jax): data_parallel, keras.distribution over "
+        "every local device. default: one device.",
     )
     flags.DEFINE_string("tpu", None, "TPU name or grpc:// address; 'local' on a TPU VM.")
     flags.DEFINE_integer(
         "logical_cpus", 0, "Split the CPU into N devices (to try strategies without GPUs)."
+    )
+    flags.DEFINE_bool(
+        "multi_process",
+        False,
+        "JAX: several hosts (a TPU pod slice); calls keras.distribution.initialize().",
     )
     flags.DEFINE_bool("jit_compile", False, "Compile the step with XLA (one replica only).")
     flags.DEFINE_integer("global_batch_size", None, "Images per update, over all replicas.")
@@ -108,6 +115,7 @@ def main(argv):
     }
     try:
         config = train_config.resolve(FLAGS.preset, FLAGS.model, **settings)
+        train_config.check_backend(config)
     except ValueError as error:
         raise app.UsageError(str(error)) from None
     try:

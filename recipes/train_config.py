@@ -8,15 +8,29 @@ field names are the flag names of `recipes/imagenet_train.py`.
 import dataclasses
 import math
 
+import keras
+
 from recipes import models
 from recipes import presets
-from recipes import strategies
 
 DTYPES = ("float32", "bfloat16", "float16")
+# tf.distribute strategies (recipes/strategies.py) and keras.distribution's
+# data parallelism (recipes/jax_runner.py); "default" is one device on both.
+TF_STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
+JAX_STRATEGIES = ("default", "data_parallel")
+STRATEGIES = TF_STRATEGIES + ("data_parallel",)
 # Settings that may change when a run is resumed: where and how it runs, not
 # what it computes.
 MAY_CHANGE_ON_RESUME = frozenset(
-    {"strategy", "tpu", "logical_cpus", "steps_per_loop", "data_dir", "tfds_data_dir"}
+    {
+        "strategy",
+        "tpu",
+        "logical_cpus",
+        "multi_process",
+        "steps_per_loop",
+        "data_dir",
+        "tfds_data_dir",
+    }
 )
 
 
@@ -33,6 +47,7 @@ class TrainConfig:
     strategy: str = "default"
     tpu: str | None = None
     logical_cpus: int = 0
+    multi_process: bool = False
     jit_compile: bool = False
     # The preset's fields.
     global_batch_size: int = 256
@@ -123,10 +138,9 @@ def check(config):
         raise ValueError("Give exactly one of --data_dir, --tfds_data_dir and --synthetic")
     if not config.model_dir:
         raise ValueError("--model_dir is required: checkpoints and summaries go there")
-    if config.strategy not in strategies.STRATEGIES:
+    if config.strategy not in STRATEGIES:
         raise ValueError(
-            f"--strategy must be one of {strategies.STRATEGIES}. "
-            f"Received: --strategy={config.strategy}"
+            f"--strategy must be one of {STRATEGIES}. Received: --strategy={config.strategy}"
         )
     if config.tpu and config.strategy != "tpu":
         raise ValueError(f"--tpu={config.tpu} needs --strategy=tpu")
@@ -162,6 +176,36 @@ def check(config):
     _number(config, "trust_coefficient", low=0.0, strict=True)
     for name in ("momentum", "label_smoothing", "dropout"):
         _number(config, name, low=0.0, high=1.0)
+
+
+def check_backend(config, backend=None):
+    """`ValueError` naming the flag unless the strategy belongs to `backend`
+    (by default the Keras backend in use)."""
+    backend = backend or keras.backend.backend()
+    if backend == "jax":
+        if config.strategy not in JAX_STRATEGIES:
+            raise ValueError(
+                f"--strategy={config.strategy} is a tf.distribute strategy: it needs "
+                "KERAS_BACKEND=tensorflow. On JAX use --strategy=data_parallel (TPUs "
+                "included: JAX finds their cores itself)"
+            )
+    elif backend == "tensorflow":
+        if config.strategy not in TF_STRATEGIES:
+            raise ValueError(
+                f"--strategy={config.strategy} is keras.distribution, which Keras 3 runs on "
+                "JAX only: use KERAS_BACKEND=jax, or on TensorFlow --strategy=mirrored, "
+                "multi_worker or tpu"
+            )
+        if config.multi_process:
+            raise ValueError(
+                "--multi_process is for JAX; TensorFlow's --strategy=multi_worker reads "
+                "the cluster from TF_CONFIG"
+            )
+    else:
+        raise ValueError(
+            f"The recipes run on the TensorFlow or JAX backend, not {backend!r}: set "
+            "KERAS_BACKEND=tensorflow or KERAS_BACKEND=jax"
+        )
 
 
 def _integer(config, name, low):

@@ -23,6 +23,7 @@ from cluster import free_ports  # noqa: E402
 from cluster import tf_config  # noqa: E402
 from recipes import imagenet_input  # noqa: E402
 from recipes import imagenet_job  # noqa: E402
+from recipes import models  # noqa: E402
 from recipes import strategies  # noqa: E402
 from recipes import train_config  # noqa: E402
 from recipes.train_loop import Trainer  # noqa: E402
@@ -219,7 +220,7 @@ def test_mirrored_on_four_cpus_equals_one_device(data_dir, tmp_path):
 def test_batch_norm_statistics_agree_across_replicas_after_a_loop():
     strategy = strategies.create("mirrored")
     with strategy.scope():
-        model = imagenet_job.models.build("alexnet_bn", 4, 67)
+        model = models.build("alexnet_bn", 4, 67)
         trainer = Trainer(
             strategy, model, keras_lars.LARS(), global_batch_size=8, synthetic=(67, 4, "float32")
         )
@@ -442,7 +443,7 @@ def test_evaluation_sees_37_images_exactly_once_on_four_replicas(tmp_path):
     strategy = strategies.create("mirrored")
     assert strategy.num_replicas_in_sync == 4
     with strategy.scope():
-        model = imagenet_job.models.build("alexnet", 10, 67)
+        model = models.build("alexnet", 10, 67)
         optimizer = keras_lars.LARS()
         trainer = Trainer(strategy, model, optimizer, global_batch_size=8)
     steps = imagenet_input.evaluation_steps(37, 8)

@@ -124,6 +124,36 @@ def test_bad_settings_name_their_flag(kwargs, flag):
         train_config.resolve(**settings)
 
 
+@pytest.mark.parametrize(
+    "backend,strategy,allowed",
+    [
+        ("tensorflow", "mirrored", True),
+        ("tensorflow", "tpu", True),
+        ("tensorflow", "data_parallel", False),
+        ("jax", "data_parallel", True),
+        ("jax", "default", True),
+        ("jax", "mirrored", False),
+        ("jax", "multi_worker", False),
+        ("jax", "tpu", False),
+        ("torch", "default", False),
+    ],
+)
+def test_each_strategy_belongs_to_its_backend(backend, strategy, allowed):
+    config = train_config.resolve(model_dir="/m", synthetic=True, strategy=strategy)
+    if allowed:
+        train_config.check_backend(config, backend)
+    else:
+        with pytest.raises(ValueError, match=f"--strategy={strategy}|{backend}"):
+            train_config.check_backend(config, backend)
+
+
+def test_multi_process_is_for_jax():
+    config = train_config.resolve(model_dir="/m", synthetic=True, multi_process=True)
+    train_config.check_backend(config, "jax")
+    with pytest.raises(ValueError, match="--multi_process"):
+        train_config.check_backend(config, "tensorflow")
+
+
 def test_command_line_choices_are_the_modules_choices():
     """The command line spells its choices out (so that --help needs no
     TensorFlow import): they must stay the modules' choices."""
@@ -137,7 +167,8 @@ def test_command_line_choices_are_the_modules_choices():
     ).stdout
     flag_values = json.loads(output)
     assert tuple(flag_values["model"]) == models.MODELS
-    assert tuple(flag_values["strategy"]) == strategies.STRATEGIES
+    assert tuple(flag_values["strategy"]) == train_config.STRATEGIES
+    assert train_config.TF_STRATEGIES == strategies.STRATEGIES
     assert tuple(flag_values["alexnet_groups"]) == models.ALEXNET_GROUPS
     assert tuple(flag_values["alexnet_bn_variant"]) == models.ALEXNET_BN_VARIANTS
     assert tuple(flag_values["dtype"]) == train_config.DTYPES

@@ -16,6 +16,7 @@ __all__ = [
     "alexnet",
     "alexnet_bn",
     "build",
+    "build_for",
     "resnet50",
 ]
 
@@ -53,3 +54,16 @@ def build(
             variant=alexnet_bn_variant,
         )
     raise ValueError(f"`model` must be one of {MODELS}. Received: model={name!r}")
+
+
+def build_for(config, num_classes):
+    """The model a `recipes.train_config.TrainConfig` asks for."""
+    return build(
+        config.model,
+        num_classes,
+        config.image_size,
+        dropout=config.dropout,
+        zero_init_residual=config.zero_init_residual,
+        alexnet_groups=config.alexnet_groups,
+        alexnet_bn_variant=config.alexnet_bn_variant,
+    )
