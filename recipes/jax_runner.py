@@ -31,6 +31,7 @@ import io
 import math
 import os
 import re
+import warnings
 
 import keras
 import numpy as np
@@ -119,7 +120,8 @@ class Runner:
         self.model.compile(
             optimizer=self.optimizer,
             loss=_cross_entropy(plan.num_classes, config.label_smoothing),
-            metrics=[
+            # Weighted: in evaluation the padding's mask is the sample weight.
+            weighted_metrics=[
                 keras.metrics.SparseCategoricalAccuracy(name="top1"),
                 keras.metrics.SparseTopKCategoricalAccuracy(
                     k=min(5, plan.num_classes), name="top5"
@@ -166,6 +168,7 @@ class Runner:
                 _stream(self.batches),
                 steps_per_epoch=steps * k,
                 epochs=1,
+                shuffle=False,  # the stream is shuffled already
                 verbose=0,
                 callbacks=[stop],
             ).history
@@ -190,7 +193,10 @@ class Runner:
             dtype=config.dtype,
             num_classes=source.num_classes,
         )
-        with source.naming_bad_files():
+        with source.naming_bad_files(), warnings.catch_warnings():
+            # The evaluation steps need not fill the last execution of
+            # `steps_per_execution` steps; Keras then runs the rest and warns.
+            warnings.filterwarnings("ignore", "Your input ran out of data")
             result = self.model.evaluate(
                 _stream(dataset.as_numpy_iterator()), verbose=0, return_dict=True
             )
