@@ -1,14 +1,19 @@
 r"""Training-step throughput: ResNet-50 with LARS against momentum SGD, same run.
 
-Runs the recipes' training step (`recipes.train_loop.Trainer`, synthetic images
-made on the device, so no input pipeline is measured) for ResNet-50 v1.5 with
-the recipes' LARS (trust ratios tracked, as the recipes run it) and with
+Runs the recipes' training step for ResNet-50 v1.5 with the recipes' LARS
+(trust ratios tracked, as the recipes run it) and with
 `keras.optimizers.SGD(momentum=0.9)`, alternating rounds of `--steps` steps,
 and prints images per second for each and the ratio of their step times
 (median over rounds). The optimizer step is a small part of a training step,
-so the goal is LARS / SGD <= 1.05.
+so the goal is LARS / SGD <= 1.05. No input pipeline is measured:
+
+- TensorFlow: `recipes.train_loop.Trainer`, synthetic images made inside the
+  step;
+- JAX: what `recipes/jax_runner.py` runs, `model.fit` (jit-compiled) with
+  `steps_per_execution` = `--steps`, on one random batch fed again and again.
 
     python -m benchmarks.train_step [--batch_size=16] [--image_size=224] [--rounds=5]
+    KERAS_BACKEND=jax python -m benchmarks.train_step
 """
 
 import argparse
@@ -19,32 +24,64 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np  # noqa: E402
 
 import keras_lars  # noqa: E402
 from recipes import models  # noqa: E402
-from recipes.train_loop import Trainer  # noqa: E402
 
 CLASSES = 1000
 
 
-def trainer(optimizer, batch_size, image_size):
-    strategy = tf.distribute.get_strategy()
+def tensorflow_steps(optimizer, batch_size, image_size):
+    """A callable running n training steps of the recipes' TensorFlow loop."""
+    import tensorflow as tf
+
+    from recipes.train_loop import Trainer
+
     keras.utils.set_random_seed(0)
-    model = models.build("resnet50", CLASSES, image_size)
-    return Trainer(
-        strategy,
-        model,
+    trainer = Trainer(
+        tf.distribute.get_strategy(),
+        models.build("resnet50", CLASSES, image_size),
         optimizer,
         global_batch_size=batch_size,
         label_smoothing=0.1,
         synthetic=(image_size, CLASSES, "float32"),
     )
+    return lambda n: trainer.train(None, n)  # returns once the loop has finished
+
+
+def jax_steps(optimizer, batch_size, image_size, steps_per_execution):
+    """A callable running n (a multiple of `steps_per_execution`) steps of
+    `model.fit`, as recipes/jax_runner.py does."""
+    keras.utils.set_random_seed(0)
+    model = models.build("resnet50", CLASSES, image_size)
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        steps_per_execution=steps_per_execution,
+    )
+    rng = np.random.default_rng(0)
+    batch = (
+        rng.normal(size=(batch_size, image_size, image_size, 3)).astype("float32"),
+        rng.integers(0, CLASSES, size=batch_size).astype("int32"),
+    )
+
+    def batches():
+        while True:
+            yield batch
+
+    stream = batches()
+
+    def run(n):
+        model.fit(stream, steps_per_epoch=n, epochs=1, verbose=0, shuffle=False)
+        # fit returns after the last step's metrics are read back: finished.
+
+    return run
 
 
 def seconds_per_step(run, steps):
     start = time.perf_counter()
-    run.train(None, steps)  # returns once the loop has finished
+    run(steps)
     return (time.perf_counter() - start) / steps
 
 
@@ -55,18 +92,22 @@ def main():
     parser.add_argument("--steps", type=int, default=5, help="steps per timed round")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    runs = {
-        "SGD(momentum=0.9)": trainer(
-            keras.optimizers.SGD(0.1, momentum=0.9), args.batch_size, args.image_size
-        ),
-        "LARS": trainer(
-            keras_lars.LARS(1.0, weight_decay=1e-4, track_trust_ratios=True),
-            args.batch_size,
-            args.image_size,
-        ),
+    optimizers = {
+        "SGD(momentum=0.9)": keras.optimizers.SGD(0.1, momentum=0.9),
+        "LARS": keras_lars.LARS(1.0, weight_decay=1e-4, track_trust_ratios=True),
     }
+    if keras.backend.backend() == "jax":
+        runs = {
+            name: jax_steps(optimizer, args.batch_size, args.image_size, args.steps)
+            for name, optimizer in optimizers.items()
+        }
+    else:
+        runs = {
+            name: tensorflow_steps(optimizer, args.batch_size, args.image_size)
+            for name, optimizer in optimizers.items()
+        }
     for run in runs.values():  # compile
-        run.train(None, 2)
+        run(args.steps)
     times = {name: [] for name in runs}
     for _ in range(args.rounds):
         for name, run in runs.items():
