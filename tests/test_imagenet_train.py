@@ -528,6 +528,7 @@ def test_command_line_errors_are_one_line_with_exit_1(data_dir, tmp_path):
         (["--preset=mlperf_5k"], "--preset"),
         (["--preset=mlperf_8k", "--model=alexnet"], "--preset=mlperf_8k is for --model=resnet50"),
         ([f"--data_dir={tmp_path / 'nowhere'}"], "no train-* TFRecord files"),
+        (["--strategy=data_parallel"], "--strategy=data_parallel is keras.distribution"),
     ]
     for flags, message in cases:
         result = subprocess.run(
