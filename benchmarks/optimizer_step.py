@@ -11,11 +11,18 @@ Results and the choices they led to: benchmarks/RESULTS.md.
     KERAS_BACKEND=tensorflow python -m benchmarks.optimizer_step [--jit]
     KERAS_BACKEND=jax python -m benchmarks.optimizer_step   # jax.jit always
     KERAS_BACKEND=torch python -m benchmarks.optimizer_step # eager
+
+`--memory` also reports each optimizer's peak memory during a step beyond
+what it holds between steps (the variables, gradients and its slots), each
+measured in a fresh process: Linux's peak resident size (VmHWM) is reset
+after the warm-up steps and read after the timed ones.
 """
 
 import argparse
 import os
 import statistics
+import subprocess
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -82,26 +89,69 @@ def median_ms(step, wait, steps, warmup=3):
     return 1000 * statistics.median(times)
 
 
+OPTIMIZERS = {
+    "SGD(momentum=0.9)": lambda: keras.optimizers.SGD(0.1, momentum=0.9),
+    "LARS": lambda: keras_lars.LARS(1.0),
+    # Keras's own layer-wise optimizer: what a per-variable norm costs there.
+    "Lamb": lambda: keras.optimizers.Lamb(1e-3),
+}
+
+
+def status_kib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def step_peak_mib(args, variables, gradients):
+    """Peak resident memory during the timed steps beyond the resident memory
+    before them, in MiB (run in its own process)."""
+    step, wait = step_function(OPTIMIZERS[args.one](), variables, gradients, args.jit)
+    for _ in range(3):
+        step()
+    wait()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current resident size
+    before = status_kib("VmRSS")
+    for _ in range(args.steps):
+        step()
+    wait()
+    return (status_kib("VmHWM") - before) / 1024
+
+
+def measure_memory(args):
+    peaks = {}
+    for name in OPTIMIZERS:
+        command = [sys.executable, "-m", "benchmarks.optimizer_step", f"--one={name}"]
+        command += ["--model", args.model, "--steps", str(args.steps)]
+        command += ["--jit"] if args.jit else []
+        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        peaks[name] = float(output.strip().splitlines()[-1])
+    return peaks
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["resnet50", "small"], default="resnet50")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--jit", action="store_true", help="XLA on TensorFlow")
+    parser.add_argument("--memory", action="store_true", help="also peak memory of a step")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # --memory's child processes
     args = parser.parse_args()
     variables = model_variables(args.model)
     rng = np.random.default_rng(0)
     gradients = [
         keras.ops.convert_to_tensor(rng.normal(size=v.shape).astype("float32")) for v in variables
     ]
+    if args.one:
+        print(step_peak_mib(args, variables, gradients))
+        return
     parameters = sum(int(np.prod(v.shape)) for v in variables)
     results = {}
-    for name, optimizer in [
-        ("SGD(momentum=0.9)", keras.optimizers.SGD(0.1, momentum=0.9)),
-        ("LARS", keras_lars.LARS(1.0)),
-        # Keras's own layer-wise optimizer: what a per-variable norm costs there.
-        ("Lamb", keras.optimizers.Lamb(1e-3)),
-    ]:
-        step, wait = step_function(optimizer, variables, gradients, args.jit)
+    for name, make in OPTIMIZERS.items():
+        step, wait = step_function(make(), variables, gradients, args.jit)
         results[name] = median_ms(step, wait, args.steps)
     sgd = results["SGD(momentum=0.9)"]
     backend = keras.backend.backend()
@@ -112,10 +162,13 @@ def main():
         f"{args.model}: {parameters / 1e6:.1f} M parameters in {len(variables)} variables; "
         f"backend {backend}, compiled with {compiler}, median of {args.steps} steps"
     )
-    print("| optimizer | ms/step | ratio to SGD |")
-    print("|---|---:|---:|")
+    peaks = measure_memory(args) if args.memory else {}
+    print("| optimizer | ms/step | ratio to SGD |" + (" peak MiB in a step |" if peaks else ""))
+    print("|---|---:|---:|" + ("---:|" if peaks else ""))
     for name, ms in results.items():
-        print(f"| {name} | {ms:.1f} | {ms / sgd:.2f} |")
+        memory = f" {peaks[name]:.0f} |" if peaks else ""
+        print(f"| {name} | {ms:.1f} | {ms / sgd:.2f} |{memory}")
+    print(f"LARS / SGD: {results['LARS'] / sgd:.2f}")
 
 
 if __name__ == "__main__":

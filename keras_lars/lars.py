@@ -299,29 +299,32 @@ class LARS(keras.optimizers.Optimizer):
             ]
 
     def update_step(self, gradient, variable, learning_rate):
+        """The update of one variable: the rule of the class docstring."""
         index = self._get_variable_index(variable)
-        dtype = variable.dtype
-        compute = "float64" if keras.backend.standardize_dtype(dtype) == "float64" else "float32"
-        weights = ops.cast(variable, compute)
-        gradient = ops.cast(_densify(gradient, variable.shape), compute)
+        gradient = _densify(gradient, variable.shape)
         decay = self.weight_decay if index in self._decayed_indices else 0.0
-
-        learning_rate = ops.cast(learning_rate, compute)
-        trust_ratio = 1.0
-        if index in self._adapted_indices:
-            trust_ratio, usable = self._trust_ratio(gradient, weights, decay)
-            if self.larc_clip:
-                learning_rate = ops.where(
-                    usable, ops.minimum(trust_ratio, learning_rate), learning_rate
-                )
-            else:
-                learning_rate = learning_rate * trust_ratio
+        dtype = keras.backend.standardize_dtype(variable.dtype)
+        if keras.backend.backend() == "tensorflow" and dtype == "float32":
+            return self._tensorflow_update_step(index, gradient, variable, learning_rate, decay)
+        compute = "float64" if dtype == "float64" else "float32"
+        weights = ops.cast(variable, compute)
+        gradient = ops.cast(gradient, compute)
+        if decay:
+            decayed_gradient = gradient + decay * weights
+        else:
+            decayed_gradient = gradient
+        local_rate, trust_ratio = self._local_rate(
+            index,
+            lambda: _norm(weights),
+            lambda: _norm(
+                gradient if self.trust_ratio_denominator == SUM_OF_NORMS else decayed_gradient
+            ),
+            decay,
+            ops.cast(learning_rate, compute),
+        )
         if self._trust_ratios:
             self.assign(self._trust_ratios[index], ops.cast(trust_ratio, "float32"))
-
-        if decay:
-            gradient = gradient + decay * weights
-        step = learning_rate * gradient
+        step = local_rate * decayed_gradient
         if not self.momentums:
             self.assign(variable, ops.cast(weights - step, dtype))
             return
@@ -332,20 +335,142 @@ class LARS(keras.optimizers.Optimizer):
             new_velocity = self.momentum * new_velocity + step
         self.assign(variable, ops.cast(weights - new_velocity, dtype))
 
-    def _trust_ratio(self, gradient, weights, decay):
-        """`λ` (1 where a norm is zero) and whether the norms were usable, in
-        the dtype of `weights` and `gradient`."""
-        weight_norm = _norm(weights)
+    def _local_rate(self, index, weight_norm, gradient_norm, decay, learning_rate):
+        """(the rate this variable moves with, its `λ`). `weight_norm` and
+        `gradient_norm` are callables giving ‖w‖ and the denominator's
+        gradient norm (‖g‖, or ‖g + βw‖ for "norm_of_sum"); they are only
+        called for adapted variables."""
+        if index not in self._adapted_indices:
+            return learning_rate, 1.0
+        trust_ratio, usable = self._trust_ratio(weight_norm(), gradient_norm(), decay)
+        if self.larc_clip:
+            return ops.where(usable, ops.minimum(trust_ratio, learning_rate), learning_rate), (
+                trust_ratio
+            )
+        return learning_rate * trust_ratio, trust_ratio
+
+    def _trust_ratio(self, weight_norm, gradient_norm, decay):
+        """`λ` (1 where a norm is zero) and whether the norms were usable. The
+        arguments may be scalars, or vectors with one entry per variable."""
         if self.trust_ratio_denominator == SUM_OF_NORMS:
-            gradient_norm = _norm(gradient)
             denominator = gradient_norm + decay * weight_norm + self.epsilon
         else:
-            gradient_norm = _norm(gradient + decay * weights)
             denominator = gradient_norm + self.epsilon
         usable = ops.logical_and(weight_norm > 0, gradient_norm > 0)
         # The `where` on the denominator keeps 0/0 out of the unused branch.
         ratio = (self.trust_coefficient * weight_norm) / ops.where(usable, denominator, 1.0)
         return ops.where(usable, ratio, 1.0), usable
+
+    # --- Backend fast paths: the same rule with fused kernels --------------------
+
+    def _tensorflow_update_step(self, index, gradient, variable, learning_rate, decay):
+        """`update_step` for float32 variables on TensorFlow, where every op is
+        dispatched and every intermediate tensor materialised: norms by
+        `tf.nn.l2_loss` (‖x‖ = √(2·l2_loss(x)), no squared copy), and the
+        momentum update by one `ResourceApplyMomentum` kernel:
+        `v ← m·v + step; w ← w − v` (Nesterov: `w ← w − (m·v + step)`)."""
+        import tensorflow as tf
+
+        learning_rate = tf.cast(learning_rate, tf.float32)
+        if decay:
+            decayed_gradient = gradient + decay * variable
+        else:
+            decayed_gradient = gradient
+        local_rate, trust_ratio = self._local_rate(
+            index,
+            lambda: _l2_norm(variable),
+            lambda: _l2_norm(
+                gradient if self.trust_ratio_denominator == SUM_OF_NORMS else decayed_gradient
+            ),
+            decay,
+            learning_rate,
+        )
+        if self._trust_ratios:
+            self.assign(self._trust_ratios[index], trust_ratio)
+        step = local_rate * decayed_gradient
+        if not self.momentums:
+            variable.assign_sub(step)
+            return
+        velocity = self.momentums[index]
+        velocity = velocity.value if isinstance(velocity, keras.Variable) else velocity
+        tf.raw_ops.ResourceApplyMomentum(
+            var=variable.handle,
+            accum=velocity.handle,
+            lr=tf.constant(1.0),
+            grad=step,
+            momentum=tf.constant(self.momentum),
+            use_nesterov=self.nesterov,
+        )
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        if keras.backend.backend() == "torch" and all(
+            keras.backend.standardize_dtype(v.dtype) == "float32" for v in trainable_variables
+        ):
+            return self._torch_update_all(grads, trainable_variables, learning_rate)
+        return super()._backend_update_step(grads, trainable_variables, learning_rate)
+
+    def _torch_update_all(self, grads, variables, learning_rate):
+        """`update_step` for every variable at once on PyTorch, with
+        multi-tensor `torch._foreach_*` kernels (as Keras's own PyTorch
+        optimizers), `λ` computed as one vector, and every full-size update
+        done in place (a fresh full-size tensor costs more than the update on
+        a CPU): with r the local rate,
+
+            v ← m·v + r·g + r·β·w      (addcmul_ twice)
+            w ← w − v                   (Nesterov: w ← w·(1 − r·β) − m·v − r·g)
+        """
+        import torch
+
+        with torch.no_grad():
+            indices = [self._get_variable_index(v) for v in variables]
+            weights = [v.value for v in variables]
+            grads = list(grads)
+            decayed = [k for k, i in enumerate(indices) if i in self._decayed_indices]
+            adapted = [k for k, i in enumerate(indices) if i in self._adapted_indices]
+            learning_rate = ops.cast(learning_rate, "float32")
+            rates = [learning_rate] * len(variables)
+            trust_ratios = [torch.ones(())] * len(variables)
+            if adapted:
+                if self.trust_ratio_denominator == SUM_OF_NORMS:
+                    norm_of = [grads[k] for k in adapted]
+                else:  # ‖g + βw‖: the one case that needs g + βw whole
+                    norm_of = [
+                        grads[k] + self.weight_decay * weights[k] if k in decayed else grads[k]
+                        for k in adapted
+                    ]
+                decay = torch.tensor([self.weight_decay if k in decayed else 0.0 for k in adapted])
+                adapted_rates, ratios = self._local_rate(
+                    indices[adapted[0]],  # an adapted variable: the norms are used
+                    lambda: torch.stack(torch._foreach_norm([weights[k] for k in adapted])),
+                    lambda: torch.stack(torch._foreach_norm(norm_of)),
+                    decay,
+                    learning_rate,
+                )
+                for k, rate, ratio in zip(adapted, adapted_rates.unbind(), ratios.unbind()):
+                    rates[k], trust_ratios[k] = rate, ratio
+            if self._trust_ratios:
+                torch._foreach_copy_(
+                    [self._trust_ratios[i].value for i in indices],
+                    [r.to(torch.float32) for r in trust_ratios],
+                )
+            decay_rates = [rates[k] * self.weight_decay for k in decayed]
+            if not self.momentums:
+                torch._foreach_mul_([weights[k] for k in decayed], [1 - r for r in decay_rates])
+                torch._foreach_addcmul_(weights, grads, [-r for r in rates])
+                return
+            velocities = [self.momentums[i].value for i in indices]
+            torch._foreach_mul_(velocities, self.momentum)
+            torch._foreach_addcmul_(velocities, grads, rates)
+            if decayed:
+                torch._foreach_addcmul_(
+                    [velocities[k] for k in decayed], [weights[k] for k in decayed], decay_rates
+                )
+            if self.nesterov:
+                torch._foreach_mul_([weights[k] for k in decayed], [1 - r for r in decay_rates])
+                torch._foreach_add_(weights, velocities, alpha=-self.momentum)
+                torch._foreach_addcmul_(weights, grads, [-r for r in rates])
+            else:
+                torch._foreach_sub_(weights, velocities)
 
     def _get_current_learning_rate(self):
         # A schedule counts updates, not Keras's micro-steps (class docstring).
@@ -473,6 +598,14 @@ def _densify(gradient, shape):
 
 def _norm(x):
     return ops.sqrt(ops.sum(ops.square(x)))
+
+
+def _l2_norm(x):
+    """‖x‖ on TensorFlow in one pass: l2_loss is Σx²/2, an exact float32
+    reduction without a squared copy of x."""
+    import tensorflow as tf
+
+    return tf.sqrt(2.0 * tf.nn.l2_loss(x))
 
 
 def _variable_path(variable):
