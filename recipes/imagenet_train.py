@@ -132,7 +132,12 @@ def main(argv):
     return 0
 
 
-if __name__ == "__main__":
+def run():
+    """The `keras-lars-train` console script."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     define_flags()
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

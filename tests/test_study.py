@@ -1,18 +1,28 @@
-"""The large-batch study: data loading, the claim checker, an end-to-end run."""
+"""The large-batch study: data loading, the claim checker, the fair baseline,
+an end-to-end run, flags, and resuming after an interruption."""
 
 import csv
 import dataclasses
 import gzip
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import keras
 import numpy as np
 import pytest
 
 from recipes import fashion_mnist
-from recipes import large_batch_study as study
+from recipes.study import claims
+from recipes.study import config as study_config
+from recipes.study import runner
+from recipes.study import training
 
 NAN = math.nan
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def write_idx(path, array, magic):
@@ -54,11 +64,21 @@ def test_missing_and_corrupt_files_are_named(fashion_dir):
         fashion_mnist.load(str(fashion_dir))
 
 
+def test_no_other_data_stands_in_for_fashion_mnist(tmp_path, monkeypatch):
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", str(tmp_path / "debian"))
+    monkeypatch.setattr(fashion_mnist, "KERAS_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        fashion_mnist.load()
+
+
+# --- Claims --------------------------------------------------------------------
+
+
 def summary_of(linear, sgd_best, lars_best):
-    """Builds a summary from {batch: accuracy} per line (rate 1.0 everywhere)."""
+    """Builds a summary from {batch: accuracy} per line (rate 1.0, no spread)."""
     return {
-        line: {b: (a, 1.0) for b, a in values.items()}
-        for line, values in zip(study.LINES, (linear, sgd_best, lars_best))
+        line: {b: claims.Cell(a, NAN, 1.0) for b, a in values.items()}
+        for line, values in zip(claims.LINES, (linear, sgd_best, lars_best))
     }
 
 
@@ -93,8 +113,8 @@ BASE = {128: 90.0}
 )
 def test_claim_checker(linear, sgd_best, lars_best, expected):
     summary = summary_of({**BASE, **linear}, {**BASE, **sgd_best}, {**BASE, **lars_best})
-    claims = study.check_claims(summary)
-    assert [c.held for c in claims] == expected, [(c.statement, c.detail) for c in claims]
+    verdicts = claims.check_claims(summary)
+    assert [c.held for c in verdicts] == expected, [(c.statement, c.detail) for c in verdicts]
 
 
 def test_claim_thresholds_are_arguments():
@@ -103,19 +123,33 @@ def test_claim_thresholds_are_arguments():
         {**BASE, 4096: 85.0, 8192: 85.0},
         {**BASE, 4096: 86.0, 8192: 86.0},
     )
-    strict = study.check_claims(summary)
-    lenient = study.check_claims(summary, study.Thresholds(sgd_failure_gap=5.0))
+    strict = claims.check_claims(summary)
+    lenient = claims.check_claims(summary, study_config.Thresholds(sgd_failure_gap=5.0))
     assert [c.held for c in strict[:2]] == [False, False]
     assert [c.held for c in lenient[:2]] == [True, True]
+    other_batches = study_config.Thresholds(lars_gaps=((2048, 3.0),))
+    assert [c.statement for c in claims.check_claims(summary, other_batches)][1].endswith(
+        "at batch 2048"
+    )
 
 
 def test_missing_batch_size_is_not_tested():
-    claims = study.check_claims(summary_of(BASE, BASE, BASE))
-    assert [c.held for c in claims] == [None] * 6
+    verdicts = claims.check_claims(summary_of(BASE, BASE, BASE))
+    assert [c.held for c in verdicts] == [None] * 6
 
 
-def row(optimizer, batch, lr, seed, val, test, linear=False):
+def test_batch_norm_comparison():
+    plain = summary_of({**BASE}, {**BASE}, {**BASE, 4096: 85.0, 8192: NAN})
+    with_bn = summary_of({128: 91.0}, {128: 91.0}, {128: 90.0, 4096: 89.0, 8192: 80.0})
+    verdicts = claims.compare_batch_norm({"cnn": plain, "cnn_bn": with_bn})
+    assert [c.held for c in verdicts] == [True, True]  # 2 < 5 points; diverged without BN
+    assert "2.0 points with BN, 5.0 points without" in verdicts[0].detail
+    assert [c.held for c in claims.compare_batch_norm({"cnn": plain})] == [None, None]
+
+
+def row(optimizer, batch, lr, seed, val, test, linear=False, model="cnn"):
     return dict(
+        model=model,
         optimizer=optimizer,
         batch_size=batch,
         learning_rate=lr,
@@ -126,7 +160,7 @@ def row(optimizer, batch, lr, seed, val, test, linear=False):
     )
 
 
-def test_summarize_selects_on_validation_and_averages_seeds():
+def test_summarize_selects_on_validation_and_reports_mean_and_std():
     rows = [
         row("sgd", 64, 0.8, 0, NAN, NAN, linear=True),
         row("sgd", 64, 0.2, 0, 0.80, 0.70),
@@ -136,48 +170,96 @@ def test_summarize_selects_on_validation_and_averages_seeds():
         row("lars", 64, 1.0, 0, 0.9, 0.9),
         row("lars", 64, 1.0, 1, NAN, NAN),
         row("lars", 64, 3.0, 0, 0.5, 0.6),
-        row("lars", 64, 3.0, 1, 0.7, 0.6),
+        row("lars", 64, 3.0, 1, 0.7, 0.62),
     ]
-    summary = study.summarize(rows, [64])
-    assert math.isnan(summary[study.SGD_LINEAR][64][0])
+    summary = claims.summarize(rows, [64])
+    assert math.isnan(summary[claims.SGD_LINEAR][64].mean)
     # 0.2 has the better mean validation accuracy (0.85 > 0.84), though 0.05
     # tests better: selection must not look at the test set.
-    assert summary[study.SGD_BEST][64] == pytest.approx((75.0, 0.2))
+    best = summary[claims.SGD_BEST][64]
+    assert (best.mean, best.learning_rate) == pytest.approx((75.0, 0.2))
+    assert best.std == pytest.approx(np.std([70.0, 80.0], ddof=1))
     # A rate that diverged in one seed counts as diverged.
-    assert summary[study.LARS_BEST][64] == pytest.approx((60.0, 3.0))
+    assert summary[claims.LARS_BEST][64].learning_rate == 3.0
+    assert claims.format_cell(summary[claims.LARS_BEST][64]) == "61.0 ± 1.4% (lr 3)"
+    assert claims.format_cell(summary[claims.SGD_LINEAR][64]) == "diverged (lr 0.8)"
 
 
-@pytest.mark.skipif(
-    keras.backend.backend() != "tensorflow",
-    reason="the study records gradients with tf.GradientTape",
-)
+def test_claims_need_neither_keras_nor_matplotlib_and_imports_change_nothing():
+    script = (
+        "import os, sys; before = dict(os.environ); "
+        "import recipes.study.claims, recipes.study.config, recipes.large_batch_study; "
+        "assert 'keras' not in sys.modules and 'matplotlib' not in sys.modules, "
+        "sorted(m for m in sys.modules if m in ('keras', 'matplotlib')); "
+        "assert dict(os.environ) == before"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+# --- Training ---------------------------------------------------------------------
+
+
+def test_the_sgd_baseline_is_lars_without_adaptation_and_the_same_decay():
+    model = training.build_model("cnn")
+    config = study_config.StudyConfig()
+    sgd = training.make_optimizer(study_config.Run("cnn", "sgd", 128, 0.05, 0), config, 10)
+    lars = training.make_optimizer(study_config.Run("cnn", "lars", 128, 4.0, 0), config, 10)
+    sgd.build(model.trainable_variables)
+    lars.build(model.trainable_variables)
+    sgd_table, lars_table = sgd.exclusions(), lars.exclusions()
+    assert not any(t["adaptation"] for t in sgd_table.values())
+    assert all(t["adaptation"] for t in lars_table.values())
+    decayed = [path for path, t in sgd_table.items() if t["weight_decay"]]
+    assert decayed == [path for path, t in lars_table.items() if t["weight_decay"]]
+    assert decayed and all(path.endswith("kernel") for path in decayed)
+
+
+def test_the_batch_norm_model():
+    model = training.build_model("cnn_bn")
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(norms) == 4 and {n.momentum for n in norms} == {training.BN_MOMENTUM}
+    assert not any(v.path.endswith("bias") for v in model.trainable_variables[:-1])
+
+
 def test_end_to_end_on_a_tiny_set(fashion_dir, tmp_path):
-    config = study.StudyConfig(
+    config = study_config.StudyConfig(
+        models=("cnn", "cnn_bn"),
         batch_sizes=(16, 64),
         epochs=2,
         warmup_epochs=1,
+        seeds=2,
         sgd_sweep=(1.0, 0.25),
         lars_lrs=(3.0,),
         validation_examples=100,
     )
     out = tmp_path / "out"
-    claims = study.run_study(
+    verdicts = runner.run_study(
         config,
         fashion_mnist.load(str(fashion_dir)),
         str(out),
-        study.Thresholds(lars_gaps=((64, 50.0),)),
+        study_config.Thresholds(lars_gaps=((64, 50.0),)),
     )
 
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == len(study.plan_runs(config)) == (1 + 1) + (2 + 1)
-    assert {r["optimizer"] for r in rows} == {"sgd", "lars"}
+    assert len(rows) == len(study_config.plan_runs(config)) == 2 * 2 * ((1 + 1) + (2 + 1))
+    assert {r["model"] for r in rows} == {"cnn", "cnn_bn"}
     accuracies = [float(r["test_accuracy"]) for r in rows if r["diverged"] == "False"]
     assert accuracies and max(accuracies) > 0.3  # the bands are learnable
+    with open(out / "summary.csv") as f:
+        cells = list(csv.DictReader(f))
+    assert {c["model"] for c in cells} == {"cnn", "cnn_bn"} and all(
+        c["seeds"] == "2" for c in cells
+    )
     summary = (out / "summary.md").read_text()
-    assert "| method | B=16 | B=64 |" in summary and study.LARS_BEST in summary
-    assert "## The claim, part by part" in summary
-    assert len(claims) == 3 and all(c.held is not None for c in claims)
+    assert "| method | B=16 | B=64 |" in summary and claims.LARS_BEST in summary
+    assert " ± " in summary and "with adaptation switched off" in summary
+    assert "## cnn_bn" in summary and "## Batch norm" in summary
+    assert len(verdicts) == 3 + 3 + 1 and all(c.held is not None for c in verdicts)
     for name in ("accuracy_vs_batch.png", "trust_ratios.png"):
         data = (out / name).read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) > 5000
@@ -186,11 +268,15 @@ def test_end_to_end_on_a_tiny_set(fashion_dir, tmp_path):
 @pytest.mark.parametrize(
     "kwargs,argument",
     [
+        (dict(models=("vgg",)), "models"),
         (dict(batch_sizes=()), "batch_sizes"),
         (dict(batch_sizes=(128, 0)), "batch_sizes"),
         (dict(epochs=0), "epochs"),
         (dict(seeds=0), "seeds"),
         (dict(epochs=2, warmup_epochs=2), "warmup_epochs"),
+        (dict(momentum=1.0), "momentum"),
+        (dict(weight_decay=float("nan")), "weight_decay"),
+        (dict(validation_examples=-1), "validation_examples"),
         (dict(sgd_sweep=(0.5, 1.0)), "sgd_sweep"),
         (dict(sgd_sweep=(1.0, 1.0)), "sgd_sweep"),
         (dict(lars_lrs=()), "lars_lrs"),
@@ -199,11 +285,42 @@ def test_end_to_end_on_a_tiny_set(fashion_dir, tmp_path):
 )
 def test_bad_study_settings_raise_value_error_naming_them(kwargs, argument):
     with pytest.raises(ValueError, match=f"`{argument}`"):
-        study.StudyConfig(**kwargs)
+        study_config.StudyConfig(**kwargs)
+
+
+def test_gaps_are_parsed_and_checked():
+    assert study_config.parse_gaps("4096:4,8192:7") == ((4096, 4.0), (8192, 7.0))
+    for bad in ("4096", "4096:x", "0:4", "4096:-1"):
+        with pytest.raises(ValueError, match="lars_gaps"):
+            study_config.parse_gaps(bad)
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--epochs=2"], "--warmup_epochs"),
+        (["--lars_gaps=4096"], "`lars_gaps` must look like 4096:4,8192:7"),
+        (["--model=resnet"], "`models` must be among"),
+        (["--sgd_sweep=1,x"], "not a number"),
+    ],
+)
+def test_command_line_rejects_bad_values_with_a_usage_error(flags, message, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "recipes.large_batch_study", f"--out_dir={tmp_path}", *flags],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1 and message in result.stderr, result.stderr[-2000:]
+    assert not any(tmp_path.iterdir())
+
+
+# --- Resuming -------------------------------------------------------------------
 
 
 class FakeTraining:
-    """Stands in for `study.train`: a result made from the run, and a count.
+    """Stands in for `training.train`: a result made from the run, and a count.
     `fail_after` calls, it raises KeyboardInterrupt as a user's Ctrl-C would."""
 
     def __init__(self, fail_after=None):
@@ -223,22 +340,22 @@ class FakeTraining:
 
 
 def test_an_interrupted_study_resumes_without_retraining(fashion_dir, tmp_path, monkeypatch):
-    config = study.StudyConfig(
+    config = study_config.StudyConfig(
         batch_sizes=(16, 64), epochs=2, warmup_epochs=1, lars_lrs=(1.0, 2.0), seeds=2
     )
-    runs = study.plan_runs(config)
+    runs = study_config.plan_runs(config)
     dataset = fashion_mnist.load(str(fashion_dir))
     uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
-    monkeypatch.setattr(study, "train", FakeTraining())
-    study.run_study(config, dataset, str(uninterrupted))
+    monkeypatch.setattr(training, "train", FakeTraining())
+    runner.run_study(config, dataset, str(uninterrupted))
 
     first = FakeTraining(fail_after=3)
-    monkeypatch.setattr(study, "train", first)
+    monkeypatch.setattr(training, "train", first)
     with pytest.raises(KeyboardInterrupt):
-        study.run_study(config, dataset, str(interrupted))
+        runner.run_study(config, dataset, str(interrupted))
     second = FakeTraining()
-    monkeypatch.setattr(study, "train", second)
-    study.run_study(config, dataset, str(interrupted))
+    monkeypatch.setattr(training, "train", second)
+    runner.run_study(config, dataset, str(interrupted))
 
     # Every run trained exactly once across the two starts, in plan order.
     assert first.trained + second.trained == runs
@@ -246,12 +363,75 @@ def test_an_interrupted_study_resumes_without_retraining(fashion_dir, tmp_path, 
     assert f"3 of {len(runs)} runs resumed" in (interrupted / "summary.md").read_text()
     assert not list((interrupted / "completed").glob("*.tmp"))
 
-    # Saved runs count only for the same settings; --noresume retrains all.
+    # Saved runs count only for the same settings, code and versions;
+    # --noresume retrains all.
     other_settings = FakeTraining()
-    monkeypatch.setattr(study, "train", other_settings)
-    study.run_study(dataclasses.replace(config, epochs=3), dataset, str(interrupted))
+    monkeypatch.setattr(training, "train", other_settings)
+    runner.run_study(dataclasses.replace(config, epochs=3), dataset, str(interrupted))
     assert other_settings.trained == runs
+    other_version = FakeTraining()
+    monkeypatch.setattr(training, "train", other_version)
+    monkeypatch.setattr(runner.keras_lars, "__version__", "9.9.9")
+    runner.run_study(config, dataset, str(interrupted))
+    assert other_version.trained == runs
+    monkeypatch.undo()
+    monkeypatch.setattr(runner, "TRAINING_SOURCES", (fashion_dir / "train-labels-idx1-ubyte.gz",))
+    other_code = FakeTraining()
+    monkeypatch.setattr(training, "train", other_code)
+    runner.run_study(config, dataset, str(interrupted))
+    assert other_code.trained == runs
     fresh = FakeTraining()
-    monkeypatch.setattr(study, "train", fresh)
-    study.run_study(config, dataset, str(uninterrupted), resume=False)
+    monkeypatch.setattr(training, "train", fresh)
+    runner.run_study(config, dataset, str(uninterrupted), resume=False)
     assert fresh.trained == runs
+
+
+def without_timings(path):
+    with open(path) as f:
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+
+
+def test_a_killed_study_resumes_to_the_same_results(fashion_dir, tmp_path):
+    """SIGKILL a real study process after its first finished run; the rerun
+    trains only what is missing and ends with an uninterrupted run's results."""
+    flags = [
+        f"--data_dir={fashion_dir}",
+        "--batch_sizes=16,64",
+        "--epochs=2",
+        "--warmup_epochs=1",
+        "--seeds=1",
+        "--sgd_sweep=1,0.25",
+        "--lars_lrs=3",
+        "--validation_examples=100",
+    ]
+    env = {**os.environ, "KERAS_BACKEND": keras.backend.backend()}
+
+    def command(out):
+        return [sys.executable, "-m", "recipes.large_batch_study", f"--out_dir={out}", *flags]
+
+    kwargs = dict(cwd=ROOT, env=env, text=True)
+    whole = subprocess.run(command(tmp_path / "whole"), capture_output=True, timeout=600, **kwargs)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    killed = subprocess.Popen(
+        command(tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs
+    )
+    deadline = time.time() + 300
+    while not list((tmp_path / "killed" / "completed").glob("*.json")):
+        assert killed.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=60)
+    done = len(list((tmp_path / "killed" / "completed").glob("*.json")))
+    total = 5  # (1 + 1) + (2 + 1)
+    assert 1 <= done < total
+
+    resumed = subprocess.run(
+        command(tmp_path / "killed"), capture_output=True, timeout=600, **kwargs
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = (tmp_path / "killed" / "summary.md").read_text()
+    assert f"{done} of {total} runs resumed" in summary
+    assert without_timings(tmp_path / "killed" / "results.csv") == without_timings(
+        tmp_path / "whole" / "results.csv"
+    )

@@ -524,6 +524,11 @@ def main(argv):
     return 0
 
 
-if __name__ == "__main__":
+def run():
+    """The `keras-lars-imagenet-to-tfrecords` console script."""
     define_flags()
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

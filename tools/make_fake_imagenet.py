@@ -155,6 +155,11 @@ def main(argv):
     print(f"wrote {raw} and {os.path.join(FLAGS.output_dir, 'archives')}")
 
 
-if __name__ == "__main__":
+def run():
+    """The `keras-lars-make-fake-imagenet` console script."""
     define_flags()
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()
