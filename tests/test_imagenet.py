@@ -110,6 +110,83 @@ def test_archives_give_the_same_bytes_as_the_tree(fake, converted, tmp_path):
     assert all("ILSVRC2012_img_train.tar:" in s for s in summary["train"]["skipped"])
 
 
+def test_every_download_layout_gives_the_same_shards(fake, converted, tmp_path, capsys):
+    """The official three files (labels and names from the devkit) and the
+    Kaggle layout (from LOC_val_solution.csv and LOC_synset_mapping.txt), with
+    no labels or names file given, give the tree's shards byte for byte."""
+    output, _ = converted
+    for layout, source in (("official", fake / "archives"), ("kaggle", fake / "kaggle")):
+        summary = converter.convert(str(source), str(tmp_path / layout), **SHARDS)
+        assert summary["layout"] == layout
+        assert shard_bytes(tmp_path / layout) == shard_bytes(output), layout
+        assert (tmp_path / layout / "labels.txt").read_text() == (output / "labels.txt").read_text()
+    printed = capsys.readouterr().out
+    assert "Found the official archives" in printed and "labels from ILSVRC2012_devkit" in printed
+    assert "Found the Kaggle CLS-LOC" in printed and "labels from LOC_val_solution.csv" in printed
+
+
+def test_mixed_and_incomplete_layouts_are_refused_by_name(fake, tmp_path):
+    mixed = tmp_path / "mixed"
+    shutil.copytree(fake / "raw" / "train", mixed / "train")
+    shutil.copy(fake / "archives" / "ILSVRC2012_img_train.tar", mixed)
+    with pytest.raises(ValueError, match="mixes ImageNet layouts.*tree: train.*official"):
+        converter.convert(str(mixed), str(tmp_path / "out"), **SHARDS)
+
+    kaggle = tmp_path / "kaggle"
+    shutil.copytree(fake / "kaggle", kaggle)
+    (kaggle / "LOC_val_solution.csv").unlink()
+    with pytest.raises(FileNotFoundError, match="incomplete: LOC_val_solution.csv missing"):
+        converter.convert(str(kaggle), str(tmp_path / "out"), **SHARDS)
+
+    official = tmp_path / "official"
+    shutil.copytree(fake / "archives", official)
+    (official / "ILSVRC2012_devkit_t12.tar.gz").unlink()
+    with pytest.raises(FileNotFoundError, match="ILSVRC2012_devkit_t12.tar.gz missing"):
+        converter.convert(str(official), str(tmp_path / "out"), **SHARDS)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no ImageNet layout"):
+        converter.convert(str(tmp_path / "empty"), str(tmp_path / "out"), **SHARDS)
+    assert not (tmp_path / "out").exists()  # nothing written on a refusal
+
+
+def test_a_rerun_from_other_inputs_is_refused_naming_what_differs(fake, tmp_path):
+    convert(fake / "raw", tmp_path / "out")
+    wrong_labels = tmp_path / "wrong_labels.txt"
+    lines = (fake_raw(fake / "raw") + "/validation_labels.txt").strip()
+    wnids = open(lines).read().split()
+    wrong_labels.write_text("\n".join(wnids[1:] + wnids[:1]) + "\n")
+    names = os.path.join(fake_raw(fake / "raw"), "synsets.txt")
+    with pytest.raises(ValueError, match=r"\(validation images differ\)"):
+        converter.convert(
+            str(fake / "raw"),
+            str(tmp_path / "out"),
+            validation_labels=str(wrong_labels),
+            synset_names=names,
+            **SHARDS,
+        )
+    wrong_names = tmp_path / "names.txt"
+    wrong_names.write_text("".join(f"{w} another name\n" for w in sorted(set(wnids))))
+    with pytest.raises(ValueError, match=r"\(class names differ\)"):
+        converter.convert(
+            str(fake / "raw"),
+            str(tmp_path / "out"),
+            validation_labels=os.path.join(fake_raw(fake / "raw"), "validation_labels.txt"),
+            synset_names=str(wrong_names),
+            **SHARDS,
+        )
+    other = tmp_path / "other"
+    make_fake_imagenet.make(str(other), CLASSES, TRAIN_PER_CLASS + 1, VAL_PER_CLASS)
+    with pytest.raises(ValueError, match=r"\(train images differ\)"):
+        converter.convert(
+            str(other / "raw"),
+            str(tmp_path / "out"),
+            validation_labels=str(other / "raw" / "validation_labels.txt"),
+            synset_names=names,
+            **SHARDS,
+        )
+    assert (tmp_path / "out" / "labels.txt").read_text().count("fake class") == CLASSES
+
+
 def test_validation_sorted_into_wnid_folders(fake, converted, tmp_path):
     raw = tmp_path / "raw"
     shutil.copytree(fake / "raw" / "train", raw / "train")
@@ -225,6 +302,15 @@ def test_command_line_exits_non_zero_on_skips_unless_allowed(fake, tmp_path):
         timeout=300,
     )
     assert verify.returncode == 0 and "0 problem(s)" in verify.stdout, verify.stdout
+    helped = subprocess.run(
+        [sys.executable, "-m", "tools.imagenet_to_tfrecords", "--helpshort"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert f"at most {converter.MAX_DEFAULT_WORKERS}" in helped.stdout  # each imports TF
 
 
 # --- The input pipeline ------------------------------------------------------

@@ -1,29 +1,33 @@
 r"""Converts ILSVRC-2012 (ImageNet) to sharded TFRecords.
 
-Reads either the extracted layout or the official archives, without extracting
-them to disk:
-
-    RAW/train/<wnid>/*.JPEG                 or RAW/ILSVRC2012_img_train.tar
-    RAW/validation/*.JPEG + --validation_labels
-      (or RAW/validation/<wnid>/*.JPEG)     or RAW/ILSVRC2012_img_val.tar
+Reads ImageNet as people download it, and says which layout it found
+(`tools/imagenet_layouts.py`): the extracted tree, the three official files
+(`ILSVRC2012_img_train.tar`, `ILSVRC2012_img_val.tar`,
+`ILSVRC2012_devkit_t12.tar.gz`, read in place, never extracted), or the
+extracted Kaggle archive (`ILSVRC/Data/CLS-LOC/`, `LOC_val_solution.csv`,
+`LOC_synset_mapping.txt`). Validation labels and class names come from the
+devkit or the Kaggle files unless --validation_labels / --synset_names say
+otherwise.
 
 and writes `train-%05d-of-%05d` and `validation-%05d-of-%05d` shards with the
 schema of tensorflow/tpu's imagenet_to_gcs.py (labels 1..1000 by sorted wnid),
 plus `labels.txt` (label, wnid, name) and `summary.json` (counts, skipped files).
 
-    python -m tools.imagenet_to_tfrecords --raw_data_dir=RAW --output_dir=OUT \
-        --validation_labels=RAW/LOC_val_wnids.txt --num_workers=16
+    python -m tools.imagenet_to_tfrecords --raw_data_dir=RAW --output_dir=OUT
 
 Every image is decoded; CMYK, greyscale and PNG files are re-encoded as RGB
 JPEG. Undecodable files are listed with their paths and skipped, and the run
 exits non-zero unless --allow_skips. Shards are written under OUT/.conversion/
 and renamed when complete, so a killed run leaves no partial shard under a final
 name and a rerun only writes the missing shards, byte-identical to an
-uninterrupted run. --verify reads every shard back.
+uninterrupted run. OUT/inputs.json records what the shards were written from
+(the layout, the file lists, label map and names): a rerun pointed at other
+inputs is refused, naming what differs. --verify reads every shard back.
 """
 
 import collections
 import dataclasses
+import hashlib
 import io
 import json
 import multiprocessing
@@ -31,7 +35,6 @@ import os
 import random
 import re
 import sys
-import tarfile
 import time
 
 from absl import app
@@ -40,135 +43,21 @@ from PIL import Image
 from PIL import UnidentifiedImageError
 from tqdm import tqdm
 
-TRAIN_ARCHIVE = "ILSVRC2012_img_train.tar"
-VALIDATION_ARCHIVE = "ILSVRC2012_img_val.tar"
+from tools import imagenet_layouts
+
 SPLITS = ("train", "validation")
 JPEG_QUALITY = 95  # for re-encoded images only; RGB JPEGs are kept as is
 SHUFFLE_SEED = 12345  # training files are shuffled before sharding
 WORK_DIR = ".conversion"  # unfinished shards and per-shard statistics
 SHARD_NAME = re.compile(r"^(train|validation)-(\d{5})-of-(\d{5})$")
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageRef:
-    """One image: a file on disk, or a byte range inside an uncompressed tar."""
-
-    filename: str
-    synset: str
-    source: str
-    offset: int = -1
-    size: int = -1
-    display: str = ""  # the path shown in reports
-
-    def read(self):
-        with open(self.source, "rb") as f:
-            if self.offset < 0:
-                return f.read()
-            f.seek(self.offset)
-            return f.read(self.size)
-
-    @property
-    def where(self):
-        return self.display or self.source
+INPUTS_RECORD = "inputs.json"  # what the shards were written from
+# Each worker process imports TensorFlow (about 0.5 to 1 GB resident), so the
+# default does not follow a 96-core host's core count into tens of GB.
+MAX_DEFAULT_WORKERS = 8
 
 
 class BadImage(Exception):
     pass
-
-
-# --- Listing -----------------------------------------------------------------
-
-
-def list_train(raw_dir):
-    tree = os.path.join(raw_dir, "train")
-    archive = os.path.join(raw_dir, TRAIN_ARCHIVE)
-    if os.path.isdir(tree):
-        return [
-            _file_ref(os.path.join(tree, wnid, name), wnid)
-            for wnid in sorted(os.listdir(tree))
-            if os.path.isdir(os.path.join(tree, wnid))
-            for name in sorted(os.listdir(os.path.join(tree, wnid)))
-        ]
-    if os.path.isfile(archive):
-        return _list_train_archive(archive)
-    raise FileNotFoundError(f"No training data: neither {tree} nor {archive} exists")
-
-
-def list_validation(raw_dir, labels_file):
-    tree = os.path.join(raw_dir, "validation")
-    archive = os.path.join(raw_dir, VALIDATION_ARCHIVE)
-    if os.path.isdir(tree):
-        entries = sorted(os.listdir(tree))
-        if entries and all(os.path.isdir(os.path.join(tree, e)) for e in entries):
-            return [
-                _file_ref(os.path.join(tree, wnid, name), wnid)
-                for wnid in entries
-                for name in sorted(os.listdir(os.path.join(tree, wnid)))
-            ]
-        files = [(name, os.path.join(tree, name)) for name in entries]
-        make = lambda name, path, wnid: _file_ref(path, wnid)  # noqa: E731
-    elif os.path.isfile(archive):
-        with tarfile.open(archive) as tar:
-            members = sorted(
-                (m for m in tar.getmembers() if m.isfile()), key=lambda m: os.path.basename(m.name)
-            )
-        files = [(os.path.basename(m.name), m) for m in members]
-        make = lambda name, m, wnid: ImageRef(  # noqa: E731
-            name, wnid, archive, m.offset_data, m.size, f"{archive}:{m.name}"
-        )
-    else:
-        raise FileNotFoundError(f"No validation data: neither {tree} nor {archive} exists")
-    wnids = _read_validation_labels(labels_file, len(files))
-    return [make(name, where, wnid) for (name, where), wnid in zip(files, wnids)]
-
-
-def _file_ref(path, wnid):
-    return ImageRef(os.path.basename(path), wnid, path)
-
-
-def _list_train_archive(archive):
-    """Indexes a tar of per-class tars; each image is a byte range of it."""
-    refs = []
-    with tarfile.open(archive) as outer:
-        for member in sorted(outer.getmembers(), key=lambda m: m.name):
-            if not member.name.endswith(".tar"):
-                continue
-            wnid = os.path.basename(member.name)[: -len(".tar")]
-            with tarfile.open(fileobj=outer.extractfile(member)) as inner:
-                for image in sorted(inner.getmembers(), key=lambda m: m.name):
-                    if image.isfile():
-                        refs.append(
-                            ImageRef(
-                                os.path.basename(image.name),
-                                wnid,
-                                archive,
-                                member.offset_data + image.offset_data,
-                                image.size,
-                                f"{archive}:{member.name}/{image.name}",
-                            )
-                        )
-    return refs
-
-
-def _read_validation_labels(labels_file, expected):
-    if not labels_file:
-        raise ValueError(
-            "--validation_labels is needed for a flat validation set: "
-            "one wnid per line, in sorted-filename order"
-        )
-    with open(labels_file) as f:
-        wnids = [line.split()[0] for line in f if line.strip()]
-    if len(wnids) != expected:
-        raise ValueError(f"{labels_file} has {len(wnids)} labels for {expected} validation images")
-    return wnids
-
-
-def read_synset_names(path):
-    """`wnid name...` per line (LOC_synset_mapping.txt style) -> {wnid: name}."""
-    if not path:
-        return {}
-    with open(path) as f:
-        return dict(line.rstrip("\n").split(maxsplit=1) for line in f if line.strip())
 
 
 # --- Encoding ----------------------------------------------------------------
@@ -306,16 +195,19 @@ def convert(
     unknown_splits = set(splits) - set(SPLITS)
     if unknown_splits:
         raise ValueError(f"`splits` must be among {SPLITS}. Received: {sorted(unknown_splits)}")
-    os.makedirs(os.path.join(output_dir, WORK_DIR), exist_ok=True)
-    refs = {"train": list_train(raw_dir)}
+    inputs = imagenet_layouts.find_inputs(raw_dir, splits, validation_labels, synset_names)
+    print(f"Found the {inputs.description}.")
+    refs = {"train": inputs.train}
     if "validation" in splits:
-        refs["validation"] = list_validation(raw_dir, validation_labels)
+        refs["validation"] = inputs.validation
     synsets = sorted({r.synset for r in refs["train"]})
     unknown = {r.synset for r in refs.get("validation", [])} - set(synsets)
     if unknown:
         raise ValueError(f"Validation wnids not among the training classes: {sorted(unknown)[:5]}")
     labels = {wnid: i + 1 for i, wnid in enumerate(synsets)}  # 0 stays unused
-    names = read_synset_names(synset_names)
+    names = inputs.names
+    os.makedirs(os.path.join(output_dir, WORK_DIR), exist_ok=True)
+    check_inputs(output_dir, fingerprint(inputs.layout, refs, labels, names))
     with open(os.path.join(output_dir, "labels.txt"), "w") as f:
         for wnid in synsets:
             f.write(f"{labels[wnid]}\t{wnid}\t{names.get(wnid, '')}\n")
@@ -336,6 +228,7 @@ def convert(
     seconds = time.time() - start
 
     summary = {
+        "layout": inputs.layout,
         "seconds": round(seconds, 1),
         "images_per_second": round(written / seconds, 1) if seconds else 0.0,
         "shards_written_this_run": len(todo),
@@ -359,6 +252,48 @@ def convert(
         }
     _write_json_atomically(os.path.join(output_dir, "summary.json"), summary)
     return summary
+
+
+def fingerprint(layout, refs, labels, names):
+    """What the shards depend on, one digest per part, so that a rerun can
+    say which part changed: the layout, each split's (wnid, file) list, the
+    label map and the class names."""
+
+    def digest(lines):
+        return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+    record = {
+        "layout": layout,
+        "label map": digest(f"{wnid}\t{label}" for wnid, label in sorted(labels.items())),
+        "class names": digest(f"{wnid}\t{name}" for wnid, name in sorted(names.items())),
+    }
+    for split, split_refs in refs.items():
+        record[f"{split} images"] = digest(f"{r.synset}/{r.filename}" for r in split_refs)
+    return record
+
+
+def check_inputs(output_dir, record):
+    """Refuses to add to shards written from other inputs, naming what
+    differs; records the inputs of a new (or partly converted) output."""
+    path = os.path.join(output_dir, INPUTS_RECORD)
+    has_shards = any(SHARD_NAME.match(n) for n in os.listdir(output_dir))
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        differ = sorted(k for k in record if k in saved and saved[k] != record[k])
+        if differ:
+            raise ValueError(
+                f"--output_dir={output_dir} holds shards written from other inputs "
+                f"({', '.join(differ)} differ): use a new --output_dir, or the same "
+                "--raw_data_dir, --validation_labels and --synset_names as before"
+            )
+        record = {**saved, **record}
+    elif has_shards:
+        raise ValueError(
+            f"--output_dir={output_dir} holds shards but no record of their inputs "
+            f"({INPUTS_RECORD}): use a new --output_dir"
+        )
+    _write_json_atomically(path, record)
 
 
 def _map(function, jobs, num_workers):
@@ -450,24 +385,30 @@ def define_flags():
     flags.DEFINE_string(
         "raw_data_dir",
         None,
-        f"Extracted ImageNet, or the directory holding {TRAIN_ARCHIVE} and {VALIDATION_ARCHIVE}.",
+        "ImageNet as downloaded: the extracted tree, the three official files, or the "
+        "extracted Kaggle archive (tools/imagenet_layouts.py); the layout is detected.",
     )
     flags.DEFINE_string("output_dir", None, "Where the shards go.")
     flags.DEFINE_string(
         "validation_labels",
         None,
-        "One wnid per line, in sorted-filename "
-        "order; needed unless validation/ is sorted into wnid folders.",
+        "One wnid per line, in sorted-filename order. By default the labels come from "
+        "the devkit or LOC_val_solution.csv, or from wnid folders in validation/.",
     )
     flags.DEFINE_string(
         "synset_names",
         None,
-        "Optional `wnid name` lines (e.g. "
-        "LOC_synset_mapping.txt) for labels.txt and image/class/text.",
+        "`wnid name` lines for labels.txt and image/class/text; by default from the "
+        "devkit or LOC_synset_mapping.txt.",
     )
     flags.DEFINE_integer("train_shards", 1024, "Training shards.")
     flags.DEFINE_integer("validation_shards", 128, "Validation shards.")
-    flags.DEFINE_integer("num_workers", os.cpu_count(), "Worker processes.")
+    flags.DEFINE_integer(
+        "num_workers",
+        min(os.cpu_count() or 1, MAX_DEFAULT_WORKERS),
+        f"Worker processes (default: the cores, at most {MAX_DEFAULT_WORKERS}: each imports "
+        "TensorFlow, about 0.5-1 GB of memory).",
+    )
     flags.DEFINE_list("splits", list(SPLITS), "Which splits to convert.")
     flags.DEFINE_bool(
         "allow_skips", False, "Exit 0 even if some files did not decode (they are still listed)."

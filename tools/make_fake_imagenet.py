@@ -8,6 +8,9 @@ Writes, under --output_dir:
     raw/synsets.txt                 `wnid name` per line
     archives/ILSVRC2012_img_train.tar   (a tar of per-class tars, as shipped)
     archives/ILSVRC2012_img_val.tar
+    archives/ILSVRC2012_devkit_t12.tar.gz  (meta.mat and the validation ground truth)
+    kaggle/ILSVRC/Data/CLS-LOC/{train,val}/, kaggle/LOC_val_solution.csv,
+    kaggle/LOC_synset_mapping.txt   (the Kaggle archive's layout, extracted)
 
 Images are random textures whose mean colour depends on the class, so a model
 can learn them. --bad_files adds, to the first class, the awkward cases real
@@ -113,7 +116,55 @@ def make(
     with tarfile.open(os.path.join(archives, "ILSVRC2012_img_val.tar"), "w") as tar:
         for path in sorted(p for p in files if p.startswith("validation/")):
             _add(tar, os.path.basename(path), files[path])
+    _write_devkit(os.path.join(archives, "ILSVRC2012_devkit_t12.tar.gz"), classes, validation_wnids)
+    _write_kaggle(os.path.join(output_dir, "kaggle"), files, classes, validation_wnids)
     return raw
+
+
+def _write_devkit(path, classes, validation_wnids):
+    """A devkit as image-net.org ships it: meta.mat numbers the classes by
+    ILSVRC2012_ID in an order that is not the wnids' (here: reversed), and
+    lists non-leaf synsets too; the ground truth gives an ID per validation
+    image in file-number order."""
+    from scipy import io as scipy_io
+
+    ids = {wnid(c): classes - c for c in range(classes)}
+    fields = [
+        ("ILSVRC2012_ID", "O"),
+        ("WNID", "O"),
+        ("words", "O"),
+        ("gloss", "O"),
+        ("num_children", "O"),
+        ("wordnet_height", "O"),
+        ("num_train_images", "O"),
+    ]
+    synsets = np.empty(classes + 1, dtype=fields)
+    for c in range(classes):
+        synsets[c] = (ids[wnid(c)], wnid(c), f"fake class {c}", "", 0, 0, 0)
+    synsets[classes] = (classes + 1, "n00000001", "a parent class", "", classes, 1, 0)
+    meta = io.BytesIO()
+    scipy_io.savemat(meta, {"synsets": synsets})
+    truth = "".join(f"{ids[w]}\n" for w in validation_wnids).encode()
+    with tarfile.open(path, "w:gz") as tar:
+        _add(tar, "ILSVRC2012_devkit_t12/data/meta.mat", meta.getvalue())
+        _add(tar, "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt", truth)
+
+
+def _write_kaggle(root, files, classes, validation_wnids):
+    """The Kaggle "ImageNet Object Localization Challenge" layout, extracted."""
+    images = os.path.join(root, "ILSVRC", "Data", "CLS-LOC")
+    for path, data in files.items():
+        split, rest = path.split("/", 1)
+        target = os.path.join(images, "train" if split == "train" else "val", rest)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target, "wb") as f:
+            f.write(data)
+    with open(os.path.join(root, "LOC_val_solution.csv"), "w") as f:
+        f.write("ImageId,PredictionString\n")
+        for i, w in enumerate(validation_wnids, start=1):
+            f.write(f"ILSVRC2012_val_{i:08d},{w} 1 2 30 40 {w} 5 6 20 30\n")
+    with open(os.path.join(root, "LOC_synset_mapping.txt"), "w") as f:
+        f.writelines(f"{wnid(c)} fake class {c}\n" for c in range(classes))
 
 
 def _add(tar, name, data):
@@ -128,7 +179,7 @@ FLAGS = flags.FLAGS
 
 def define_flags():
     """Defined only when run as a script, so modules can share flag names."""
-    flags.DEFINE_string("output_dir", None, "Where raw/ and archives/ go.")
+    flags.DEFINE_string("output_dir", None, "Where raw/, archives/ and kaggle/ go.")
     flags.DEFINE_integer("classes", 4, "Number of classes.")
     flags.DEFINE_integer("train_per_class", 6, "Training images per class.")
     flags.DEFINE_integer("validation_per_class", 2, "Validation images per class.")
@@ -152,7 +203,7 @@ def main(argv):
         tuple(int(s) for s in FLAGS.size),
         FLAGS.bad_files,
     )
-    print(f"wrote {raw} and {os.path.join(FLAGS.output_dir, 'archives')}")
+    print(f"wrote {raw}, and the archives/ and kaggle/ layouts beside it")
 
 
 def run():

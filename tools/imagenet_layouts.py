@@ -1,0 +1,328 @@
+"""Where ILSVRC-2012's images, labels and class names are, in each of the ways
+people download it. `find_inputs(raw_dir)` detects the layout, says which,
+and refuses a mixed or incomplete one by name.
+
+- "tree", the extracted layout of the TF references:
+      RAW/train/<wnid>/*.JPEG
+      RAW/validation/*.JPEG (labels: --validation_labels, or the devkit in RAW)
+        or RAW/validation/<wnid>/*.JPEG
+- "official", the three files from image-net.org, read in place:
+      RAW/ILSVRC2012_img_train.tar   (a tar of one tar per class)
+      RAW/ILSVRC2012_img_val.tar
+      RAW/ILSVRC2012_devkit_t12.tar.gz  (validation labels and class names)
+- "kaggle", the extracted "ImageNet Object Localization Challenge" archive:
+      RAW/ILSVRC/Data/CLS-LOC/train/<wnid>/*.JPEG
+      RAW/ILSVRC/Data/CLS-LOC/val/*.JPEG
+      RAW/LOC_val_solution.csv   (validation labels: the first wnid of each row)
+      RAW/LOC_synset_mapping.txt (class names)
+
+The devkit numbers its classes by ILSVRC2012_ID (1..1000, not in wnid order);
+`data/meta.mat` maps them to wnids and `data/ILSVRC2012_validation_ground_truth.txt`
+gives one ID per validation image, in file-number order. Labels in the output
+are always 1..1000 by sorted wnid.
+"""
+
+import csv
+import dataclasses
+import io
+import os
+import re
+import tarfile
+
+TRAIN_ARCHIVE = "ILSVRC2012_img_train.tar"
+VALIDATION_ARCHIVE = "ILSVRC2012_img_val.tar"
+DEVKIT = "ILSVRC2012_devkit_t12.tar.gz"
+DEVKIT_GROUND_TRUTH = "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt"
+DEVKIT_META = "ILSVRC2012_devkit_t12/data/meta.mat"
+KAGGLE_IMAGES = os.path.join("ILSVRC", "Data", "CLS-LOC")
+KAGGLE_SOLUTION = "LOC_val_solution.csv"
+KAGGLE_SYNSETS = "LOC_synset_mapping.txt"
+VALIDATION_NUMBER = re.compile(r"ILSVRC2012_val_(\d+)")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRef:
+    """One image: a file on disk, or a byte range inside an uncompressed tar."""
+
+    filename: str
+    synset: str
+    source: str
+    offset: int = -1
+    size: int = -1
+    display: str = ""  # the path shown in reports
+
+    def read(self):
+        with open(self.source, "rb") as f:
+            if self.offset < 0:
+                return f.read()
+            f.seek(self.offset)
+            return f.read(self.size)
+
+    @property
+    def where(self):
+        return self.display or self.source
+
+
+@dataclasses.dataclass
+class Inputs:
+    layout: str
+    description: str  # what was found, for the log
+    train: list  # ImageRefs
+    validation: list | None  # ImageRefs, None if not asked for
+    names: dict  # wnid -> class name ({} if no source gave them)
+
+
+def find_inputs(raw_dir, splits=("train", "validation"), validation_labels=None, synset_names=None):
+    """The images of `splits` with their wnids, and class names. Errors name
+    the file or flag that is missing, or the layouts that are mixed."""
+    layout = detect_layout(raw_dir)
+    finder = {"tree": _tree, "official": _official, "kaggle": _kaggle}[layout]
+    inputs = finder(raw_dir, "validation" in splits, validation_labels)
+    if synset_names:
+        inputs.names = read_synset_names(synset_names)
+    return inputs
+
+
+def detect_layout(raw_dir):
+    if not os.path.isdir(raw_dir):
+        raise FileNotFoundError(f"--raw_data_dir={raw_dir} does not exist")
+    found = {
+        "tree": [n for n in ("train", "validation") if os.path.isdir(os.path.join(raw_dir, n))],
+        "official": [
+            n
+            for n in (TRAIN_ARCHIVE, VALIDATION_ARCHIVE)
+            if os.path.isfile(os.path.join(raw_dir, n))
+        ],
+        "kaggle": [
+            n
+            for n in (os.path.join("ILSVRC", "Data"), KAGGLE_SOLUTION)
+            if os.path.exists(os.path.join(raw_dir, n))
+        ],
+    }
+    present = [layout for layout, names in found.items() if names]
+    if len(present) > 1:
+        listing = "; ".join(f"{layout}: {', '.join(found[layout])}" for layout in present)
+        raise ValueError(
+            f"--raw_data_dir={raw_dir} mixes ImageNet layouts ({listing}): point it at a "
+            "directory holding one"
+        )
+    if not present:
+        raise FileNotFoundError(
+            f"--raw_data_dir={raw_dir} holds no ImageNet layout: expected train/ (extracted), "
+            f"{TRAIN_ARCHIVE} (official) or {KAGGLE_IMAGES}/ (Kaggle)"
+        )
+    return present[0]
+
+
+def _require(raw_dir, *names):
+    missing = [n for n in names if not os.path.exists(os.path.join(raw_dir, n))]
+    if missing:
+        raise FileNotFoundError(
+            f"--raw_data_dir={raw_dir} is incomplete: {', '.join(missing)} missing"
+        )
+
+
+# --- The three layouts -----------------------------------------------------------
+
+
+def _tree(raw_dir, with_validation, labels_file):
+    _require(raw_dir, "train")
+    train = _class_folders(os.path.join(raw_dir, "train"))
+    names = {}
+    validation = None
+    if with_validation:
+        _require(raw_dir, "validation")
+        folder = os.path.join(raw_dir, "validation")
+        entries = sorted(os.listdir(folder))
+        if entries and all(os.path.isdir(os.path.join(folder, e)) for e in entries):
+            validation = _class_folders(folder)
+            source = "sorted into wnid folders"
+        else:
+            refs = [ImageRef(name, "", os.path.join(folder, name)) for name in entries]
+            validation, source, names = _labelled(raw_dir, refs, labels_file)
+    description = f"extracted tree: train/ ({len(train)} images)" + (
+        f", validation/ ({len(validation)} images, labels {source})" if validation else ""
+    )
+    return Inputs("tree", description, train, validation, names)
+
+
+def _official(raw_dir, with_validation, labels_file):
+    _require(raw_dir, TRAIN_ARCHIVE)
+    train = _train_archive(os.path.join(raw_dir, TRAIN_ARCHIVE))
+    names = _devkit(raw_dir)[1] if os.path.isfile(os.path.join(raw_dir, DEVKIT)) else {}
+    validation = None
+    source = ""
+    if with_validation:
+        if not labels_file:
+            _require(raw_dir, VALIDATION_ARCHIVE, DEVKIT)
+        else:
+            _require(raw_dir, VALIDATION_ARCHIVE)
+        validation, source, names = _labelled(
+            raw_dir, _validation_archive(os.path.join(raw_dir, VALIDATION_ARCHIVE)), labels_file
+        )
+    description = f"official archives: {TRAIN_ARCHIVE} ({len(train)} images)" + (
+        f", {VALIDATION_ARCHIVE} ({len(validation)} images, labels {source})" if validation else ""
+    )
+    return Inputs("official", description, train, validation, names)
+
+
+def _kaggle(raw_dir, with_validation, labels_file):
+    images = os.path.join(raw_dir, KAGGLE_IMAGES)
+    _require(raw_dir, os.path.join(KAGGLE_IMAGES, "train"))
+    train = _class_folders(os.path.join(images, "train"))
+    names = {}
+    if os.path.isfile(os.path.join(raw_dir, KAGGLE_SYNSETS)):
+        names = read_synset_names(os.path.join(raw_dir, KAGGLE_SYNSETS))
+    validation = None
+    if with_validation:
+        _require(raw_dir, os.path.join(KAGGLE_IMAGES, "val"))
+        if not labels_file:
+            _require(raw_dir, KAGGLE_SOLUTION)
+        folder = os.path.join(images, "val")
+        refs = [ImageRef(n, "", os.path.join(folder, n)) for n in sorted(os.listdir(folder))]
+        if labels_file:
+            validation, _, _ = _labelled(raw_dir, refs, labels_file)
+        else:
+            solution = _kaggle_solution(os.path.join(raw_dir, KAGGLE_SOLUTION))
+            validation = _with_wnids(refs, solution, _image_id, KAGGLE_SOLUTION)
+    description = f"Kaggle CLS-LOC: train/ ({len(train)} images)" + (
+        f", val/ ({len(validation)} images, labels from {KAGGLE_SOLUTION})" if validation else ""
+    )
+    return Inputs("kaggle", description, train, validation, names)
+
+
+# --- Sources of labels and names ----------------------------------------------------
+
+
+def _labelled(raw_dir, refs, labels_file):
+    """(refs with wnids, where the labels came from, names from the devkit
+    or {}): --validation_labels if given, else the devkit in `raw_dir`."""
+    if labels_file:
+        wnids = read_validation_labels(labels_file, len(refs))
+        return [dataclasses.replace(r, synset=w) for r, w in zip(refs, wnids)], labels_file, {}
+    if not os.path.isfile(os.path.join(raw_dir, DEVKIT)):
+        raise ValueError(
+            "A flat validation set needs its labels: --validation_labels (one wnid per "
+            f"line, in sorted-filename order) or {DEVKIT} in --raw_data_dir"
+        )
+    by_number, names = _devkit(raw_dir)
+    return _with_wnids(refs, by_number, _image_number, DEVKIT), f"from {DEVKIT}", names
+
+
+def _with_wnids(refs, wnid_of, key, source):
+    """Each ref with its wnid: `wnid_of[key(filename)]`."""
+    labelled = []
+    for ref in refs:
+        wnid = wnid_of.get(key(ref.filename))
+        if wnid is None:
+            raise ValueError(f"{source} has no label for validation image {ref.filename}")
+        labelled.append(dataclasses.replace(ref, synset=wnid))
+    return labelled
+
+
+def _image_number(filename):
+    """ILSVRC2012_val_00000042.JPEG -> 42 (the devkit's order)."""
+    match = VALIDATION_NUMBER.search(filename)
+    return int(match[1]) if match else None
+
+
+def _image_id(filename):
+    """ILSVRC2012_val_00000042.JPEG -> ILSVRC2012_val_00000042 (Kaggle's ImageId)."""
+    return os.path.splitext(filename)[0]
+
+
+def _devkit(raw_dir):
+    """({validation image number: wnid}, {wnid: name}) from the devkit."""
+    from scipy import io as scipy_io  # keras_lars[study]
+
+    path = os.path.join(raw_dir, DEVKIT)
+    with tarfile.open(path, "r:gz") as tar:
+        try:
+            meta = tar.extractfile(DEVKIT_META).read()
+            truth = tar.extractfile(DEVKIT_GROUND_TRUTH).read().decode()
+        except KeyError as error:
+            raise ValueError(f"{path} lacks {error.args[0]}: not the ILSVRC-2012 devkit?") from None
+    synsets = scipy_io.loadmat(io.BytesIO(meta), squeeze_me=True)["synsets"]
+    wnid_of_id, names = {}, {}
+    for synset in synsets:
+        if int(synset["num_children"]) == 0:  # the 1000 leaf classes
+            wnid = str(synset["WNID"])
+            wnid_of_id[int(synset["ILSVRC2012_ID"])] = wnid
+            names[wnid] = str(synset["words"])
+    ids = [int(line) for line in truth.split()]
+    return {number: wnid_of_id[i] for number, i in enumerate(ids, start=1)}, names
+
+
+def _kaggle_solution(path):
+    """{image id: wnid} from LOC_val_solution.csv (the first box's class)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"ImageId", "PredictionString"} <= set(rows[0]):
+        raise ValueError(f"{path}: expected the columns ImageId,PredictionString")
+    return {row["ImageId"]: row["PredictionString"].split()[0] for row in rows}
+
+
+def read_validation_labels(labels_file, expected):
+    with open(labels_file) as f:
+        wnids = [line.split()[0] for line in f if line.strip()]
+    if len(wnids) != expected:
+        raise ValueError(
+            f"--validation_labels={labels_file} has {len(wnids)} labels for {expected} "
+            "validation images"
+        )
+    return wnids
+
+
+def read_synset_names(path):
+    """`wnid name...` per line (LOC_synset_mapping.txt style) -> {wnid: name}."""
+    with open(path) as f:
+        return dict(line.rstrip("\n").split(maxsplit=1) for line in f if line.strip())
+
+
+# --- Listing images ---------------------------------------------------------------
+
+
+def _class_folders(root):
+    return [
+        ImageRef(name, wnid, os.path.join(root, wnid, name))
+        for wnid in sorted(os.listdir(root))
+        if os.path.isdir(os.path.join(root, wnid))
+        for name in sorted(os.listdir(os.path.join(root, wnid)))
+    ]
+
+
+def _train_archive(archive):
+    """Indexes a tar of per-class tars; each image is a byte range of it."""
+    refs = []
+    with tarfile.open(archive) as outer:
+        for member in sorted(outer.getmembers(), key=lambda m: m.name):
+            if not member.name.endswith(".tar"):
+                continue
+            wnid = os.path.basename(member.name)[: -len(".tar")]
+            with tarfile.open(fileobj=outer.extractfile(member)) as inner:
+                for image in sorted(inner.getmembers(), key=lambda m: m.name):
+                    if image.isfile():
+                        refs.append(
+                            ImageRef(
+                                os.path.basename(image.name),
+                                wnid,
+                                archive,
+                                member.offset_data + image.offset_data,
+                                image.size,
+                                f"{archive}:{member.name}/{image.name}",
+                            )
+                        )
+    return refs
+
+
+def _validation_archive(archive):
+    with tarfile.open(archive) as tar:
+        members = sorted(
+            (m for m in tar.getmembers() if m.isfile()), key=lambda m: os.path.basename(m.name)
+        )
+    return [
+        ImageRef(
+            os.path.basename(m.name), "", archive, m.offset_data, m.size, f"{archive}:{m.name}"
+        )
+        for m in members
+    ]
