@@ -6,7 +6,7 @@ PIP := $(PYTHON) -m pip install -q -c constraints.txt
 TESTS ?= tests
 PYTEST := $(PYTHON) -m pytest -q -p no:cacheprovider
 
-.PHONY: install install-study test study data constraints
+.PHONY: install install-study test test-tensorflow bazel-test study data constraints
 
 $(PYTHON):
 	python3 -m venv $(VENV)
@@ -37,14 +37,42 @@ constraints:
 	mv constraints.new constraints.txt
 	rm -rf .venv-pin
 
-# Lint, then the whole suite on TensorFlow, and again on JAX and PyTorch
-# (tests that need TensorFlow itself, and the wheel's, run once).
+# Lint, then the whole suite on TensorFlow (through Bazel, each test file a
+# py_test target; with plain pytest where Bazel cannot be had), and again on
+# JAX and PyTorch (tests that need TensorFlow itself, and the wheel's, run once).
 test: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	KERAS_BACKEND=tensorflow $(PYTEST) $(TESTS)
+	@if command -v bazel >/dev/null || [ "$$(id -u)" = 0 ]; then \
+	  $(MAKE) --no-print-directory bazel-test; \
+	else \
+	  echo "No Bazel here (as root: apt-get install bazel-bootstrap bazel-rules-java):"; \
+	  echo "the TensorFlow tests run with pytest instead."; \
+	  $(MAKE) --no-print-directory test-tensorflow; \
+	fi
 	KERAS_BACKEND=jax $(PYTEST) $(TESTS)
 	KERAS_BACKEND=torch $(PYTEST) $(TESTS)
+
+test-tensorflow: install
+	KERAS_BACKEND=tensorflow $(PYTEST) $(TESTS)
+
+# `bazel test //...`, offline, with Debian's Bazel 4.2.3: the repositories it
+# would download come from third_party/bazel and Debian's bazel-rules-java, and
+# Python is $(VENV). Bazel 4 takes no %workspace% in those flags, so they are
+# written here, with absolute paths, to .bazelrc.local (which .bazelrc imports).
+BAZEL_RULES_JAVA := /usr/share/bazel/rules/java
+bazel-test: install
+	@command -v bazel >/dev/null && test -d $(BAZEL_RULES_JAVA) || { \
+	  echo "Installing Debian's bazel-bootstrap and bazel-rules-java (Bazel 4.2.3) for bazel test //..."; \
+	  apt-get update -qq && apt-get install -y -qq bazel-bootstrap bazel-rules-java >/dev/null; }
+	@printf '%s\n' \
+	  "common --override_repository=rules_cc=$(CURDIR)/third_party/bazel/rules_cc" \
+	  "common --override_repository=rules_java=$(BAZEL_RULES_JAVA)" \
+	  "common --override_repository=remote_coverage_tools=$(CURDIR)/third_party/bazel/remote_coverage_tools" \
+	  "build --python_path=$(CURDIR)/$(PYTHON)" \
+	  "test --test_env=PYTHONPATH=$$($(PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+	  > .bazelrc.local
+	bazel test //...
 
 # Fashion-MNIST from Debian's package (31 MB, no download at run time).
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz

@@ -4,6 +4,7 @@ console scripts answer."""
 
 import glob
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -15,6 +16,7 @@ pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow", reason="built and checked once, on the first leg"
 )
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SOURCES = ("setup.py", "README.md", "LICENSE", "keras_lars", "recipes", "tools")
 SCRIPTS = {
     "keras-lars-train": "mlperf_8k: resnet50, batch 8192",
     "keras-lars-study": "--lars_gaps",
@@ -36,9 +38,17 @@ def venv(tmp_path_factory):
     """A fresh virtual environment with the wheel installed; its dependencies
     come from this environment (a .pth line), not from the network."""
     tmp = tmp_path_factory.mktemp("wheel")
+    source = tmp / "source"  # a copy: the build writes build/ and *.egg-info beside setup.py
+    source.mkdir()
+    for name in SOURCES:
+        if os.path.isdir(os.path.join(ROOT, name)):
+            ignore = shutil.ignore_patterns("__pycache__")
+            shutil.copytree(os.path.join(ROOT, name), source / name, ignore=ignore)
+        else:
+            shutil.copy(os.path.join(ROOT, name), source / name)
     subprocess.run(
         [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp / "dist")],
-        cwd=ROOT,
+        cwd=source,
         check=True,
         capture_output=True,
     )
