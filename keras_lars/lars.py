@@ -40,10 +40,12 @@ class LARS(keras.optimizers.Optimizer):
     TensorFlow and JAX implementation. No Python branch depends on a tensor
     value, so the step compiles under XLA and on TPUs.
 
-    Precision. The update is formed in float32 and cast to the variable's
-    dtype once, so float16 and bfloat16 variables neither overflow in the
-    norms nor lose a small `γ·λ` to underflow; float64 variables are updated
-    in float64 throughout.
+    Precision. The norms and the step `γ·λ·g̃` are formed in float32 (float64
+    for float64 variables), so float16 and bfloat16 variables neither overflow
+    in the norms nor lose a small `γ·λ` to underflow before it meets `g̃`. The
+    momentum buffer has the variable's dtype (as in Keras's optimizers), so
+    with low-precision variables and momentum, `v` is rounded to that dtype
+    each step; mixed-precision policies keep float32 variables and avoid it.
 
     Variants, each an explicit argument:
 
@@ -257,30 +259,38 @@ class LARS(keras.optimizers.Optimizer):
                 "`exclusions()` needs a built optimizer: call "
                 "`optimizer.build(model.trainable_variables)` or train a step first."
             )
-        table = {}
-        for index, path in enumerate(self._variable_paths):
-            key = path if path not in table else f"{path}#{index}"
-            table[key] = {
+        return {
+            key: {
                 "weight_decay": index in self._decayed_indices,
                 "adaptation": index in self._adapted_indices,
             }
-        return table
+            for index, key in enumerate(self._keys())
+        }
+
+    def _keys(self):
+        """Variable paths, made unique with "#index" where Keras repeats one."""
+        keys = []
+        for index, path in enumerate(self._variable_paths):
+            keys.append(path if path not in keys else f"{path}#{index}")
+        return keys
 
     # --- Building and updating --------------------------------------------------
 
     def build(self, variables):
         if self.built:
             return
-        super().build(variables)
-        # Treatment is decided here: inside `update_step` the TensorFlow
-        # backend passes raw (possibly per-replica) tf.Variables without
-        # `path`. Frozensets, because TF's tracking wraps lists and dicts.
-        self._variable_paths = tuple(_variable_path(v) for v in variables)
+        # Treatment is decided here (before the base class marks the optimizer
+        # built, so that a bad exclusion leaves it unbuilt): inside
+        # `update_step` the TensorFlow backend passes raw (possibly
+        # per-replica) tf.Variables without `path`. Frozensets, because TF's
+        # tracking wraps lists and dicts.
         decay_excluded = self._weight_decay_mask.resolve(self, variables)
+        adaptation_excluded = self._adaptation_mask.resolve(self, variables)
+        super().build(variables)
+        self._variable_paths = tuple(_variable_path(v) for v in variables)
         self._decayed_indices = frozenset(
             i for i in range(len(variables)) if self.weight_decay > 0 and i not in decay_excluded
         )
-        adaptation_excluded = self._adaptation_mask.resolve(self, variables)
         self._adapted_indices = frozenset(
             i for i in range(len(variables)) if i not in adaptation_excluded
         )
@@ -429,7 +439,8 @@ class LARS(keras.optimizers.Optimizer):
             adapted = [k for k, i in enumerate(indices) if i in self._adapted_indices]
             learning_rate = ops.cast(learning_rate, "float32")
             rates = [learning_rate] * len(variables)
-            trust_ratios = [torch.ones(())] * len(variables)
+            device = weights[0].device if weights else None
+            trust_ratios = [torch.ones((), device=device)] * len(variables)
             if adapted:
                 if self.trust_ratio_denominator == SUM_OF_NORMS:
                     norm_of = [grads[k] for k in adapted]
@@ -438,7 +449,9 @@ class LARS(keras.optimizers.Optimizer):
                         grads[k] + self.weight_decay * weights[k] if k in decayed else grads[k]
                         for k in adapted
                     ]
-                decay = torch.tensor([self.weight_decay if k in decayed else 0.0 for k in adapted])
+                decay = torch.tensor(
+                    [self.weight_decay if k in decayed else 0.0 for k in adapted], device=device
+                )
                 adapted_rates, ratios = self._local_rate(
                     indices[adapted[0]],  # an adapted variable: the norms are used
                     lambda: torch.stack(torch._foreach_norm([weights[k] for k in adapted])),
@@ -486,7 +499,8 @@ class LARS(keras.optimizers.Optimizer):
 
     def trust_ratios(self):
         """`{variable.path: λ}` of each variable's last update, as floats; 1.0
-        for variables excluded from adaptation, 0.0 before the first update.
+        for variables excluded from adaptation, 0.0 before the first update
+        (keys as in `exclusions()`).
 
         Needs `track_trust_ratios=True` and a built optimizer.
         """
@@ -495,8 +509,8 @@ class LARS(keras.optimizers.Optimizer):
         if not self.built:
             raise ValueError("`trust_ratios()` needs a built optimizer (after the first step).")
         return {
-            path: float(ops.convert_to_numpy(ratio))
-            for path, ratio in zip(self._variable_paths, self._trust_ratios)
+            key: float(ops.convert_to_numpy(ratio))
+            for key, ratio in zip(self._keys(), self._trust_ratios)
         }
 
     def _check_not_built(self, method):

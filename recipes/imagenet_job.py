@@ -124,7 +124,10 @@ def _plan(config, replicas, train_source, eval_source):
         train_images, eval_images = imagenet_input.IMAGENET_TRAIN_IMAGES, 0
     else:
         num_classes = train_source.num_classes
-        train_images, eval_images = train_source.count(), eval_source.count()
+        if not config.train_images:
+            print("Counting the training images (--train_images skips this)...")
+        train_images = config.train_images or train_source.count()
+        eval_images = eval_source.count()
     steps_per_epoch = math.ceil(train_images / config.global_batch_size)
     train_steps = config.train_steps or math.ceil(config.train_epochs * steps_per_epoch)
     warmup_steps = round(config.warmup_epochs * steps_per_epoch)
@@ -174,10 +177,11 @@ def _write_config(config, plan, write):
                 "use a new --model_dir"
             )
     print("Settings:", json.dumps(settings["config"], sort_keys=True))
-    if write:
+    if write:  # whole, then renamed: other workers may be reading it
         tf.io.gfile.makedirs(config.model_dir)
-        with tf.io.gfile.GFile(path, "w") as f:
+        with tf.io.gfile.GFile(path + ".partial", "w") as f:
             json.dump(settings, f, indent=1)
+        tf.io.gfile.rename(path + ".partial", path, overwrite=True)
 
 
 def _train(config, plan, runner, train_source, eval_source):
@@ -200,10 +204,11 @@ def _train(config, plan, runner, train_source, eval_source):
             steps = _loop_length(step, plan)
             loop_started = time.time()
             result = runner.train(steps)
-            if result["non_finite_step"] is not None:
+            if result["non_finite_in_loop"] is not None:
                 raise TrainingDiverged(
-                    f"The loss is not finite at step {result['non_finite_step']}; stopped "
-                    f"without saving. The last good checkpoint: {runner.latest_checkpoint()}"
+                    f"The loss is not finite at step {step + result['non_finite_in_loop']}; "
+                    "stopped without saving. The last good checkpoint: "
+                    f"{runner.latest_checkpoint()}"
                 )
             loop_seconds = time.time() - loop_started
             if step > start_step:
@@ -222,6 +227,8 @@ def _train(config, plan, runner, train_source, eval_source):
                     f"step {step}: top-1 {100 * evaluation['top1']:.2f}%, top-5 "
                     f"{100 * evaluation['top5']:.2f}% on {evaluation['examples']} images"
                 )
+    if evaluation is None and eval_source:  # a finished run started again: no loop ran
+        evaluation = runner.evaluate()
     log.close()
     summary = dict(
         model=config.model,

@@ -66,6 +66,12 @@ def define_flags():
     flags.DEFINE_float("warmup_epochs", None, "Linear warm-up from 0, in epochs.")
     flags.DEFINE_float("train_epochs", None, "Epochs to train.")
     flags.DEFINE_integer("train_steps", None, "Updates to train; overrides --train_epochs.")
+    flags.DEFINE_integer(
+        "train_images",
+        None,
+        "Training images per epoch (default: counted; the converter's shards record "
+        "their counts, other TFRecords are read once to count them).",
+    )
     flags.DEFINE_float("weight_decay", None, "LARS's coupled weight decay β.")
     flags.DEFINE_float("momentum", None, "LARS momentum.")
     flags.DEFINE_float("label_smoothing", None, "Label smoothing of the cross-entropy.")
@@ -83,7 +89,8 @@ def define_flags():
         "dtype",
         None,
         ["float32", "bfloat16", "float16"],
-        "Compute precision (default bfloat16 on TPU, else float32); float16 scales the loss.",
+        "Compute precision (default bfloat16 with --strategy=tpu, else float32; pass "
+        "bfloat16 for TPUs on JAX too); float16 scales the loss.",
     )
     flags.DEFINE_bool("zero_init_residual", True, "ResNet: zero the last BN γ of each branch.")
     flags.DEFINE_enum(
@@ -103,6 +110,8 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS["verbosity"].present:  # TensorFlow's INFO lines drown the progress bar
         logging.set_verbosity(logging.WARNING)
+    import tensorflow as tf
+
     from recipes import imagenet_input
     from recipes import imagenet_job
     from recipes import strategies
@@ -128,6 +137,9 @@ def main(argv):
         imagenet_job.TrainingDiverged,
     ) as error:
         print(f"imagenet_train: error: {error}", file=sys.stderr)
+        return 1
+    except tf.errors.OpError as error:  # a bad label, an unreadable gs:// path, ...
+        print(f"imagenet_train: error: {error.message.strip()}", file=sys.stderr)
         return 1
     return 0
 

@@ -63,7 +63,12 @@ class Runner:
                     f"--logical_cpus={config.logical_cpus}: {error}"
                 ) from None
         if config.multi_process:
-            keras.distribution.initialize()
+            try:
+                keras.distribution.initialize()
+            except (RuntimeError, ValueError) as error:
+                raise strategies.StrategyError(
+                    f"--multi_process: keras.distribution.initialize() failed: {error}"
+                ) from None
         devices = jax.devices()
         self.processes, self.process = jax.process_count(), jax.process_index()
         self.chief = self.process == 0
@@ -126,10 +131,10 @@ class Runner:
                 keras.metrics.SparseTopKCategoricalAccuracy(
                     k=min(5, plan.num_classes), name="top5"
                 ),
+                _WeightSum(name="examples"),
             ],
             steps_per_execution=math.gcd(loop_gcd, start_step) * k,
         )
-        self.step = start_step
         if self.train_source is None:  # synthetic: one random batch, again and again
             batch = imagenet_input.synthetic_batch(
                 config.global_batch_size // (k * self.processes),
@@ -161,7 +166,7 @@ class Runner:
 
     def train(self, steps):
         k = self.config.accumulation_steps
-        stop = _StopOnNonFiniteLoss(self.step, k)
+        stop = _StopOnNonFiniteLoss(k)
         naming = self.train_source.naming_bad_files() if self.train_source else None
         with naming or contextlib.nullcontext():
             history = self.model.fit(
@@ -172,12 +177,11 @@ class Runner:
                 verbose=0,
                 callbacks=[stop],
             ).history
-        self.step += steps
         return dict(
             loss=history["loss"][-1],
             top1=history["top1"][-1],
             top5=history["top5"][-1],
-            non_finite_step=stop.step,
+            non_finite_in_loop=stop.step,
         )
 
     def evaluate(self):
@@ -200,7 +204,7 @@ class Runner:
             result = self.model.evaluate(
                 _stream(dataset.as_numpy_iterator()), verbose=0, return_dict=True
             )
-        return dict(top1=result["top1"], top5=result["top5"], examples=plan.eval_images)
+        return dict(top1=result["top1"], top5=result["top5"], examples=round(result["examples"]))
 
     def save(self, step):
         """ckpt-<step>.npz (chief only), then the oldest beyond three go."""
@@ -238,19 +242,41 @@ class Runner:
         )
 
 
+class _WeightSum(keras.metrics.Metric):
+    """The sum of the sample weights seen: in evaluation, the number of real
+    (unpadded) images."""
+
+    def __init__(self, name="examples", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        if sample_weight is None:
+            weight = keras.ops.cast(keras.ops.shape(y_true)[0], self.dtype)
+        else:
+            weight = keras.ops.sum(keras.ops.cast(sample_weight, self.dtype))
+        self.total.assign_add(weight)
+
+    def result(self):
+        return self.total
+
+    def reset_state(self):
+        self.total.assign(0.0)
+
+
 class _StopOnNonFiniteLoss(keras.callbacks.Callback):
     """Stops `fit` once the (running) loss is not finite; `step` is then the
-    last update of the execution where it happened, else None."""
+    loop's last update (0-based) of the execution where it happened, else None."""
 
-    def __init__(self, first_step, accumulation_steps):
+    def __init__(self, accumulation_steps):
         super().__init__()
-        self.first_step, self.accumulation_steps = first_step, accumulation_steps
+        self.accumulation_steps = accumulation_steps
         self.step = None
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if self.step is None and loss is not None and not math.isfinite(float(loss)):
-            self.step = self.first_step + batch // self.accumulation_steps
+            self.step = batch // self.accumulation_steps
             self.model.stop_training = True
 
 

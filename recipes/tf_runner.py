@@ -78,7 +78,9 @@ class Runner:
             return 0
         self.checkpoint.restore(latest).assert_existing_objects_matched()
         self.latest = latest
-        return int(self.optimizer.iterations.numpy())
+        # The checkpoint's number is its step. (Under float16 the optimizer's
+        # `iterations` is the inner LARS's, which skips overflowed steps.)
+        return int(latest.rsplit("-", 1)[1])
 
     def start(self, start_step):
         """Opens the training input at `start_step` (see imagenet_job)."""

@@ -64,10 +64,11 @@ class TrainConfig:
     eval_every_epochs: float = 4.0
     # Steps, precision, model options.
     train_steps: int | None = None  # overrides train_epochs
+    train_images: int | None = None  # default: counted (the converter records the count)
     steps_per_loop: int | None = None  # default: one epoch
     accumulation_steps: int = 1
     image_size: int | None = None  # default: the model's
-    dtype: str | None = None  # default: bfloat16 on TPUs, else float32
+    dtype: str | None = None  # default: bfloat16 with --strategy=tpu, else float32
     zero_init_residual: bool = True
     alexnet_groups: str = "split"
     alexnet_bn_variant: str = "authors"
@@ -158,7 +159,7 @@ def check(config):
         )
     for name in ("global_batch_size", "accumulation_steps", "image_size"):
         _integer(config, name, low=1)
-    for name in ("train_steps", "steps_per_loop"):
+    for name in ("train_steps", "steps_per_loop", "train_images"):
         if getattr(config, name) is not None:
             _integer(config, name, low=1)
     _integer(config, "logical_cpus", low=0)

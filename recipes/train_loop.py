@@ -117,17 +117,17 @@ class Trainer:
 
     @tf.function
     def _train_loop(self, iterator, steps):
-        """[loss sum, top-1 hits, top-5 hits, examples, first non-finite step or -1]."""
+        """[loss sum, top-1 hits, top-5 hits, examples, the loop's first step
+        with a non-finite loss (counted from 0) or -1]."""
         totals = tf.zeros([4])
-        first_non_finite = tf.constant(-1, tf.int64)
-        for _ in tf.range(steps):
-            step = tf.cast(self.optimizer.iterations, tf.int64)
+        first_non_finite = tf.constant(-1)
+        for i in tf.range(steps):
             inputs = next(iterator) if iterator is not None else ()
             per_replica = self.strategy.run(self._replica_train_step, args=inputs)
             counts = self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
             totals += counts
             if not tf.math.is_finite(counts[0]):
-                first_non_finite = step
+                first_non_finite = i
                 break
         return tf.concat([totals, [tf.cast(first_non_finite, tf.float32)]], 0)
 
@@ -154,8 +154,8 @@ class Trainer:
 
     def train(self, iterator, steps):
         """Runs `steps` updates; returns the loop's mean loss, top-1 and top-5
-        (training mode) and the step whose loss was not finite (None if all
-        were; the loop stops there)."""
+        (training mode) and which of its steps (0-based) had a non-finite loss
+        (None if none did; the loop stops there)."""
         loss, top1, top5, examples, bad = self._train_loop(iterator, tf.constant(steps)).numpy()
         if self.strategy.num_replicas_in_sync > 1 and self._moving_statistics:
             self._average_moving_statistics()
@@ -164,7 +164,7 @@ class Trainer:
             loss=float(loss / steps_run),
             top1=float(top1 / examples),
             top5=float(top5 / examples),
-            non_finite_step=None if bad < 0 else int(bad),
+            non_finite_in_loop=None if bad < 0 else int(bad),
         )
 
     def evaluate(self, iterator, steps):

@@ -185,6 +185,24 @@ def test_a_rerun_from_other_inputs_is_refused_naming_what_differs(fake, tmp_path
             **SHARDS,
         )
     assert (tmp_path / "out" / "labels.txt").read_text().count("fake class") == CLASSES
+    with pytest.raises(ValueError, match=r"\(train shards\) differ|\(train shards differ\)"):
+        converter.convert(
+            str(fake / "raw"),
+            str(tmp_path / "out"),
+            validation_labels=os.path.join(fake_raw(fake / "raw"), "validation_labels.txt"),
+            synset_names=names,
+            **{**SHARDS, "train_shards": 2},
+        )
+
+
+def test_the_devkit_names_classes_even_with_a_labels_file(fake, tmp_path):
+    converter.convert(
+        str(fake / "archives"),
+        str(tmp_path),
+        validation_labels=os.path.join(fake_raw(fake / "raw"), "validation_labels.txt"),
+        **SHARDS,
+    )
+    assert (tmp_path / "labels.txt").read_text().count("\tfake class ") == CLASSES
 
 
 def test_validation_sorted_into_wnid_folders(fake, converted, tmp_path):
@@ -311,6 +329,23 @@ def test_command_line_exits_non_zero_on_skips_unless_allowed(fake, tmp_path):
         timeout=120,
     )
     assert f"at most {converter.MAX_DEFAULT_WORKERS}" in helped.stdout  # each imports TF
+    (tmp_path / "empty").mkdir()
+    refused = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tools.imagenet_to_tfrecords",
+            f"--raw_data_dir={tmp_path / 'empty'}",
+            f"--output_dir={tmp_path / 'out'}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 1 and "holds no ImageNet layout" in refused.stderr
+    assert "Traceback" not in refused.stderr
 
 
 # --- The input pipeline ------------------------------------------------------

@@ -276,7 +276,7 @@ def test_end_to_end_on_a_tiny_set(fashion_dir, tmp_path):
         (dict(epochs=2, warmup_epochs=2), "warmup_epochs"),
         (dict(momentum=1.0), "momentum"),
         (dict(weight_decay=float("nan")), "weight_decay"),
-        (dict(validation_examples=-1), "validation_examples"),
+        (dict(validation_examples=0), "validation_examples"),
         (dict(sgd_sweep=(0.5, 1.0)), "sgd_sweep"),
         (dict(sgd_sweep=(1.0, 1.0)), "sgd_sweep"),
         (dict(lars_lrs=()), "lars_lrs"),

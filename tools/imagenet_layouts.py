@@ -128,7 +128,7 @@ def _require(raw_dir, *names):
 def _tree(raw_dir, with_validation, labels_file):
     _require(raw_dir, "train")
     train = _class_folders(os.path.join(raw_dir, "train"))
-    names = {}
+    names = _devkit_names(raw_dir)
     validation = None
     if with_validation:
         _require(raw_dir, "validation")
@@ -139,7 +139,7 @@ def _tree(raw_dir, with_validation, labels_file):
             source = "sorted into wnid folders"
         else:
             refs = [ImageRef(name, "", os.path.join(folder, name)) for name in entries]
-            validation, source, names = _labelled(raw_dir, refs, labels_file)
+            validation, source = _labelled(raw_dir, refs, labels_file)
     description = f"extracted tree: train/ ({len(train)} images)" + (
         f", validation/ ({len(validation)} images, labels {source})" if validation else ""
     )
@@ -149,7 +149,7 @@ def _tree(raw_dir, with_validation, labels_file):
 def _official(raw_dir, with_validation, labels_file):
     _require(raw_dir, TRAIN_ARCHIVE)
     train = _train_archive(os.path.join(raw_dir, TRAIN_ARCHIVE))
-    names = _devkit(raw_dir)[1] if os.path.isfile(os.path.join(raw_dir, DEVKIT)) else {}
+    names = _devkit_names(raw_dir)
     validation = None
     source = ""
     if with_validation:
@@ -157,7 +157,7 @@ def _official(raw_dir, with_validation, labels_file):
             _require(raw_dir, VALIDATION_ARCHIVE, DEVKIT)
         else:
             _require(raw_dir, VALIDATION_ARCHIVE)
-        validation, source, names = _labelled(
+        validation, source = _labelled(
             raw_dir, _validation_archive(os.path.join(raw_dir, VALIDATION_ARCHIVE)), labels_file
         )
     description = f"official archives: {TRAIN_ARCHIVE} ({len(train)} images)" + (
@@ -181,12 +181,13 @@ def _kaggle(raw_dir, with_validation, labels_file):
         folder = os.path.join(images, "val")
         refs = [ImageRef(n, "", os.path.join(folder, n)) for n in sorted(os.listdir(folder))]
         if labels_file:
-            validation, _, _ = _labelled(raw_dir, refs, labels_file)
+            validation, source = _labelled(raw_dir, refs, labels_file)
         else:
             solution = _kaggle_solution(os.path.join(raw_dir, KAGGLE_SOLUTION))
             validation = _with_wnids(refs, solution, _image_id, KAGGLE_SOLUTION)
+            source = f"from {KAGGLE_SOLUTION}"
     description = f"Kaggle CLS-LOC: train/ ({len(train)} images)" + (
-        f", val/ ({len(validation)} images, labels from {KAGGLE_SOLUTION})" if validation else ""
+        f", val/ ({len(validation)} images, labels {source})" if validation else ""
     )
     return Inputs("kaggle", description, train, validation, names)
 
@@ -195,18 +196,23 @@ def _kaggle(raw_dir, with_validation, labels_file):
 
 
 def _labelled(raw_dir, refs, labels_file):
-    """(refs with wnids, where the labels came from, names from the devkit
-    or {}): --validation_labels if given, else the devkit in `raw_dir`."""
+    """(refs with wnids, where the labels came from): --validation_labels if
+    given, else the devkit in `raw_dir`."""
     if labels_file:
         wnids = read_validation_labels(labels_file, len(refs))
-        return [dataclasses.replace(r, synset=w) for r, w in zip(refs, wnids)], labels_file, {}
+        return [dataclasses.replace(r, synset=w) for r, w in zip(refs, wnids)], labels_file
     if not os.path.isfile(os.path.join(raw_dir, DEVKIT)):
         raise ValueError(
             "A flat validation set needs its labels: --validation_labels (one wnid per "
             f"line, in sorted-filename order) or {DEVKIT} in --raw_data_dir"
         )
-    by_number, names = _devkit(raw_dir)
-    return _with_wnids(refs, by_number, _image_number, DEVKIT), f"from {DEVKIT}", names
+    by_number, _ = _devkit(raw_dir)
+    return _with_wnids(refs, by_number, _image_number, DEVKIT), f"from {DEVKIT}"
+
+
+def _devkit_names(raw_dir):
+    """{wnid: name} from the devkit in `raw_dir`, or {} without one."""
+    return _devkit(raw_dir)[1] if os.path.isfile(os.path.join(raw_dir, DEVKIT)) else {}
 
 
 def _with_wnids(refs, wnid_of, key, source):
@@ -259,7 +265,13 @@ def _kaggle_solution(path):
         rows = list(csv.DictReader(f))
     if not rows or not {"ImageId", "PredictionString"} <= set(rows[0]):
         raise ValueError(f"{path}: expected the columns ImageId,PredictionString")
-    return {row["ImageId"]: row["PredictionString"].split()[0] for row in rows}
+    solution = {}
+    for line, row in enumerate(rows, start=2):
+        boxes = (row["PredictionString"] or "").split()
+        if not boxes:
+            raise ValueError(f"{path}, line {line}: no class for {row['ImageId']}")
+        solution[row["ImageId"]] = boxes[0]
+    return solution
 
 
 def read_validation_labels(labels_file, expected):

@@ -207,12 +207,12 @@ def convert(
     labels = {wnid: i + 1 for i, wnid in enumerate(synsets)}  # 0 stays unused
     names = inputs.names
     os.makedirs(os.path.join(output_dir, WORK_DIR), exist_ok=True)
-    check_inputs(output_dir, fingerprint(inputs.layout, refs, labels, names))
+    shards = {"train": train_shards, "validation": validation_shards}
+    check_inputs(output_dir, fingerprint(inputs.layout, refs, labels, names, shards))
     with open(os.path.join(output_dir, "labels.txt"), "w") as f:
         for wnid in synsets:
             f.write(f"{labels[wnid]}\t{wnid}\t{names.get(wnid, '')}\n")
 
-    shards = {"train": train_shards, "validation": validation_shards}
     jobs = [
         job
         for split in splits
@@ -254,10 +254,10 @@ def convert(
     return summary
 
 
-def fingerprint(layout, refs, labels, names):
+def fingerprint(layout, refs, labels, names, shards):
     """What the shards depend on, one digest per part, so that a rerun can
-    say which part changed: the layout, each split's (wnid, file) list, the
-    label map and the class names."""
+    say which part changed: the layout, each split's (wnid, file) list and
+    shard count, the label map and the class names."""
 
     def digest(lines):
         return hashlib.sha256("\n".join(lines).encode()).hexdigest()
@@ -269,6 +269,7 @@ def fingerprint(layout, refs, labels, names):
     }
     for split, split_refs in refs.items():
         record[f"{split} images"] = digest(f"{r.synset}/{r.filename}" for r in split_refs)
+        record[f"{split} shards"] = shards[split]
     return record
 
 
@@ -428,7 +429,16 @@ def main(argv):
         return 1 if problems else 0
     if not FLAGS.raw_data_dir:
         raise app.UsageError("--raw_data_dir is required")
-    summary = convert(
+    try:
+        summary = _convert_from_flags()
+    except (ValueError, FileNotFoundError) as error:
+        print(f"imagenet_to_tfrecords: error: {error}", file=sys.stderr)
+        return 1
+    return _report(summary)
+
+
+def _convert_from_flags():
+    return convert(
         FLAGS.raw_data_dir,
         FLAGS.output_dir,
         FLAGS.validation_labels,
@@ -438,6 +448,10 @@ def main(argv):
         FLAGS.num_workers,
         tuple(FLAGS.splits),
     )
+
+
+def _report(summary):
+    """Prints what was converted and skipped; the exit status."""
     skipped = 0
     for split in FLAGS.splits:
         s = summary[split]

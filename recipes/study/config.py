@@ -42,7 +42,12 @@ class StudyConfig:
                 raise ValueError(
                     f"`{name}` must be an integer >= 1. Received: {name}={getattr(self, name)!r}"
                 )
-        for name in ("validation_examples", "train_examples", "test_examples"):
+        if not _is_int(self.validation_examples, 1):
+            raise ValueError(
+                "`validation_examples` must be an integer >= 1 (the rates are chosen on them). "
+                f"Received: validation_examples={self.validation_examples!r}"
+            )
+        for name in ("train_examples", "test_examples"):
             if not _is_int(getattr(self, name), 0):
                 raise ValueError(
                     f"`{name}` must be an integer >= 0. Received: {name}={getattr(self, name)!r}"

@@ -2,15 +2,16 @@
 the claim check, the CSV files and the figures.
 
 Each finished run is saved in `<out_dir>/completed/` with what produced it:
-the settings it depends on, the data, and a fingerprint of the code and
-versions (keras_lars, Keras, the backend, and the source of the training code
-and the optimizer). A rerun reuses a saved run only when all of these match,
-and the summary says how many it reused.
+the run itself, the settings it depends on, the data, and a fingerprint of the
+code and versions (keras_lars, Keras, the backend and its version, and the
+source of the training code and the optimizer). A rerun reuses a saved run
+only when all of these match, and the summary says how many it reused.
 """
 
 import csv
 import dataclasses
 import hashlib
+import importlib
 import json
 import os
 import pathlib
@@ -44,14 +45,14 @@ def run_study(config, dataset, out_dir, thresholds=DEFAULT_THRESHOLDS, resume=Tr
     with tqdm(total=len(runs) * config.epochs, unit="epoch", desc="study") as bar:
         for run in runs:
             path = _completed_path(out_dir, run)
-            saved = _load_completed(path, settings) if resume else None
+            saved = _load_completed(path, settings, run) if resume else None
             if saved:
                 row, record = saved
                 reused += 1
                 bar.update(config.epochs)
             else:
                 row, record = training.train(run, data, config, bar, run.seed == 0)
-                _save_completed(path, settings, row, record)
+                _save_completed(path, settings, run, row, record)
             rows.append(row)
             records[run] = record
     summaries = {
@@ -103,6 +104,7 @@ def run_settings(config, source):
         "keras_lars": keras_lars.__version__,
         "keras": keras.__version__,
         "backend": keras.backend.backend(),
+        "backend_version": importlib.import_module(keras.backend.backend()).__version__,
         "source_sha256": digest.hexdigest(),
     }
 
@@ -178,8 +180,9 @@ def _completed_path(out_dir, run):
     return os.path.join(out_dir, "completed", name + ".json")
 
 
-def _load_completed(path, settings):
-    """(row, trust-ratio record) saved by an earlier run, or None."""
+def _load_completed(path, settings, run):
+    """(row, trust-ratio record) saved by an earlier run of exactly `run`
+    under `settings`, or None."""
     try:
         with open(path) as f:
             saved = json.load(f)
@@ -188,16 +191,16 @@ def _load_completed(path, settings):
     except (OSError, ValueError) as error:
         print(f"Retraining: cannot read {path} ({error})")
         return None
-    if saved.get("settings") != settings:
+    if saved.get("settings") != settings or saved.get("run") != dataclasses.asdict(run):
         return None
     return saved["row"], saved["record"]
 
 
-def _save_completed(path, settings, row, record):
+def _save_completed(path, settings, run, row, record):
     # Written whole, then renamed: a kill mid-write leaves no half file.
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + ".tmp", "w") as f:
-        json.dump(dict(settings=settings, row=row, record=record), f)
+        json.dump(dict(settings=settings, run=dataclasses.asdict(run), row=row, record=record), f)
     os.replace(path + ".tmp", path)
 
 
