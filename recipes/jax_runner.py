@@ -258,7 +258,7 @@ class _WeightSum(keras.metrics.Metric):
         self.total.assign_add(weight)
 
     def result(self):
-        return self.total
+        return keras.ops.cast(self.total, self.dtype)
 
     def reset_state(self):
         self.total.assign(0.0)
