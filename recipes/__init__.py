@@ -1,1 +1,1 @@
-"""Training recipes: the large-batch study (and, later, ImageNet)."""
+"""Training recipes: ResNet-50 and AlexNet on ImageNet, and the large-batch study."""

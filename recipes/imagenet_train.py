@@ -23,6 +23,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from recipes import console_script
 from recipes import presets
 
 FLAGS = flags.FLAGS
@@ -148,7 +149,7 @@ def run():
     """The `keras-lars-train` console script."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     define_flags()
-    app.run(main)
+    console_script.run(__name__, main)
 
 
 if __name__ == "__main__":

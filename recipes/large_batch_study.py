@@ -45,6 +45,7 @@ import sys
 from absl import app
 from absl import flags
 
+from recipes import console_script
 from recipes.study import config as study_config
 
 FLAGS = flags.FLAGS
@@ -165,7 +166,7 @@ def run():
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     define_flags()
-    app.run(main)
+    console_script.run(__name__, main)
 
 
 if __name__ == "__main__":

@@ -296,7 +296,8 @@ def test_command_line_exits_non_zero_on_skips_unless_allowed(fake, tmp_path):
         "--validation_shards=1",
         "--num_workers=2",
     ]
-    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    path = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "2"}
     first = subprocess.run(base, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 1, first.stdout + first.stderr
     assert "SKIPPED" in first.stdout and "truncated.JPEG" in first.stdout

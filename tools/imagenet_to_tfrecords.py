@@ -43,6 +43,7 @@ from PIL import Image
 from PIL import UnidentifiedImageError
 from tqdm import tqdm
 
+from recipes import console_script
 from tools import imagenet_layouts
 
 SPLITS = ("train", "validation")
@@ -482,7 +483,7 @@ def _report(summary):
 def run():
     """The `keras-lars-imagenet-to-tfrecords` console script."""
     define_flags()
-    app.run(main)
+    console_script.run(__name__, main)
 
 
 if __name__ == "__main__":

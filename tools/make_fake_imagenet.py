@@ -29,6 +29,8 @@ from absl import app
 from absl import flags
 from PIL import Image
 
+from recipes import console_script
+
 FIRST_WNID = 1440764  # n01440764, ImageNet's first class
 TRUNCATE_TO = 0.5  # keep half of a JPEG for the truncated case
 
@@ -209,7 +211,7 @@ def main(argv):
 def run():
     """The `keras-lars-make-fake-imagenet` console script."""
     define_flags()
-    app.run(main)
+    console_script.run(__name__, main)
 
 
 if __name__ == "__main__":
