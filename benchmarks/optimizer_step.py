@@ -73,7 +73,10 @@ def step_function(optimizer, variables, gradients, jit):
             state["train"], state["opt"] = apply(state["opt"], gradients, state["train"])
 
         return step, lambda: jax.block_until_ready(state["train"])
-    return lambda: optimizer.apply_gradients(zip(gradients, variables)), lambda: None
+    import torch
+
+    wait = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None  # CUDA is async
+    return lambda: optimizer.apply_gradients(zip(gradients, variables)), wait
 
 
 def median_ms(step, wait, steps, warmup=3):
