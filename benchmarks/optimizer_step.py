@@ -4,8 +4,9 @@ Applies fixed random gradients to the trainable variables of ResNet-50
 (25.6 M parameters in 214 variables) and reports the median time of one
 `apply_gradients` step for SGD(momentum=0.9) and for `keras_lars.LARS`, and
 their ratio, with Keras's Lamb (two norms per variable, like LARS) as a second
-yardstick. LARS reads w and g once more than SGD (for the norms), so on a
-memory-bound device about 1.4x SGD is the floor (REFERENCE.md section 3).
+yardstick. LARS reads w and g once more than SGD (for the norms): 28 bytes a
+parameter against SGD's 20, so where the step is bandwidth-bound LARS takes
+at least 1.4x SGD's time.
 Results and the choices they led to: benchmarks/RESULTS.md.
 
     KERAS_BACKEND=tensorflow python -m benchmarks.optimizer_step [--jit]
@@ -62,7 +63,7 @@ def step_function(optimizer, variables, gradients, jit, inner=1):
         def step():
             optimizer.apply_gradients(zip(gradients, variables))
 
-        return step, lambda: None
+        return step, tf.test.experimental.sync_devices  # GPUs run asynchronously
     if backend == "jax":
         import jax
 
@@ -73,8 +74,10 @@ def step_function(optimizer, variables, gradients, jit, inner=1):
 
         def apply_steps(opt, grads, train):  # grads an argument: a constant would be folded
             def body(_, carry):
-                train, opt = optimizer.stateless_apply(carry[1], grads, carry[0])
-                return train, opt
+                # The barrier makes the gradients look new each pass: without
+                # it XLA takes their norms once, outside the loop.
+                g, (train, opt) = jax.lax.optimization_barrier((grads, carry))
+                return optimizer.stateless_apply(opt, g, train)
 
             return jax.lax.fori_loop(0, inner, body, (train, opt))
 
@@ -122,7 +125,7 @@ def status_kib(field):
 def step_peak_mib(args, variables, gradients):
     """Peak resident memory during the timed steps beyond the resident memory
     before them, in MiB (run in its own process)."""
-    step, wait = step_function(OPTIMIZERS[args.one](), variables, gradients, args.jit)
+    step, wait = step_function(OPTIMIZERS[args.one](), variables, gradients, args.jit, args.inner)
     for _ in range(3):
         step()
     wait()
@@ -140,7 +143,7 @@ def measure_memory(args):
     for name in OPTIMIZERS:
         command = [sys.executable, "-m", "benchmarks.optimizer_step", f"--one={name}"]
         command += ["--model", args.model, "--steps", str(args.steps)]
-        command += ["--jit"] if args.jit else []
+        command += ["--inner", str(args.inner)] + (["--jit"] if args.jit else [])
         output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
         peaks[name] = float(output.strip().splitlines()[-1])
     return peaks
@@ -161,6 +164,8 @@ def main():
     )
     parser.add_argument("--one", help=argparse.SUPPRESS)  # --memory's child processes
     args = parser.parse_args()
+    if args.inner < 1:
+        parser.error(f"--inner must be >= 1, got {args.inner}")
     if args.inner != 1 and keras.backend.backend() != "jax":
         parser.error("--inner is for the JAX backend")
     variables = model_variables(args.model)
@@ -191,7 +196,7 @@ def main():
     print("|---|---:|---:|" + ("---:|" if peaks else ""))
     for name, ms in results.items():
         memory = f" {peaks[name]:.0f} |" if peaks else ""
-        print(f"| {name} | {ms:.1f} | {ms / sgd:.2f} |{memory}")
+        print(f"| {name} | {ms:.2f} | {ms / sgd:.2f} |{memory}")
     print(f"LARS / SGD: {results['LARS'] / sgd:.2f}")
 
 
