@@ -20,7 +20,9 @@ $(VENV)/.study: setup.py constraints.txt | $(PYTHON)
 
 # The tests need every backend. torch is pinned first: this machine keeps a
 # CPU build of 2.13.0 on disk, and an unpinned torch would pull a multi-GB CUDA
-# build from the registry.
+# build from the registry. constraints.txt pins versions without local labels
+# (`2.13.0`, not `2.13.0+cpu`, which PyPI cannot serve): `==2.13.0` accepts the
+# CPU build where one is on disk, and PyPI's elsewhere.
 install: $(VENV)/.installed
 $(VENV)/.installed: setup.py constraints.txt | $(PYTHON)
 	$(PIP) torch==2.13.0
@@ -33,7 +35,8 @@ constraints:
 	python3 -m venv .venv-pin
 	.venv-pin/bin/pip install -q torch==2.13.0
 	.venv-pin/bin/pip install -q -e '.[tensorflow-cpu,jax,torch,study,tfds,test]'
-	{ head -2 constraints.txt; .venv-pin/bin/pip freeze | grep -v "keras_lars\|^#\|^-e" | sort -f; } > constraints.new
+	{ head -2 constraints.txt; .venv-pin/bin/pip freeze | grep -v "keras_lars\|^#\|^-e" \
+	  | sed -E 's/\+[[:alnum:].]+$$//' | sort -f; } > constraints.new
 	mv constraints.new constraints.txt
 	rm -rf .venv-pin
 
