@@ -1,14 +1,17 @@
 """Argument checks shared by the optimizer and the schedule."""
 
+import math
 import numbers
 
 
 def check_number(name, value, low, high=None, low_inclusive=True):
     """Raises `ValueError` naming `name` unless `value` is a real number with
     `low <= value` (`low < value` when not `low_inclusive`) and, given `high`,
-    `value < high`. NaN never passes."""
+    `value < high`. NaN and infinities never pass."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"`{name}` must be a number. Received: {name}={value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"`{name}` must be a finite number. Received: {name}={value}")
     above_low = value >= low if low_inclusive else value > low
     below_high = high is None or value < high
     if not (above_low and below_high):
@@ -23,3 +26,10 @@ def check_integer(name, value, low):
     """Raises `ValueError` naming `name` unless `value` is an int >= `low`."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
         raise ValueError(f"`{name}` must be an integer >= {low}. Received: {name}={value!r}")
+
+
+def check_bool(name, value):
+    """Raises `ValueError` naming `name` unless `value` is True or False (a
+    string such as "False" would otherwise read as True)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"`{name}` must be True or False. Received: {name}={value!r}")

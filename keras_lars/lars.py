@@ -7,6 +7,7 @@ import warnings
 import keras
 from keras import ops
 
+from keras_lars._validation import check_bool
 from keras_lars._validation import check_integer
 from keras_lars._validation import check_number
 
@@ -176,6 +177,12 @@ class LARS(keras.optimizers.Optimizer):
         check_number("weight_decay", weight_decay, low=0.0)
         check_number("epsilon", epsilon, low=0.0)
         check_number("trust_coefficient", trust_coefficient, low=0.0, low_inclusive=False)
+        for arg, flag in (
+            ("nesterov", nesterov),
+            ("larc_clip", larc_clip),
+            ("track_trust_ratios", track_trust_ratios),
+        ):
+            check_bool(arg, flag)
         if trust_ratio_denominator not in _DENOMINATORS:
             raise ValueError(
                 f"`trust_ratio_denominator` must be one of {_DENOMINATORS}. "
@@ -209,10 +216,10 @@ class LARS(keras.optimizers.Optimizer):
         self.momentum = float(momentum)
         self.trust_coefficient = float(trust_coefficient)
         self.epsilon = float(epsilon)
-        self.nesterov = bool(nesterov)
+        self.nesterov = nesterov
         self.trust_ratio_denominator = trust_ratio_denominator
-        self.larc_clip = bool(larc_clip)
-        self.track_trust_ratios = bool(track_trust_ratios)
+        self.larc_clip = larc_clip
+        self.track_trust_ratios = track_trust_ratios
         self._weight_decay_mask = _ExclusionRule(
             "weight_decay",
             weight_decay_exclude_patterns,

@@ -42,6 +42,13 @@ def dense_model():
         (dict(adaptation_exclude_max_rank=1.5), "adaptation_exclude_max_rank"),
         (dict(adaptation_exclude_indices=[-1]), "adaptation_exclude_indices"),
         (dict(nesterov=True, momentum=0.0), "nesterov"),
+        (dict(learning_rate=float("inf")), "learning_rate"),
+        (dict(weight_decay=float("inf")), "weight_decay"),
+        (dict(epsilon=float("inf")), "epsilon"),
+        (dict(trust_coefficient=float("inf")), "trust_coefficient"),
+        (dict(nesterov="False"), "nesterov"),
+        (dict(larc_clip=1), "larc_clip"),
+        (dict(track_trust_ratios=None), "track_trust_ratios"),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_them(kwargs, argument):

@@ -124,6 +124,9 @@ def test_a_zero_peak_is_refused_with_the_reason():
         (dict(power=float("nan")), "power"),
         (dict(end_learning_rate=float("nan")), "end_learning_rate"),
         (dict(warmup_start_learning_rate=-1.0), "warmup_start_learning_rate"),
+        (dict(initial_learning_rate=float("inf")), "initial_learning_rate"),
+        (dict(end_learning_rate=float("inf")), "end_learning_rate"),
+        (dict(power=float("inf")), "power"),
     ],
 )
 def test_bad_arguments_raise(kwargs, argument):
