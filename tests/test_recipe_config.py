@@ -17,7 +17,8 @@ from recipes import train_config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # (batch, peak rate, warm-up epochs, weight decay, momentum, epochs), copied
-# from the sources' tables (REFERENCE.md §2 and §6), not from presets.py.
+# from the sources' tables (the LARS paper's Tables; the MLPerf and
+# tensorflow/tpu commands; each preset's `source`), not from presets.py.
 SOURCES = {
     "mlperf_4k": (4096, 10.0, 5, 2e-4, 0.9, 42),
     "mlperf_8k": (8192, 17.0, 5, 2e-4, 0.9, 44),

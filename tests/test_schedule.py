@@ -22,7 +22,7 @@ MLPERF_TABLE = [
     (1, 10.0 / 1565),
     (313, 2.0),  # one epoch = a fifth of warm-up
     (1564, 10.0 * 1564 / 1565),
-    (1565, 10.0),  # REFERENCE.md §2: LR 10.0 at step 1565
+    (1565, 10.0),  # the MLPerf reference's logs: LR 10.0 at step 1565
     (1565 + 11269, 1e-4),  # decay ends one step after training does
     (MLPERF_TRAIN, 1e-4 + (10.0 - 1e-4) / 11269**2),
     (10**6, 1e-4),  # constant afterwards
