@@ -92,8 +92,9 @@ def test_alexnet_parameter_counts(name, options, trainable, non_trainable_bn):
     assert model.output.shape == (None, 1000)
 
 
-def test_alexnet_is_60_965_224_parameters():
-    assert ALEXNET == 60_965_224  # BVLC's published count
+def test_the_hand_count_is_bvlcs_published_60_965_224():
+    """Checks the layer-by-layer count above, which the model tests rely on."""
+    assert ALEXNET == 60_965_224
 
 
 def test_split_grouped_convolution_equals_native_groups():

@@ -88,7 +88,7 @@ def test_mirrored_strategy_matches_one_device():
 
 def fit_outcome(optimizer, jit_compile):
     """ "" if `fit` works under the four-replica MirroredStrategy, else the
-    exception's type."""
+    exception's type and message."""
     strategy = mirrored_strategy()
     with strategy.scope():
         net = training.model()
@@ -96,14 +96,14 @@ def fit_outcome(optimizer, jit_compile):
     try:
         net.fit(*training.data(), batch_size=training.BATCH, verbose=0)
     except Exception as error:  # noqa: BLE001 - compared below
-        return type(error).__name__
+        return f"{type(error).__name__}: {error}"
     return ""
 
 
 def test_lars_under_xla_and_mirrored_strategy_fares_as_sgd():
-    assert fit_outcome(training.optimizer, True) == fit_outcome(
-        lambda: keras.optimizers.SGD(0.1), True
-    )
+    lars = fit_outcome(training.optimizer, True)
+    sgd = fit_outcome(lambda: keras.optimizers.SGD(0.1), True)
+    assert lars.split(":")[0] == sgd.split(":")[0], (lars[-1000:], sgd[-1000:])
 
 
 @pytest.mark.xfail(
@@ -113,7 +113,10 @@ def test_lars_under_xla_and_mirrored_strategy_fares_as_sgd():
     "replicas, for every optimizer. When this passes, drop the limit from the README.",
 )
 def test_xla_with_multi_device_mirrored_strategy():
-    assert fit_outcome(training.optimizer, jit_compile=True) == ""
+    outcome = fit_outcome(training.optimizer, jit_compile=True)
+    if outcome and "Trying to access resource" not in outcome:  # not the xfail's bug
+        raise RuntimeError(f"fit failed, but not as keras #19005 does: {outcome[-2000:]}")
+    assert outcome == ""
 
 
 def run_workers(tmp_path, ports):
@@ -186,7 +189,10 @@ def test_fit_under_multi_worker_fares_as_with_sgd(workers):
 )
 def test_fit_under_multi_worker_mirrored_strategy(workers):
     (first, _), _ = workers
-    assert str(first["fit_error_lars"]) == ""
+    error = str(first["fit_error_lars"])
+    if error and "Attempt to convert a value (PerReplica" not in error:  # not the xfail's bug
+        raise RuntimeError(f"fit failed, but not as keras #20585 does: {error[-2000:]}")
+    assert error == ""
 
 
 @pytest.mark.xfail(
@@ -219,7 +225,8 @@ def test_batch_norm_statistics_agree_across_replicas():
 def test_checkpoint_keeps_dropout_random_state(tmp_path):
     net = keras.Sequential([keras.Input((3,)), keras.layers.Dropout(0.5), keras.layers.Dense(2)])
     (state,) = net.non_trainable_variables
-    assert state.path.endswith("seed_generator_state")
+    if not state.path.endswith("seed_generator_state"):  # the xfail would hide an assert
+        raise RuntimeError(f"Dropout's state is no longer a seed generator: {state.path}")
     path = tf.train.Checkpoint(model=net).save(str(tmp_path / "ckpt"))
     saved = [name for name, _ in tf.train.list_variables(path)]
     assert any("seed" in name for name in saved), saved
@@ -262,4 +269,6 @@ def test_a_second_mirrored_strategy_works():
         text=True,
         timeout=120,
     )
-    assert result.returncode == 0 and "FAILED" not in result.stdout, result.stdout
+    if result.returncode != 0 or "FAILED: False" in result.stdout:  # not the xfail's bug
+        raise RuntimeError(f"not tensorflow #62790's failure: {result.stdout}{result.stderr}")
+    assert "FAILED: True" not in result.stdout, result.stdout
