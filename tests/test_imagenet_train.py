@@ -1,7 +1,6 @@
 """The ImageNet recipes end to end on a generated ImageNet: every strategy,
 XLA, resume after SIGKILL, exact evaluation, accumulation, bad input."""
 
-import glob
 import json
 import os
 import signal
@@ -18,6 +17,18 @@ pytestmark = pytest.mark.skipif(
 )
 tf = pytest.importorskip("tensorflow")
 
+from imagenet_runs import CLASSES  # noqa: E402
+from imagenet_runs import LEARNS  # noqa: E402
+from imagenet_runs import ROOT  # noqa: E402
+from imagenet_runs import SMALL  # noqa: E402
+from imagenet_runs import VALIDATION_PER_CLASS  # noqa: E402
+from imagenet_runs import assert_arrays_close  # noqa: E402
+from imagenet_runs import command  # noqa: E402
+from imagenet_runs import environment  # noqa: E402
+from imagenet_runs import make_tfrecords  # noqa: E402
+from imagenet_runs import run  # noqa: E402
+from imagenet_runs import scalars  # noqa: E402
+
 import keras_lars  # noqa: E402
 from cluster import free_ports  # noqa: E402
 from cluster import tf_config  # noqa: E402
@@ -25,47 +36,16 @@ from recipes import imagenet_input  # noqa: E402
 from recipes import imagenet_job  # noqa: E402
 from recipes import models  # noqa: E402
 from recipes import strategies  # noqa: E402
-from recipes import train_config  # noqa: E402
 from recipes.train_loop import Trainer  # noqa: E402
-from tools import imagenet_to_tfrecords  # noqa: E402
-from tools import make_fake_imagenet  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLASSES, TRAIN_PER_CLASS, VALIDATION_PER_CLASS = 4, 16, 5
 # AlexNet at its smallest input, without dropout: the same numbers on one
 # device and on four replicas. A few steps of batch 8.
 ALEXNET = dict(model="alexnet", image_size=67, dropout=0.0, learning_rate=2.0)
-# A model that visibly learns the generated classes in a few steps.
-LEARNS = dict(
-    model="alexnet_bn",
-    alexnet_bn_variant="conv_bn_relu",
-    image_size=67,
-    dropout=0.0,
-    trust_coefficient=0.01,
-    learning_rate=0.5,
-)
-SMALL = dict(global_batch_size=8, warmup_epochs=0.25, eval_every_epochs=0, steps_per_loop=2)
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("imagenet")
-    make_fake_imagenet.make(
-        str(root), CLASSES, TRAIN_PER_CLASS, VALIDATION_PER_CLASS, size=(40, 56)
-    )
-    output = root / "tfrecords"
-    imagenet_to_tfrecords.convert(
-        str(root / "raw"),
-        str(output),
-        validation_labels=str(root / "raw" / "validation_labels.txt"),
-        train_shards=4,
-        validation_shards=2,
-    )
-    return output
-
-
-def run(**settings):
-    return imagenet_job.run(train_config.resolve(**settings))
+    return make_tfrecords(tmp_path_factory.mktemp("imagenet"))
 
 
 def checkpoint_weights(model_dir):
@@ -82,18 +62,6 @@ def checkpoint_weights(model_dir):
 def checkpoint_step(model_dir):
     reader = tf.train.load_checkpoint(os.path.join(model_dir, "checkpoints"))
     return int(reader.get_tensor("optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"))
-
-
-def scalars(model_dir, split="train"):
-    """{tag: [(step, value), ...]} from the TensorBoard event files."""
-    values = {}
-    for path in sorted(glob.glob(os.path.join(model_dir, split, "events.*"))):
-        for record in tf.data.TFRecordDataset(path):
-            event = tf.compat.v1.Event.FromString(record.numpy())
-            for value in event.summary.value:
-                number = float(tf.make_ndarray(value.tensor))
-                values.setdefault(value.tag, []).append((event.step, number))
-    return values
 
 
 def schedule_of(model_dir):
@@ -113,28 +81,6 @@ def assert_loss_falls(model_dir):
     """The last two loops' mean loss is well below the first loop's."""
     losses = [value for _, value in scalars(model_dir)["loss"]]
     assert np.all(np.isfinite(losses)) and np.mean(losses[-2:]) < 0.8 * losses[0], losses
-
-
-def assert_weights_close(a, b, rtol, atol):
-    assert a.keys() == b.keys() and a
-    for key in a:
-        np.testing.assert_allclose(a[key], b[key], rtol=rtol, atol=atol, err_msg=key)
-
-
-def command(model_dir, data_dir, *flags):
-    return [
-        sys.executable,
-        "-m",
-        "recipes.imagenet_train",
-        f"--model_dir={model_dir}",
-        f"--data_dir={data_dir}",
-        *flags,
-    ]
-
-
-def environment(**extra):
-    path = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
-    return {**os.environ, "PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
 
 
 # --- Each strategy trains ------------------------------------------------------
@@ -209,7 +155,7 @@ def test_mirrored_on_four_cpus_equals_one_device(data_dir, tmp_path):
     one = run(**settings, model_dir=str(tmp_path / "one"))
     four = run(**settings, model_dir=str(tmp_path / "four"), strategy="mirrored")
     assert "4 replica(s)" in four["strategy"] and "1 replica(s)" in one["strategy"]
-    assert_weights_close(
+    assert_arrays_close(
         checkpoint_weights(tmp_path / "four"),
         checkpoint_weights(tmp_path / "one"),
         rtol=1e-5,
@@ -264,7 +210,7 @@ def test_multi_worker_with_two_localhost_workers(data_dir, tmp_path):
     with open(tmp_path / "summary.json") as f:
         assert json.load(f)["eval_images"] == CLASSES * VALIDATION_PER_CLASS
     # Worker 1 saved its copy aside; both ended with the same weights.
-    assert_weights_close(
+    assert_arrays_close(
         checkpoint_weights(tmp_path / "workers" / "worker1"),
         checkpoint_weights(tmp_path),
         rtol=0,
@@ -321,7 +267,7 @@ def test_accumulation_equals_the_whole_batch_and_counts_updates(data_dir, tmp_pa
     settings = dict(ALEXNET, **SMALL, data_dir=str(data_dir), train_steps=4, deterministic=True)
     run(**settings, model_dir=str(tmp_path / "whole"))
     run(**settings, model_dir=str(tmp_path / "k4"), accumulation_steps=4)
-    assert_weights_close(
+    assert_arrays_close(
         checkpoint_weights(tmp_path / "k4"),
         checkpoint_weights(tmp_path / "whole"),
         rtol=1e-5,
@@ -354,23 +300,17 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(data_dir, tmp_path):
         "--eval_every_epochs=0",
         "--deterministic",
     ]
+    kwargs = dict(cwd=ROOT, env=environment(), text=True)
     whole = subprocess.run(
-        command(tmp_path / "whole", data_dir, *flags),
-        cwd=ROOT,
-        env=environment(),
-        capture_output=True,
-        text=True,
-        timeout=300,
+        command(tmp_path / "whole", data_dir, *flags), capture_output=True, timeout=300, **kwargs
     )
     assert whole.returncode == 0, whole.stderr[-3000:]
 
     killed = subprocess.Popen(
         command(tmp_path / "killed", data_dir, *flags),
-        cwd=ROOT,
-        env=environment(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        text=True,
+        **kwargs,
     )
     wait_for_checkpoint(tmp_path / "killed", killed)
     killed.send_signal(signal.SIGKILL)
@@ -380,16 +320,11 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(data_dir, tmp_path):
     assert 2 <= stopped_at < 14
 
     resumed = subprocess.run(
-        command(tmp_path / "killed", data_dir, *flags),
-        cwd=ROOT,
-        env=environment(),
-        capture_output=True,
-        text=True,
-        timeout=300,
+        command(tmp_path / "killed", data_dir, *flags), capture_output=True, timeout=300, **kwargs
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Resumed from step {stopped_at}" in resumed.stdout
-    assert_weights_close(
+    assert_arrays_close(
         checkpoint_weights(tmp_path / "killed"),
         checkpoint_weights(tmp_path / "whole"),
         rtol=1e-6,

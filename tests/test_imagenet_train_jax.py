@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import keras
@@ -19,46 +18,29 @@ pytestmark = pytest.mark.skipif(
 )
 tf = pytest.importorskip("tensorflow")  # the input pipeline's library
 
+import imagenet_runs  # noqa: E402
+from imagenet_runs import CLASSES  # noqa: E402
+from imagenet_runs import LEARNS  # noqa: E402
+from imagenet_runs import ROOT  # noqa: E402
+from imagenet_runs import SMALL  # noqa: E402
+from imagenet_runs import VALIDATION_PER_CLASS  # noqa: E402
+from imagenet_runs import assert_arrays_close  # noqa: E402
+from imagenet_runs import command  # noqa: E402
+from imagenet_runs import make_tfrecords  # noqa: E402
+from imagenet_runs import run  # noqa: E402
+from imagenet_runs import scalars  # noqa: E402
+
 from recipes import imagenet_input  # noqa: E402
 from recipes import imagenet_job  # noqa: E402
 from recipes import jax_runner  # noqa: E402
 from recipes import models  # noqa: E402
 from recipes import optimization  # noqa: E402
 from recipes import train_config  # noqa: E402
-from tools import imagenet_to_tfrecords  # noqa: E402
-from tools import make_fake_imagenet  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLASSES, TRAIN_PER_CLASS, VALIDATION_PER_CLASS = 4, 16, 5
-LEARNS = dict(
-    model="alexnet_bn",
-    alexnet_bn_variant="conv_bn_relu",
-    image_size=67,
-    dropout=0.0,
-    trust_coefficient=0.01,
-    learning_rate=0.5,
-)
-SMALL = dict(global_batch_size=8, warmup_epochs=0.25, eval_every_epochs=0, steps_per_loop=2)
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("imagenet")
-    make_fake_imagenet.make(
-        str(root), CLASSES, TRAIN_PER_CLASS, VALIDATION_PER_CLASS, size=(40, 56)
-    )
-    imagenet_to_tfrecords.convert(
-        str(root / "raw"),
-        str(root / "tfrecords"),
-        validation_labels=str(root / "raw" / "validation_labels.txt"),
-        train_shards=4,
-        validation_shards=2,
-    )
-    return root / "tfrecords"
-
-
-def run(**settings):
-    return imagenet_job.run(train_config.resolve(**settings))
+    return make_tfrecords(tmp_path_factory.mktemp("imagenet"))
 
 
 def checkpoint(model_dir):
@@ -67,24 +49,6 @@ def checkpoint(model_dir):
     path = max(paths, key=lambda p: int(p.rsplit("-", 1)[1][: -len(".npz")]))
     with np.load(path) as saved:
         return {key: saved[key] for key in saved.files}, int(path.rsplit("-", 1)[1][:-4])
-
-
-def scalars(model_dir, split="train"):
-    values = {}
-    for path in sorted(glob.glob(os.path.join(model_dir, split, "events.*"))):
-        for record in tf.data.TFRecordDataset(path):
-            event = tf.compat.v1.Event.FromString(record.numpy())
-            for value in event.summary.value:
-                values.setdefault(value.tag, []).append(
-                    (event.step, float(tf.make_ndarray(value.tensor)))
-                )
-    return values
-
-
-def assert_same_arrays(a, b, rtol, atol):
-    assert a.keys() == b.keys() and a
-    for key in a:
-        np.testing.assert_allclose(a[key], b[key], rtol=rtol, atol=atol, err_msg=key)
 
 
 def test_data_parallel_on_four_devices_equals_one_device(data_dir, tmp_path):
@@ -97,7 +61,7 @@ def test_data_parallel_on_four_devices_equals_one_device(data_dir, tmp_path):
     assert one["strategy"] == "one CPU device"
     (a, step_a), (b, step_b) = checkpoint(tmp_path / "four"), checkpoint(tmp_path / "one")
     assert step_a == step_b == 4
-    assert_same_arrays(a, b, rtol=1e-5, atol=1e-5)
+    assert_arrays_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_data_parallel_trains_logs_and_evaluates(data_dir, tmp_path):
@@ -143,24 +107,9 @@ def test_accumulation_equals_the_whole_batch_and_counts_updates(data_dir, tmp_pa
 
 
 def environment():
-    path = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
-    return {
-        **os.environ,
-        "PYTHONPATH": path,
-        "KERAS_BACKEND": "jax",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-    }
-
-
-def command(model_dir, data_dir, *flags):
-    return [
-        sys.executable,
-        "-m",
-        "recipes.imagenet_train",
-        f"--model_dir={model_dir}",
-        f"--data_dir={data_dir}",
-        *flags,
-    ]
+    return imagenet_runs.environment(
+        KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=4"
+    )
 
 
 def test_resume_after_sigkill_equals_an_uninterrupted_run(data_dir, tmp_path):
@@ -203,7 +152,7 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(data_dir, tmp_path):
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Resumed from step {stopped_at}" in resumed.stdout
-    assert_same_arrays(
+    assert_arrays_close(
         checkpoint(tmp_path / "killed")[0], checkpoint(tmp_path / "whole")[0], 1e-6, 1e-7
     )
 
