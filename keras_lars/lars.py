@@ -326,22 +326,8 @@ class LARS(keras.optimizers.Optimizer):
         compute = "float64" if dtype == "float64" else "float32"
         weights = ops.cast(variable, compute)
         gradient = ops.cast(gradient, compute)
-        if decay:
-            decayed_gradient = gradient + decay * weights
-        else:
-            decayed_gradient = gradient
-        local_rate, trust_ratio = self._local_rate(
-            index,
-            lambda: _norm(weights),
-            lambda: _norm(
-                gradient if self.trust_ratio_denominator == SUM_OF_NORMS else decayed_gradient
-            ),
-            decay,
-            ops.cast(learning_rate, compute),
-        )
-        if self._trust_ratios:
-            self.assign(self._trust_ratios[index], ops.cast(trust_ratio, "float32"))
-        step = local_rate * decayed_gradient
+        learning_rate = ops.cast(learning_rate, compute)
+        step = self._local_step(index, weights, gradient, decay, learning_rate, _norm)
         if not self.momentums:
             self.assign(variable, ops.cast(weights - step, dtype))
             return
@@ -351,6 +337,25 @@ class LARS(keras.optimizers.Optimizer):
         if self.nesterov:
             new_velocity = self.momentum * new_velocity + step
         self.assign(variable, ops.cast(weights - new_velocity, dtype))
+
+    def _local_step(self, index, weights, gradient, decay, learning_rate, norm):
+        """The step `γ·λ·g̃` of one variable (the class docstring's rule; `γ`
+        alone for a variable not adapted, `min(λ, γ)` with LARC's clip),
+        `norm` taking ‖·‖ (each path brings its fastest exact one). Records
+        `λ` when tracked."""
+        decayed_gradient = gradient + decay * weights if decay else gradient
+        local_rate, trust_ratio = self._local_rate(
+            index,
+            lambda: norm(weights),
+            lambda: norm(
+                gradient if self.trust_ratio_denominator == SUM_OF_NORMS else decayed_gradient
+            ),
+            decay,
+            learning_rate,
+        )
+        if self._trust_ratios:
+            self.assign(self._trust_ratios[index], ops.cast(trust_ratio, "float32"))
+        return local_rate * decayed_gradient
 
     def _local_rate(self, index, weight_norm, gradient_norm, decay, learning_rate):
         """(the rate this variable moves with, its `λ`). `weight_norm` and
@@ -389,22 +394,7 @@ class LARS(keras.optimizers.Optimizer):
         import tensorflow as tf
 
         learning_rate = tf.cast(learning_rate, tf.float32)
-        if decay:
-            decayed_gradient = gradient + decay * variable
-        else:
-            decayed_gradient = gradient
-        local_rate, trust_ratio = self._local_rate(
-            index,
-            lambda: _l2_norm(variable),
-            lambda: _l2_norm(
-                gradient if self.trust_ratio_denominator == SUM_OF_NORMS else decayed_gradient
-            ),
-            decay,
-            learning_rate,
-        )
-        if self._trust_ratios:
-            self.assign(self._trust_ratios[index], trust_ratio)
-        step = local_rate * decayed_gradient
+        step = self._local_step(index, variable, gradient, decay, learning_rate, _l2_norm)
         if not self.momentums:
             variable.assign_sub(step)
             return
