@@ -344,27 +344,23 @@ class LARS(keras.optimizers.Optimizer):
         `norm` taking ‖·‖ (each path brings its fastest exact one). Records
         `λ` when tracked."""
         decayed_gradient = gradient + decay * weights if decay else gradient
-        local_rate, trust_ratio = self._local_rate(
-            index,
-            lambda: norm(weights),
-            lambda: norm(
-                gradient if self.trust_ratio_denominator == SUM_OF_NORMS else decayed_gradient
-            ),
-            decay,
-            learning_rate,
-        )
+        if index in self._adapted_indices:
+            sum_of_norms = self.trust_ratio_denominator == SUM_OF_NORMS
+            gradient_norm = norm(gradient if sum_of_norms else decayed_gradient)
+            local_rate, trust_ratio = self._local_rate(
+                norm(weights), gradient_norm, decay, learning_rate
+            )
+        else:
+            local_rate, trust_ratio = learning_rate, 1.0
         if self._trust_ratios:
             self.assign(self._trust_ratios[index], ops.cast(trust_ratio, "float32"))
         return local_rate * decayed_gradient
 
-    def _local_rate(self, index, weight_norm, gradient_norm, decay, learning_rate):
-        """(the rate this variable moves with, its `λ`). `weight_norm` and
-        `gradient_norm` are callables giving ‖w‖ and the denominator's
-        gradient norm (‖g‖, or ‖g + βw‖ for "norm_of_sum"); they are only
-        called for adapted variables."""
-        if index not in self._adapted_indices:
-            return learning_rate, 1.0
-        trust_ratio, usable = self._trust_ratio(weight_norm(), gradient_norm(), decay)
+    def _local_rate(self, weight_norm, gradient_norm, decay, learning_rate):
+        """(the rate an adapted variable moves with, its `λ`), from ‖w‖ and the
+        denominator's gradient norm (‖g‖, or ‖g + βw‖ for "norm_of_sum"). The
+        arguments may be scalars, or vectors with one entry per variable."""
+        trust_ratio, usable = self._trust_ratio(weight_norm, gradient_norm, decay)
         if self.larc_clip:
             return ops.where(usable, ops.minimum(trust_ratio, learning_rate), learning_rate), (
                 trust_ratio
@@ -434,6 +430,7 @@ class LARS(keras.optimizers.Optimizer):
             grads = list(grads)
             decayed = [k for k, i in enumerate(indices) if i in self._decayed_indices]
             adapted = [k for k, i in enumerate(indices) if i in self._adapted_indices]
+            is_decayed = set(decayed)
             learning_rate = ops.cast(learning_rate, "float32")
             rates = [learning_rate] * len(variables)
             device = weights[0].device if weights else None
@@ -443,16 +440,15 @@ class LARS(keras.optimizers.Optimizer):
                     norm_of = [grads[k] for k in adapted]
                 else:  # ‖g + βw‖: the one case that needs g + βw whole
                     norm_of = [
-                        grads[k] + self.weight_decay * weights[k] if k in decayed else grads[k]
+                        grads[k] + self.weight_decay * weights[k] if k in is_decayed else grads[k]
                         for k in adapted
                     ]
                 decay = torch.tensor(
-                    [self.weight_decay if k in decayed else 0.0 for k in adapted], device=device
+                    [self.weight_decay if k in is_decayed else 0.0 for k in adapted], device=device
                 )
                 adapted_rates, ratios = self._local_rate(
-                    indices[adapted[0]],  # an adapted variable: the norms are used
-                    lambda: torch.stack(torch._foreach_norm([weights[k] for k in adapted])),
-                    lambda: torch.stack(torch._foreach_norm(norm_of)),
+                    torch.stack(torch._foreach_norm([weights[k] for k in adapted])),
+                    torch.stack(torch._foreach_norm(norm_of)),
                     decay,
                     learning_rate,
                 )
@@ -463,10 +459,16 @@ class LARS(keras.optimizers.Optimizer):
                     [self._trust_ratios[i].value for i in indices],
                     [r.to(torch.float32) for r in trust_ratios],
                 )
-            decay_rates = [rates[k] * self.weight_decay for k in decayed]
+            # Scalar arithmetic on vectors, then one 0-d view per variable: a
+            # few kernels, not one per variable.
+            negative_rates = (-torch.stack(rates)).unbind()
+            decay_rates = keep_rates = ()
+            if decayed:
+                decay_vector = torch.stack([rates[k] for k in decayed]) * self.weight_decay
+                decay_rates, keep_rates = decay_vector.unbind(), (1 - decay_vector).unbind()
             if not self.momentums:
-                torch._foreach_mul_([weights[k] for k in decayed], [1 - r for r in decay_rates])
-                torch._foreach_addcmul_(weights, grads, [-r for r in rates])
+                torch._foreach_mul_([weights[k] for k in decayed], keep_rates)
+                torch._foreach_addcmul_(weights, grads, negative_rates)
                 return
             velocities = [self.momentums[i].value for i in indices]
             torch._foreach_mul_(velocities, self.momentum)
@@ -476,9 +478,9 @@ class LARS(keras.optimizers.Optimizer):
                     [velocities[k] for k in decayed], [weights[k] for k in decayed], decay_rates
                 )
             if self.nesterov:
-                torch._foreach_mul_([weights[k] for k in decayed], [1 - r for r in decay_rates])
+                torch._foreach_mul_([weights[k] for k in decayed], keep_rates)
                 torch._foreach_add_(weights, velocities, alpha=-self.momentum)
-                torch._foreach_addcmul_(weights, grads, [-r for r in rates])
+                torch._foreach_addcmul_(weights, grads, negative_rates)
             else:
                 torch._foreach_sub_(weights, velocities)
 
