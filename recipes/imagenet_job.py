@@ -75,8 +75,7 @@ def run(config):
         return _train(config, plan, runner, train_source, eval_source)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
-        if hasattr(runner, "close"):
-            runner.close()
+        runner.close()
 
 
 def _runner(config):

@@ -45,7 +45,7 @@ class Runner:
         with self.strategy.scope():
             self.model = models.build_for(config, plan.num_classes)
             self.optimizer, self.lars = optimization.optimizer(config, plan)
-            self.optimizer.build(self.model.trainable_variables)  # before a restore
+            # Trainer builds the optimizer: its slots exist before a restore.
             self.trainer = Trainer(
                 self.strategy,
                 self.model,
@@ -77,7 +77,6 @@ class Runner:
         if not latest:
             return 0
         self.checkpoint.restore(latest).assert_existing_objects_matched()
-        self.latest = latest
         # The checkpoint's number is its step. (Under float16 the optimizer's
         # `iterations` is the inner LARS's, which skips overflowed steps.)
         return int(latest.rsplit("-", 1)[1])
@@ -143,6 +142,9 @@ class Runner:
 
     def latest_checkpoint(self):
         return self.manager.latest_checkpoint
+
+    def close(self):
+        """Nothing to undo (jax_runner's restores the global distribution)."""
 
     def _checkpoint_dir(self):
         """model_dir/checkpoints; other workers save their copy aside, since
