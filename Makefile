@@ -12,10 +12,10 @@ $(PYTHON):
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install -q --upgrade pip
 
-# The study needs TensorFlow (CPU) and the study extra, nothing more.
+# The study needs TensorFlow (CPU) and the recipes extra, nothing more.
 install-study: $(VENV)/.study
 $(VENV)/.study: setup.py constraints.txt | $(PYTHON)
-	$(PIP) -e '.[tensorflow-cpu,study]'
+	$(PIP) -e '.[tensorflow-cpu,recipes]'
 	touch $@
 
 # The tests need every backend. torch is pinned first: this machine keeps a
@@ -26,7 +26,7 @@ $(VENV)/.study: setup.py constraints.txt | $(PYTHON)
 install: $(VENV)/.installed
 $(VENV)/.installed: setup.py constraints.txt | $(PYTHON)
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[tensorflow-cpu,jax,torch,study,tfds,test]'
+	$(PIP) -e '.[tensorflow-cpu,jax,torch,recipes,tfds,test]'
 	touch $@
 
 # Re-pin constraints.txt to the newest releases setup.py allows (then run make test).
@@ -34,7 +34,7 @@ constraints:
 	rm -rf .venv-pin
 	python3 -m venv .venv-pin
 	.venv-pin/bin/pip install -q torch==2.13.0
-	.venv-pin/bin/pip install -q -e '.[tensorflow-cpu,jax,torch,study,tfds,test]'
+	.venv-pin/bin/pip install -q -e '.[tensorflow-cpu,jax,torch,recipes,tfds,test]'
 	{ head -2 constraints.txt; .venv-pin/bin/pip freeze | grep -v "keras_lars\|^#\|^-e" \
 	  | sed -E 's/\+[[:alnum:].]+$$//' | sort -f; } > constraints.new
 	mv constraints.new constraints.txt

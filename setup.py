@@ -22,14 +22,21 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11",
     # The recipes and the ImageNet tools ship too, so that a TPU VM or a cluster
-    # job can run them from an installed wheel.
-    packages=find_packages(include=["keras_lars", "keras_lars.*", "recipes*", "tools*"]),
+    # job can run them from an installed wheel, under names of this
+    # distribution's own: recipes/ as keras_lars_recipes, tools/ as
+    # keras_lars_tools (recipes/scripts.py relies on the parallel names).
+    packages=[
+        "keras_lars",
+        *(p.replace("recipes", "keras_lars_recipes", 1) for p in find_packages(include=["recipes*"])),
+        "keras_lars_tools",
+    ],
+    package_dir={"keras_lars_recipes": "recipes", "keras_lars_tools": "tools"},
     entry_points={
         "console_scripts": [
-            "keras-lars-train = recipes.imagenet_train:run",
-            "keras-lars-study = recipes.large_batch_study:run",
-            "keras-lars-imagenet-to-tfrecords = tools.imagenet_to_tfrecords:run",
-            "keras-lars-make-fake-imagenet = tools.make_fake_imagenet:run",
+            "keras-lars-train = keras_lars_recipes.scripts:train",
+            "keras-lars-study = keras_lars_recipes.scripts:study",
+            "keras-lars-imagenet-to-tfrecords = keras_lars_recipes.scripts:imagenet_to_tfrecords",
+            "keras-lars-make-fake-imagenet = keras_lars_recipes.scripts:make_fake_imagenet",
         ]
     },
     install_requires=["keras>=3.13", "numpy"],
@@ -39,9 +46,10 @@ setup(
         "tensorflow-cpu": ["tensorflow-cpu>=2.21"],
         "jax": ["jax>=0.4.30"],
         "torch": ["torch>=2.1"],
-        # The large-batch study, the recipes and the ImageNet tools (scipy reads
-        # the ImageNet devkit's meta.mat).
-        "study": ["absl-py", "matplotlib", "tqdm", "pillow", "tensorboard", "scipy"],
+        # What the recipes (the ImageNet recipe, the study) and the ImageNet
+        # tools need besides a backend; recipes/scripts.py lists the same. scipy
+        # reads the ImageNet devkit's meta.mat.
+        "recipes": ["absl-py", "matplotlib", "pillow", "scipy", "tensorboard", "tqdm"],
         # --tfds_data_dir: ImageNet prepared by tensorflow-datasets.
         "tfds": ["tensorflow-datasets>=4.9"],
         "test": ["pytest", "optax>=0.2", "ruff", "build"],

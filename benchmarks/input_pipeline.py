@@ -3,7 +3,7 @@ r"""Input-pipeline throughput: the training pipeline against decode-and-resize.
 Generates an ImageNet-format data set (ImageNet-sized JPEGs, 375x500), converts
 it with tools/imagenet_to_tfrecords.py, then measures images per second per
 core for (a) a baseline that only decodes and resizes to 224, and (b)
-`recipes.imagenet_input.build_dataset(training=True)` (random crop decoded from
+`recipes.input_pipeline.build_dataset(training=True)` (random crop decoded from
 the JPEG, flip, resize, normalise, batch). Both run in the same process, one
 after the other, several rounds each; the ratio is what to compare across
 machines.
@@ -20,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
-from recipes import imagenet_input  # noqa: E402
+from recipes.imagenet import input_pipeline  # noqa: E402
 from tools import imagenet_to_tfrecords  # noqa: E402
 from tools import make_fake_imagenet  # noqa: E402
 
@@ -33,9 +33,9 @@ def baseline(files):
     """Decode and resize only: the floor any ImageNet pipeline pays."""
 
     def decode(serialized):
-        image_bytes, label = imagenet_input.parse(serialized)
+        image_bytes, label = input_pipeline.parse(serialized)
         image = tf.image.resize(
-            tf.io.decode_jpeg(image_bytes, channels=3), [imagenet_input.IMAGE_SIZE] * 2
+            tf.io.decode_jpeg(image_bytes, channels=3), [input_pipeline.IMAGE_SIZE] * 2
         )
         return image, label
 
@@ -48,7 +48,7 @@ def baseline(files):
 
 
 def training(files_pattern):
-    return imagenet_input.build_dataset(
+    return input_pipeline.build_dataset(
         files_pattern, training=True, global_batch_size=BATCH, repeat=False, drop_remainder=False
     )
 
@@ -79,7 +79,7 @@ def main():
             splits=("train",),
         )
         pattern = os.path.join(out, "train-*")
-        files = imagenet_input.list_files(pattern)
+        files = input_pipeline.list_files(pattern)
         images_per_second(baseline(files))  # warm the page cache and tf.data
         base, train = [], []
         for _ in range(args.rounds):

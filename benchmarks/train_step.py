@@ -9,7 +9,7 @@ so the goal is LARS / SGD <= 1.05. No input pipeline is measured:
 
 - TensorFlow: `recipes.train_loop.Trainer`, synthetic images made inside the
   step;
-- JAX: what `recipes/jax_runner.py` runs, `model.fit` (jit-compiled) with
+- JAX: what `recipes/imagenet/jax_runner.py` runs, `model.fit` (jit-compiled) with
   `steps_per_execution` = `--steps`, on one random batch fed again and again.
 
     python -m benchmarks.train_step [--batch_size=16] [--image_size=224] [--rounds=5]
@@ -27,7 +27,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_lars  # noqa: E402
-from recipes import models  # noqa: E402
+from recipes.imagenet import models  # noqa: E402
 
 CLASSES = 1000
 
@@ -36,7 +36,7 @@ def tensorflow_steps(optimizer, batch_size, image_size):
     """A callable running n training steps of the recipes' TensorFlow loop."""
     import tensorflow as tf
 
-    from recipes.train_loop import Trainer
+    from recipes.imagenet.train_loop import Trainer
 
     keras.utils.set_random_seed(0)
     trainer = Trainer(
@@ -52,7 +52,7 @@ def tensorflow_steps(optimizer, batch_size, image_size):
 
 def jax_steps(optimizer, batch_size, image_size, steps_per_execution):
     """A callable running n (a multiple of `steps_per_execution`) steps of
-    `model.fit`, as recipes/jax_runner.py does."""
+    `model.fit`, as recipes/imagenet/jax_runner.py does."""
     keras.utils.set_random_seed(0)
     model = models.build("resnet50", CLASSES, image_size)
     model.compile(

@@ -1,42 +1,63 @@
-"""The recipes' optimizer: keras_lars.LARS on a PolynomialWarmup schedule,
-built the same way on every backend."""
+"""LARS on its warm-up and polynomial-decay schedule, built from settings the
+same way for the ImageNet recipe and the study, on every backend."""
 
 import keras
 
 import keras_lars
 
+# Which variables are not adapted, besides the default (biases and
+# normalisation variables): none (adapt everything, as the authors' NVCaffe
+# did), or all (λ = 1 throughout: momentum SGD with LARS's coupled decay).
+ADAPT_ALL = ()
+ADAPT_NONE = (".*",)
 
-def schedule(config, plan):
-    """Linear warm-up from 0, then poly(2) decay over the rest plus one step,
-    as MLPerf does."""
+
+def schedule(peak_rate, *, train_steps, warmup_steps, end_learning_rate=0.0):
+    """Linear warm-up from 0 to `peak_rate`, then poly(2) decay to
+    `end_learning_rate` over the remaining steps plus one: MLPerf's
+    reference decays over `train_steps − warmup_steps + 1`, so that its
+    last update still moves."""
     return keras_lars.PolynomialWarmup(
-        config.learning_rate,
-        decay_steps=plan.train_steps - plan.warmup_steps + 1,
-        warmup_steps=plan.warmup_steps,
-        end_learning_rate=config.end_learning_rate,
+        peak_rate,
+        decay_steps=train_steps - warmup_steps + 1,
+        warmup_steps=warmup_steps,
+        end_learning_rate=end_learning_rate,
     )
 
 
-def optimizer(config, plan, gradient_accumulation_steps=None):
-    """(the optimizer to train with, the LARS inside it): a
-    LossScaleOptimizer around LARS for float16, else LARS itself."""
-    lars = keras_lars.LARS(
-        schedule(config, plan),
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-        trust_coefficient=config.trust_coefficient,
-        track_trust_ratios=True,
-        # adapt_biases: biases and normalisation variables still skip the decay.
-        adaptation_exclude_patterns=()
-        if config.adapt_biases
-        else keras_lars.DEFAULT_EXCLUDE_PATTERNS,
+def lars(
+    peak_rate,
+    *,
+    train_steps,
+    warmup_steps,
+    end_learning_rate=0.0,
+    momentum,
+    weight_decay,
+    trust_coefficient,
+    adaptation_exclude_patterns=keras_lars.DEFAULT_EXCLUDE_PATTERNS,
+    track_trust_ratios=False,
+    gradient_accumulation_steps=None,
+):
+    """`keras_lars.LARS` on `schedule(...)`. Biases and normalisation
+    variables are never decayed; `adaptation_exclude_patterns` says which
+    variables are not adapted (by default those too; `ADAPT_ALL`,
+    `ADAPT_NONE`)."""
+    return keras_lars.LARS(
+        schedule(
+            peak_rate,
+            train_steps=train_steps,
+            warmup_steps=warmup_steps,
+            end_learning_rate=end_learning_rate,
+        ),
+        momentum=momentum,
+        weight_decay=weight_decay,
+        trust_coefficient=trust_coefficient,
+        adaptation_exclude_patterns=adaptation_exclude_patterns,
+        track_trust_ratios=track_trust_ratios,
         gradient_accumulation_steps=gradient_accumulation_steps,
     )
-    if config.dtype == "float16":
-        return keras.optimizers.LossScaleOptimizer(lars), lars
-    return lars, lars
 
 
-def learning_rate(lars):
+def learning_rate(optimizer):
     """The rate the schedule gives at the optimizer's current update."""
-    return float(keras.ops.convert_to_numpy(lars.learning_rate))
+    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))

@@ -1,5 +1,5 @@
 """Test set-up shared by every file: logical CPUs (TensorFlow) or host
-devices (JAX) for distribution tests."""
+devices (JAX) for distribution tests, and the recipes' shared fixtures."""
 
 import os
 
@@ -9,6 +9,7 @@ if os.environ.get("KERAS_BACKEND") == "jax":
     os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 
 import keras  # noqa: E402
+import pytest  # noqa: E402
 
 # Four logical CPUs stand in for four accelerators (MirroredStrategy tests).
 # This must happen before TensorFlow initialises its devices.
@@ -19,3 +20,22 @@ if keras.backend.backend() == "tensorflow":
         tf.config.list_physical_devices("CPU")[0],
         [tf.config.LogicalDeviceConfiguration()] * 4,
     )
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """A generated ImageNet in TFRecords (tests/imagenet_runs.py), once a file."""
+    from imagenet_runs import make_tfrecords
+
+    return make_tfrecords(tmp_path_factory.mktemp("imagenet"))
+
+
+@pytest.fixture
+def no_rescan(monkeypatch):
+    """Fails the test if the input pipeline starts looking for a bad file."""
+    from recipes.imagenet import input_pipeline
+
+    def rescan(*args, **kwargs):
+        raise AssertionError("this error must not start a rescan of the files")
+
+    monkeypatch.setattr(input_pipeline, "find_first_bad_file", rescan)

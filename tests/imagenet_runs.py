@@ -3,17 +3,17 @@ ImageNet in TFRecords, small run settings, and ways to start and read runs."""
 
 import glob
 import os
-import sys
 
 import numpy as np
 import tensorflow as tf
 
-from recipes import imagenet_job
-from recipes import train_config
+from commands import environment
+from commands import module
+from recipes.imagenet import config as config_lib
+from recipes.imagenet import job
 from tools import imagenet_to_tfrecords
 from tools import make_fake_imagenet
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES, TRAIN_PER_CLASS, VALIDATION_PER_CLASS = 4, 16, 5
 # A model that visibly learns the generated classes in a few steps.
 LEARNS = dict(
@@ -24,6 +24,9 @@ LEARNS = dict(
     trust_coefficient=0.01,
     learning_rate=0.5,
 )
+# AlexNet at its smallest input, without dropout or batch norm: the same
+# numbers on one device and on several replicas.
+ALEXNET = dict(model="alexnet", image_size=67, dropout=0.0, learning_rate=2.0)
 SMALL = dict(global_batch_size=8, warmup_epochs=0.25, eval_every_epochs=0, steps_per_loop=2)
 
 
@@ -43,8 +46,23 @@ def make_tfrecords(root):
     return output
 
 
+def write_records(path, labels, rng, size=(40, 56)):
+    """A TFRecord file of random JPEGs with the converter's schema."""
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for label in labels:
+            image = rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)
+            feature = {
+                "image/encoded": tf.train.Feature(
+                    bytes_list=tf.train.BytesList(value=[tf.io.encode_jpeg(image).numpy()])
+                ),
+                "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+            }
+            example = tf.train.Example(features=tf.train.Features(feature=feature))
+            writer.write(example.SerializeToString())
+
+
 def run(**settings):
-    return imagenet_job.run(train_config.resolve(**settings))
+    return job.run(config_lib.resolve(**settings))
 
 
 def scalars(model_dir, split="train"):
@@ -59,6 +77,16 @@ def scalars(model_dir, split="train"):
     return values
 
 
+def losses(model_dir):
+    return [value for _, value in scalars(model_dir)["loss"]]
+
+
+def assert_loss_falls(model_dir):
+    """The last two loops' mean loss is well below the first loop's."""
+    values = losses(model_dir)
+    assert np.all(np.isfinite(values)) and np.mean(values[-2:]) < 0.8 * values[0], values
+
+
 def assert_arrays_close(a, b, rtol, atol):
     """Two {name: array} dicts with the same, non-empty, keys and close values."""
     assert a.keys() == b.keys() and a
@@ -66,18 +94,14 @@ def assert_arrays_close(a, b, rtol, atol):
         np.testing.assert_allclose(a[key], b[key], rtol=rtol, atol=atol, err_msg=key)
 
 
-def command(model_dir, data_dir, *flags):
-    return [
-        sys.executable,
-        "-m",
-        "recipes.imagenet_train",
-        f"--model_dir={model_dir}",
-        f"--data_dir={data_dir}",
-        *flags,
-    ]
+def train_command(model_dir, data_dir, *flags):
+    return module(
+        "recipes.imagenet_train", f"--model_dir={model_dir}", f"--data_dir={data_dir}", *flags
+    )
 
 
-def environment(**extra):
-    """This environment for a recipe subprocess, the checkout first on its path."""
-    path = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
-    return {**os.environ, "PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
+def jax_environment(**extra):
+    """A recipe subprocess on JAX with four forced host devices."""
+    return environment(
+        KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=4", **extra
+    )

@@ -4,7 +4,7 @@ import pathlib
 import re
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-LISTED_DIRS = ("keras_lars", "recipes", "tools", "tests", "benchmarks")
+LISTED_DIRS = ("keras_lars", "recipes", "tools", "tests", "benchmarks", "bazel")
 
 
 def test_every_python_file_is_in_build():
@@ -20,8 +20,13 @@ def test_every_python_file_is_in_build():
 
 
 def test_every_command_line_module_is_a_binary():
+    """Run as its main file, or by module name through bazel/run_module.py."""
     build = (ROOT / "BUILD").read_text()
     mains = set(re.findall(r'main = "([\w/.-]+\.py)"', build))
+    mains |= {
+        module.replace(".", "/") + ".py"
+        for module in re.findall(r'\("\w+", "((?:recipes|tools)\.[\w.]+)"\)', build)
+    }
     scripts = {
         str(path.relative_to(ROOT))
         for directory in LISTED_DIRS

@@ -6,8 +6,6 @@ import glob
 import json
 import os
 import signal
-import subprocess
-import time
 
 import keras
 import numpy as np
@@ -18,29 +16,25 @@ pytestmark = pytest.mark.skipif(
 )
 tf = pytest.importorskip("tensorflow")  # the input pipeline's library
 
-import imagenet_runs  # noqa: E402
+import commands  # noqa: E402
+import reference  # noqa: E402
+from imagenet_runs import ALEXNET  # noqa: E402
 from imagenet_runs import CLASSES  # noqa: E402
 from imagenet_runs import LEARNS  # noqa: E402
-from imagenet_runs import ROOT  # noqa: E402
 from imagenet_runs import SMALL  # noqa: E402
 from imagenet_runs import VALIDATION_PER_CLASS  # noqa: E402
 from imagenet_runs import assert_arrays_close  # noqa: E402
-from imagenet_runs import command  # noqa: E402
-from imagenet_runs import make_tfrecords  # noqa: E402
+from imagenet_runs import jax_environment  # noqa: E402
+from imagenet_runs import losses  # noqa: E402
 from imagenet_runs import run  # noqa: E402
 from imagenet_runs import scalars  # noqa: E402
-
-from recipes import imagenet_input  # noqa: E402
-from recipes import imagenet_job  # noqa: E402
-from recipes import jax_runner  # noqa: E402
-from recipes import models  # noqa: E402
-from recipes import optimization  # noqa: E402
-from recipes import train_config  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return make_tfrecords(tmp_path_factory.mktemp("imagenet"))
+from imagenet_runs import train_command  # noqa: E402
+from imagenet_runs import write_records  # noqa: E402
+from recipes.imagenet import config as config_lib  # noqa: E402
+from recipes.imagenet import input_pipeline  # noqa: E402
+from recipes.imagenet import job  # noqa: E402
+from recipes.imagenet import models  # noqa: E402
+from recipes.imagenet.jax_runner import JaxRunner  # noqa: E402
 
 
 def checkpoint(model_dir):
@@ -74,8 +68,8 @@ def test_data_parallel_trains_logs_and_evaluates(data_dir, tmp_path):
         train_steps=16,
         deterministic=True,
     )
-    losses = [value for _, value in scalars(tmp_path)["loss"]]
-    assert len(losses) == 8 and np.mean(losses[-2:]) < 0.8 * losses[0], losses
+    values = losses(tmp_path)
+    assert len(values) == 8 and np.mean(values[-2:]) < 0.8 * values[0], values
     logged = scalars(tmp_path)
     assert {"top1", "top5", "learning_rate", "images_per_second"} <= logged.keys()
     assert len([tag for tag in logged if tag.startswith("trust_ratio/")]) == 4
@@ -84,8 +78,7 @@ def test_data_parallel_trains_logs_and_evaluates(data_dir, tmp_path):
 
 
 def test_accumulation_equals_the_whole_batch_and_counts_updates(data_dir, tmp_path):
-    alexnet = dict(model="alexnet", image_size=67, dropout=0.0, learning_rate=2.0)
-    settings = dict(alexnet, **SMALL, data_dir=str(data_dir), train_steps=4, deterministic=True)
+    settings = dict(ALEXNET, **SMALL, data_dir=str(data_dir), train_steps=4, deterministic=True)
     run(**settings, model_dir=str(tmp_path / "whole"), strategy="data_parallel")
     run(**settings, model_dir=str(tmp_path / "k2"), strategy="data_parallel", accumulation_steps=2)
     whole, _ = checkpoint(tmp_path / "whole")
@@ -97,22 +90,21 @@ def test_accumulation_equals_the_whole_batch_and_counts_updates(data_dir, tmp_pa
         np.testing.assert_allclose(accumulated[f"v{i}"], whole[f"v{i}"], rtol=1e-5, atol=1e-5)
     with open(tmp_path / "k2" / "config.json") as f:
         plan = json.load(f)["plan"]
-    schedule = optimization.schedule(
-        train_config.resolve(**settings, model_dir="/unused"), imagenet_job.Plan(**plan)
-    )
     logged = scalars(tmp_path / "k2")["learning_rate"]
     assert [step for step, _ in logged] == [2, 4]  # updates, not micro-batches
     for update, rate in logged:
-        assert rate == pytest.approx(float(schedule(update)), rel=1e-6)
-
-
-def environment():
-    return imagenet_runs.environment(
-        KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=4"
-    )
+        # The MLPerf schedule from the formula (tests/reference.py).
+        expected = reference.polynomial_warmup(
+            update,
+            peak=ALEXNET["learning_rate"],
+            decay_steps=plan["train_steps"] - plan["warmup_steps"] + 1,
+            warmup_steps=plan["warmup_steps"],
+        )
+        assert rate == pytest.approx(expected, rel=1e-6)
 
 
 def test_resume_after_sigkill_equals_an_uninterrupted_run(data_dir, tmp_path):
+    """The run SIGKILLs itself right after saving step 6 (recipes/faults.py)."""
     flags = [
         "--strategy=data_parallel",
         "--model=alexnet_bn",  # batch norm and dropout: both must resume exactly
@@ -124,34 +116,22 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(data_dir, tmp_path):
         "--eval_every_epochs=0",
         "--deterministic",
     ]
-    kwargs = dict(cwd=ROOT, env=environment(), text=True)
-    whole = subprocess.run(
-        command(tmp_path / "whole", data_dir, *flags), capture_output=True, timeout=300, **kwargs
+    code, output = commands.run(
+        train_command(tmp_path / "whole", data_dir, *flags),
+        tmp_path / "whole.log",
+        env=jax_environment(),
     )
-    assert whole.returncode == 0, whole.stderr[-3000:]
+    assert code == 0, output[-3000:]
+    killed = train_command(tmp_path / "killed", data_dir, *flags)
+    code, output = commands.run(
+        killed, tmp_path / "killed.log", env=jax_environment(**{commands.KILL_AFTER: "6"})
+    )
+    assert code == -signal.SIGKILL, output[-3000:]
+    assert checkpoint(tmp_path / "killed")[1] == 6
 
-    killed = subprocess.Popen(
-        command(tmp_path / "killed", data_dir, *flags),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        **kwargs,
-    )
-    deadline = time.time() + 240
-    while not glob.glob(str(tmp_path / "killed" / "checkpoints" / "ckpt-*.npz")):
-        assert killed.poll() is None, killed.communicate()[0][-3000:]
-        assert time.time() < deadline, "no checkpoint"
-        time.sleep(0.01)
-    killed.send_signal(signal.SIGKILL)
-    killed.communicate(timeout=60)
-    assert killed.returncode == -signal.SIGKILL
-    _, stopped_at = checkpoint(tmp_path / "killed")
-    assert 2 <= stopped_at < 12
-
-    resumed = subprocess.run(
-        command(tmp_path / "killed", data_dir, *flags), capture_output=True, timeout=300, **kwargs
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"Resumed from step {stopped_at}" in resumed.stdout
+    code, output = commands.run(killed, tmp_path / "resumed.log", env=jax_environment())
+    assert code == 0, output[-3000:]
+    assert "Resumed from step 6" in output
     assert_arrays_close(
         checkpoint(tmp_path / "killed")[0], checkpoint(tmp_path / "whole")[0], 1e-6, 1e-7
     )
@@ -159,26 +139,12 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(data_dir, tmp_path):
 
 def test_non_finite_loss_stops_without_saving_it(data_dir, tmp_path):
     settings = {**LEARNS, **SMALL, "learning_rate": 1e30, "warmup_epochs": 0}
-    with pytest.raises(imagenet_job.TrainingDiverged, match="not finite at step"):
+    with pytest.raises(job.TrainingDiverged, match="not finite at step"):
         run(**settings, data_dir=str(data_dir), model_dir=str(tmp_path), train_steps=8)
-    arrays, _ = checkpoint(tmp_path) if glob.glob(str(tmp_path / "checkpoints" / "*")) else ({}, 0)
+    arrays, _ = checkpoint(tmp_path)
     for key, value in arrays.items():
         if value.dtype.kind == "f":
             assert np.all(np.isfinite(value)), key
-
-
-def write_records(path, labels, rng, size=(40, 56)):
-    with tf.io.TFRecordWriter(str(path)) as writer:
-        for label in labels:
-            image = rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)
-            feature = {
-                "image/encoded": tf.train.Feature(
-                    bytes_list=tf.train.BytesList(value=[tf.io.encode_jpeg(image).numpy()])
-                ),
-                "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
-            }
-            example = tf.train.Example(features=tf.train.Features(feature=feature))
-            writer.write(example.SerializeToString())
 
 
 def test_evaluation_sees_37_images_exactly_once_on_four_devices(tmp_path):
@@ -188,7 +154,7 @@ def test_evaluation_sees_37_images_exactly_once_on_four_devices(tmp_path):
         write_records(tmp_path / f"{split}-00000-of-00002", labels[:20], rng)
         write_records(tmp_path / f"{split}-00001-of-00002", labels[20:], rng)
     (tmp_path / "labels.txt").write_text("".join(f"{i}\tn{i}\n" for i in range(1, 11)))
-    config = train_config.resolve(
+    config = config_lib.resolve(
         model="alexnet",
         image_size=67,
         strategy="data_parallel",
@@ -197,9 +163,8 @@ def test_evaluation_sees_37_images_exactly_once_on_four_devices(tmp_path):
         global_batch_size=8,
         train_steps=1,
     )
-    runner = jax_runner.Runner(config)
-    source = imagenet_input.TFRecordSource(str(tmp_path / "validation-*"))
-    plan = imagenet_job.Plan(
+    source = input_pipeline.TFRecordSource(str(tmp_path / "validation-*"))
+    plan = config_lib.Plan(
         replicas=4,
         num_classes=10,
         train_images=37,
@@ -210,24 +175,26 @@ def test_evaluation_sees_37_images_exactly_once_on_four_devices(tmp_path):
         steps_per_loop=1,
         eval_every_steps=0,
     )
-    runner.build(plan, source, source)
+    runner = JaxRunner(config)
     try:
-        runner.start(0)
-        result = runner.evaluate()
+        model = models.build_for(config, plan.num_classes)
+        runner.build(model, keras.optimizers.SGD(), plan)
+        runner.start(0, None)
+        result = runner.evaluate(job.evaluation_input(config, plan, source))
         images = np.stack(
             [
-                imagenet_input.preprocess(image_bytes, False, 67).numpy()
+                input_pipeline.preprocess(image_bytes, False, 67).numpy()
                 for image_bytes, _ in source.examples(training=False, deterministic=True)
             ]
         )
-        logits = keras.ops.convert_to_numpy(runner.model(images, training=False))
+        logits = keras.ops.convert_to_numpy(model(images, training=False))
     finally:
         runner.close()
     truth = labels - 1
     ranked = np.argsort(-logits, axis=1)
-    assert result["examples"] == 37
-    assert result["top1"] == pytest.approx(np.mean(ranked[:, 0] == truth), abs=1e-6)
-    assert result["top5"] == pytest.approx(
+    assert result.examples == 37
+    assert result.top1 == pytest.approx(np.mean(ranked[:, 0] == truth), abs=1e-6)
+    assert result.top5 == pytest.approx(
         np.mean([t in r[:5] for t, r in zip(truth, ranked)]), abs=1e-6
     )
 
@@ -248,14 +215,11 @@ def test_synthetic_bfloat16_run(tmp_path):
 
 
 def test_tensorflow_strategies_are_refused_on_jax(data_dir, tmp_path):
-    result = subprocess.run(
-        command(tmp_path / "run", data_dir, "--strategy=mirrored"),
-        cwd=ROOT,
-        env=environment(),
-        capture_output=True,
-        text=True,
-        timeout=120,
+    code, output = commands.run(
+        train_command(tmp_path / "run", data_dir, "--strategy=mirrored"),
+        tmp_path / "refused.log",
+        env=jax_environment(),
     )
-    assert result.returncode == 1
-    assert "--strategy=mirrored is a tf.distribute strategy" in result.stderr, result.stderr
+    assert code == 1
+    assert "--strategy=mirrored is a tf.distribute strategy" in output, output
     assert not (tmp_path / "run").exists()

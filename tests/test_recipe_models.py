@@ -5,9 +5,10 @@ import keras
 import numpy as np
 import pytest
 
-from recipes import models
-from recipes.models.alexnet import LocalResponseNormalization
-from recipes.models.alexnet import SplitGroupConv2D
+from recipes.imagenet import config as config_lib
+from recipes.imagenet import models
+from recipes.imagenet.models.alexnet import LocalResponseNormalization
+from recipes.imagenet.models.alexnet import SplitGroupConv2D
 
 
 def parameters(variables):
@@ -129,7 +130,7 @@ def test_local_response_normalization_matches_caffe_formula():
 def test_logits_are_float32_under_mixed_precision(name):
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
-        model = models.build(name, 5, models.MIN_IMAGE_SIZE[name], dropout=0.0)
+        model = models.build(name, 5, config_lib.MIN_IMAGE_SIZE[name], dropout=0.0)
         assert model.layers[1].compute_dtype == "bfloat16"
         logits = model(np.zeros((1, *model.input.shape[1:]), "float32"))
     finally:

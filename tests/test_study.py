@@ -5,24 +5,21 @@ import csv
 import dataclasses
 import gzip
 import math
-import os
 import signal
-import subprocess
 import sys
-import time
 
 import keras
 import numpy as np
 import pytest
 
-from recipes import fashion_mnist
+import commands
 from recipes.study import claims
 from recipes.study import config as study_config
-from recipes.study import runner
+from recipes.study import experiment
+from recipes.study import fashion_mnist
 from recipes.study import training
 
 NAN = math.nan
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def write_idx(path, array, magic):
@@ -185,19 +182,21 @@ def test_summarize_selects_on_validation_and_reports_mean_and_std():
     assert claims.format_cell(summary[claims.SGD_LINEAR][64]) == "diverged (lr 0.8)"
 
 
-def test_claims_need_neither_keras_nor_matplotlib_and_imports_change_nothing():
+def test_imports_load_no_plotting_and_change_nothing(tmp_path):
+    """The command's module loads nothing heavy before its dependency check
+    (recipes/scripts.py); the study's logic needs no matplotlib; importing
+    changes no environment variable (the backend is the command's to set)."""
     script = (
         "import os, sys; before = dict(os.environ); "
-        "import recipes.study.claims, recipes.study.config, recipes.large_batch_study; "
-        "assert 'keras' not in sys.modules and 'matplotlib' not in sys.modules, "
-        "sorted(m for m in sys.modules if m in ('keras', 'matplotlib')); "
+        "import recipes.large_batch_study; "
+        "assert not {'keras', 'absl', 'matplotlib'} & set(sys.modules), sys.modules.keys(); "
+        "import recipes.study.claims, recipes.study.config; "
+        "assert 'matplotlib' not in sys.modules; "
         "assert dict(os.environ) == before"
     )
-    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    env = {k: v for k, v in commands.environment().items() if k != "KERAS_BACKEND"}
+    code, output = commands.run([sys.executable, "-c", script], tmp_path / "imports.log", env)
+    assert code == 0, output[-2000:]
 
 
 # --- Training ---------------------------------------------------------------------
@@ -237,7 +236,7 @@ def test_end_to_end_on_a_tiny_set(fashion_dir, tmp_path):
         validation_examples=100,
     )
     out = tmp_path / "out"
-    verdicts = runner.run_study(
+    verdicts = experiment.run_study(
         config,
         fashion_mnist.load(str(fashion_dir)),
         str(out),
@@ -300,20 +299,18 @@ def test_gaps_are_parsed_and_checked():
     [
         (["--epochs=2"], "--warmup_epochs"),
         (["--lars_gaps=4096"], "`lars_gaps` must look like 4096:4,8192:7"),
-        (["--model=resnet"], "`models` must be among"),
+        (["--model=resnet"], "`models` must be one of cnn, cnn_bn"),
         (["--sgd_sweep=1,x"], "not a number"),
     ],
 )
-def test_command_line_rejects_bad_values_with_a_usage_error(flags, message, tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "recipes.large_batch_study", f"--out_dir={tmp_path}", *flags],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
+def test_command_line_rejects_bad_values_in_one_line(flags, message, tmp_path):
+    code, output = commands.run(
+        commands.module("recipes.large_batch_study", f"--out_dir={tmp_path / 'out'}", *flags),
+        tmp_path / "error.log",
     )
-    assert result.returncode == 1 and message in result.stderr, result.stderr[-2000:]
-    assert not any(tmp_path.iterdir())
+    errors = [line for line in output.splitlines() if line.startswith("large_batch_study: error:")]
+    assert code == 1 and len(errors) == 1 and message in errors[0], output[-2000:]
+    assert not (tmp_path / "out").exists()
 
 
 # --- Resuming -------------------------------------------------------------------
@@ -347,15 +344,15 @@ def test_an_interrupted_study_resumes_without_retraining(fashion_dir, tmp_path, 
     dataset = fashion_mnist.load(str(fashion_dir))
     uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
     monkeypatch.setattr(training, "train", FakeTraining())
-    runner.run_study(config, dataset, str(uninterrupted))
+    experiment.run_study(config, dataset, str(uninterrupted))
 
     first = FakeTraining(fail_after=3)
     monkeypatch.setattr(training, "train", first)
     with pytest.raises(KeyboardInterrupt):
-        runner.run_study(config, dataset, str(interrupted))
+        experiment.run_study(config, dataset, str(interrupted))
     second = FakeTraining()
     monkeypatch.setattr(training, "train", second)
-    runner.run_study(config, dataset, str(interrupted))
+    experiment.run_study(config, dataset, str(interrupted))
 
     # Every run trained exactly once across the two starts, in plan order.
     assert first.trained + second.trained == runs
@@ -367,22 +364,24 @@ def test_an_interrupted_study_resumes_without_retraining(fashion_dir, tmp_path, 
     # --noresume retrains all.
     other_settings = FakeTraining()
     monkeypatch.setattr(training, "train", other_settings)
-    runner.run_study(dataclasses.replace(config, epochs=3), dataset, str(interrupted))
+    experiment.run_study(dataclasses.replace(config, epochs=3), dataset, str(interrupted))
     assert other_settings.trained == runs
     other_version = FakeTraining()
     monkeypatch.setattr(training, "train", other_version)
-    monkeypatch.setattr(runner.keras_lars, "__version__", "9.9.9")
-    runner.run_study(config, dataset, str(interrupted))
+    monkeypatch.setattr(experiment.keras_lars, "__version__", "9.9.9")
+    experiment.run_study(config, dataset, str(interrupted))
     assert other_version.trained == runs
     monkeypatch.undo()
-    monkeypatch.setattr(runner, "TRAINING_SOURCES", (fashion_dir / "train-labels-idx1-ubyte.gz",))
+    monkeypatch.setattr(
+        experiment, "TRAINING_SOURCES", (fashion_dir / "train-labels-idx1-ubyte.gz",)
+    )
     other_code = FakeTraining()
     monkeypatch.setattr(training, "train", other_code)
-    runner.run_study(config, dataset, str(interrupted))
+    experiment.run_study(config, dataset, str(interrupted))
     assert other_code.trained == runs
     fresh = FakeTraining()
     monkeypatch.setattr(training, "train", fresh)
-    runner.run_study(config, dataset, str(uninterrupted), resume=False)
+    experiment.run_study(config, dataset, str(uninterrupted), resume=False)
     assert fresh.trained == runs
 
 
@@ -392,8 +391,9 @@ def without_timings(path):
 
 
 def test_a_killed_study_resumes_to_the_same_results(fashion_dir, tmp_path):
-    """SIGKILL a real study process after its first finished run; the rerun
-    trains only what is missing and ends with an uninterrupted run's results."""
+    """A real study process SIGKILLs itself after its second finished run
+    (recipes/faults.py); the rerun trains only what is missing and ends with
+    an uninterrupted run's results."""
     flags = [
         f"--data_dir={fashion_dir}",
         "--batch_sizes=16,64",
@@ -404,32 +404,25 @@ def test_a_killed_study_resumes_to_the_same_results(fashion_dir, tmp_path):
         "--lars_lrs=3",
         "--validation_examples=100",
     ]
-    env = {**os.environ, "KERAS_BACKEND": keras.backend.backend()}
+    backend = dict(KERAS_BACKEND=keras.backend.backend())
 
-    def command(out):
-        return [sys.executable, "-m", "recipes.large_batch_study", f"--out_dir={out}", *flags]
+    def study(out):
+        return commands.module("recipes.large_batch_study", f"--out_dir={out}", *flags)
 
-    kwargs = dict(cwd=ROOT, env=env, text=True)
-    whole = subprocess.run(command(tmp_path / "whole"), capture_output=True, timeout=600, **kwargs)
-    assert whole.returncode == 0, whole.stderr[-3000:]
-
-    killed = subprocess.Popen(
-        command(tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs
+    code, output = commands.run(
+        study(tmp_path / "whole"), tmp_path / "whole.log", commands.environment(**backend)
     )
-    deadline = time.time() + 300
-    while not list((tmp_path / "killed" / "completed").glob("*.json")):
-        assert killed.poll() is None and time.time() < deadline
-        time.sleep(0.05)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait(timeout=60)
-    done = len(list((tmp_path / "killed" / "completed").glob("*.json")))
-    total = 5  # (1 + 1) + (2 + 1)
-    assert 1 <= done < total
+    assert code == 0, output[-3000:]
+    killed = commands.environment(**backend, **{commands.KILL_AFTER: "2"})
+    code, output = commands.run(study(tmp_path / "killed"), tmp_path / "killed.log", killed)
+    assert code == -signal.SIGKILL, output[-3000:]
+    done, total = 2, 5  # (1 + 1) + (2 + 1) runs
+    assert len(list((tmp_path / "killed" / "completed").glob("*.json"))) == done
 
-    resumed = subprocess.run(
-        command(tmp_path / "killed"), capture_output=True, timeout=600, **kwargs
+    code, output = commands.run(
+        study(tmp_path / "killed"), tmp_path / "resumed.log", commands.environment(**backend)
     )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert code == 0, output[-3000:]
     summary = (tmp_path / "killed" / "summary.md").read_text()
     assert f"{done} of {total} runs resumed" in summary
     assert without_timings(tmp_path / "killed" / "results.csv") == without_timings(

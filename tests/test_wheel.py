@@ -1,6 +1,6 @@
 """The wheel: built from the repository, installed into a fresh virtual
-environment, it carries the package, the recipes and the tools, and their
-console scripts answer."""
+environment, it carries the package, the recipes and the tools under names of
+its own, and their console scripts answer (or say what is missing)."""
 
 import glob
 import os
@@ -16,6 +16,9 @@ pytestmark = pytest.mark.skipif(
 )
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCES = ("setup.py", "README.md", "LICENSE", "keras_lars", "recipes", "tools")
+# recipes/ and tools/ ship under the distribution's own names, never as the
+# generic `recipes` and `tools` that other distributions could also claim.
+TOP_LEVEL = {"keras_lars", "keras_lars_recipes", "keras_lars_tools"}
 # What each script's --help must show: its module's docstring, then its flags.
 SCRIPTS = {
     "keras-lars-train": ("Trains ResNet-50 or AlexNet", "mlperf_8k: resnet50, batch 8192"),
@@ -24,11 +27,15 @@ SCRIPTS = {
     "keras-lars-make-fake-imagenet": ("Makes a small ImageNet-format", "  --output_dir:"),
 }
 CHECK = """
-import pathlib, sys, keras, keras_lars, recipes.imagenet_train, tools.imagenet_to_tfrecords
+import importlib.metadata, importlib.util, pathlib, sys
+import keras, keras_lars, keras_lars_recipes.imagenet.job, keras_lars_tools.imagenet_to_tfrecords
 prefix = pathlib.Path(sys.prefix)
-for module in (keras_lars, recipes.imagenet_train, tools.imagenet_to_tfrecords):
+for module in (keras_lars, keras_lars_recipes.imagenet.job, keras_lars_tools.imagenet_to_tfrecords):
     assert prefix in pathlib.Path(module.__file__).parents, module.__file__
+assert importlib.util.find_spec("recipes") is None and importlib.util.find_spec("tools") is None
 assert isinstance(keras.optimizers.get("keras_lars>LARS"), keras_lars.LARS)
+files = importlib.metadata.files("keras_lars")
+print("TOP", sorted({f.parts[0] for f in files if f.suffix == ".py" and len(f.parts) > 1}))
 print("OK", keras_lars.__version__)
 """
 
@@ -76,7 +83,7 @@ def venv(tmp_path_factory):
     return tmp / "venv", tmp
 
 
-def test_the_wheel_holds_the_package_recipes_and_tools(venv):
+def test_the_wheel_holds_the_package_recipes_and_tools_under_its_own_names(venv):
     path, tmp = venv
     result = subprocess.run(
         [path / "bin" / "python", "-c", CHECK],
@@ -86,6 +93,7 @@ def test_the_wheel_holds_the_package_recipes_and_tools(venv):
         text=True,
     )
     assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
+    assert f"TOP {sorted(TOP_LEVEL)}" in result.stdout, result.stdout
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
@@ -103,3 +111,41 @@ def test_console_scripts_answer_help(venv, script):
     assert result.returncode == 1 and not result.stderr, result.stderr[-3000:]
     for expected in SCRIPTS[script]:
         assert expected in result.stdout, result.stdout[-3000:]
+
+
+# Hides one distribution from the interpreter, as if it were not installed.
+HIDE = """
+import importlib.abc, sys
+class Hide(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == {name!r}:
+            raise ModuleNotFoundError(name)
+sys.meta_path.insert(0, Hide())
+"""
+
+
+@pytest.mark.parametrize(
+    "script,hidden,message",
+    [
+        ("keras-lars-train", "tensorboard", "tensorboard is not installed: pip install"),
+        ("keras-lars-study", "matplotlib", "matplotlib is not installed: pip install"),
+        ("keras-lars-imagenet-to-tfrecords", "PIL", "pillow is not installed"),
+        ("keras-lars-train", "tensorflow", "TensorFlow is not installed"),
+    ],
+)
+def test_a_missing_dependency_is_one_line_before_anything_runs(
+    venv, tmp_path, script, hidden, message
+):
+    path, _ = venv
+    (tmp_path / "sitecustomize.py").write_text(HIDE.format(name=hidden))
+    result = subprocess.run(
+        [path / "bin" / script, "--helpshort"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr[-3000:]
+    assert result.stderr.startswith(f"{script}: error: ") and message in result.stderr
+    assert "'keras_lars[recipes]'" in result.stderr or "TensorFlow" in message

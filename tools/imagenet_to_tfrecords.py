@@ -43,8 +43,7 @@ from PIL import Image
 from PIL import UnidentifiedImageError
 from tqdm import tqdm
 
-from recipes import console_script
-from tools import imagenet_layouts
+from . import imagenet_layouts
 
 SPLITS = ("train", "validation")
 JPEG_QUALITY = 95  # for re-encoded images only; RGB JPEGs are kept as is
@@ -480,11 +479,6 @@ def _report(summary):
     return 0
 
 
-def run():
-    """The `keras-lars-imagenet-to-tfrecords` console script."""
+if __name__ == "__main__":  # the console script: recipes/scripts.py
     define_flags()
-    console_script.run(__name__, main)
-
-
-if __name__ == "__main__":
-    run()
+    app.run(main)

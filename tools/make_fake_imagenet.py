@@ -29,8 +29,6 @@ from absl import app
 from absl import flags
 from PIL import Image
 
-from recipes import console_script
-
 FIRST_WNID = 1440764  # n01440764, ImageNet's first class
 TRUNCATE_TO = 0.5  # keep half of a JPEG for the truncated case
 
@@ -208,11 +206,6 @@ def main(argv):
     print(f"wrote {raw}, and the archives/ and kaggle/ layouts beside it")
 
 
-def run():
-    """The `keras-lars-make-fake-imagenet` console script."""
+if __name__ == "__main__":  # the console script: recipes/scripts.py
     define_flags()
-    console_script.run(__name__, main)
-
-
-if __name__ == "__main__":
-    run()
+    app.run(main)

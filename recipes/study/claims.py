@@ -6,7 +6,7 @@ import dataclasses
 import math
 import statistics
 
-from recipes.study.config import DEFAULT_THRESHOLDS
+from .config import Thresholds
 
 SGD_LINEAR = "SGD + linear scaling"
 SGD_BEST = "SGD, best of sweep"
@@ -74,8 +74,10 @@ def _accuracy(summary, line, batch):
     return None if cell is None else cell.mean
 
 
-def check_claims(summary, thresholds=DEFAULT_THRESHOLDS):
-    """Each part of the paper's claim, and whether it held on these results."""
+def check_claims(summary, thresholds=None):
+    """Each part of the paper's claim, and whether it held on these results
+    (`thresholds` default: `Thresholds()`)."""
+    thresholds = thresholds or Thresholds()
     baseline_batch = min(summary[SGD_LINEAR])
     baseline = summary[SGD_LINEAR][baseline_batch].mean
 
@@ -118,10 +120,11 @@ def check_claims(summary, thresholds=DEFAULT_THRESHOLDS):
     return claims
 
 
-def compare_batch_norm(summaries, thresholds=DEFAULT_THRESHOLDS):
+def compare_batch_norm(summaries, thresholds=None):
     """Whether LARS holds accuracy better with batch norm: at each gap batch,
     is its shortfall from the model's own batch-128 SGD smaller for cnn_bn
     than for cnn? Not tested unless both models ran."""
+    thresholds = thresholds or Thresholds()
     claims = []
     for batch, _ in thresholds.lars_gaps:
         statement = (

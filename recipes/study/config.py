@@ -1,8 +1,13 @@
-"""The study's settings and the runs they plan. No Keras here."""
+"""The study's settings and the runs they plan.
+
+Importing this module loads no Keras; the checks use the package's one
+argument checker (`keras_lars._validation`, which loads Keras with the
+optimizer) and import it when they run.
+"""
 
 import dataclasses
 import math
-import numbers
+import types
 
 BASE_BATCH = 128  # where `sgd_base_lr` applies
 LARS_REFERENCE_BATCH = 4096  # LARS rates are given here, square-root scaled below
@@ -30,45 +35,39 @@ class StudyConfig:
     train_examples: int = 30000
     test_examples: int = 0  # 0: all
 
+    @classmethod
+    def defaults(cls):
+        """The default settings, unchecked, as a namespace (for --help)."""
+        return types.SimpleNamespace(**{f.name: f.default for f in dataclasses.fields(cls)})
+
     def __post_init__(self):
-        if not self.models or any(m not in MODELS for m in self.models):
-            raise ValueError(f"`models` must be among {MODELS}. Received: models={self.models}")
-        if not self.batch_sizes or not all(_is_int(b, 1) for b in self.batch_sizes):
+        from keras_lars._validation import check_choice
+        from keras_lars._validation import check_integer
+        from keras_lars._validation import check_number
+
+        if not self.models:
+            raise ValueError("`models` must name at least one model. Received: models=()")
+        for model in self.models:
+            check_choice("models", model, MODELS)
+        if not self.batch_sizes:
+            raise ValueError("`batch_sizes` must name at least one. Received: batch_sizes=()")
+        for batch in self.batch_sizes:
+            check_integer("batch_sizes", batch, low=1)
+        check_integer("epochs", self.epochs, low=1)
+        check_integer("seeds", self.seeds, low=1)
+        check_integer("validation_examples", self.validation_examples, low=1)
+        check_integer("train_examples", self.train_examples, low=0)
+        check_integer("test_examples", self.test_examples, low=0)
+        check_integer("warmup_epochs", self.warmup_epochs, low=0)
+        if self.warmup_epochs >= self.epochs:
             raise ValueError(
-                f"`batch_sizes` must be integers >= 1. Received: batch_sizes={self.batch_sizes}"
+                f"`warmup_epochs` must be below `epochs`={self.epochs} (set --warmup_epochs "
+                f"too). Received: warmup_epochs={self.warmup_epochs}"
             )
-        for name in ("epochs", "seeds"):
-            if not _is_int(getattr(self, name), 1):
-                raise ValueError(
-                    f"`{name}` must be an integer >= 1. Received: {name}={getattr(self, name)!r}"
-                )
-        if not _is_int(self.validation_examples, 1):
-            raise ValueError(
-                "`validation_examples` must be an integer >= 1 (the rates are chosen on them). "
-                f"Received: validation_examples={self.validation_examples!r}"
-            )
-        for name in ("train_examples", "test_examples"):
-            if not _is_int(getattr(self, name), 0):
-                raise ValueError(
-                    f"`{name}` must be an integer >= 0. Received: {name}={getattr(self, name)!r}"
-                )
-        if not _is_int(self.warmup_epochs, 0) or self.warmup_epochs >= self.epochs:
-            raise ValueError(
-                f"`warmup_epochs` must be an integer in [0, epochs={self.epochs}) "
-                f"(set --warmup_epochs too). Received: warmup_epochs={self.warmup_epochs}"
-            )
-        for name, low, high in (
-            ("momentum", 0.0, 1.0),
-            ("weight_decay", 0.0, None),
-            ("sgd_base_lr", 0.0, None),
-            ("trust_coefficient", 0.0, None),
-        ):
-            value = getattr(self, name)
-            if not _is_number(value) or value < low or (high is not None and value >= high):
-                bounds = f"in [{low}, {high})" if high is not None else f">= {low}"
-                raise ValueError(f"`{name}` must be a number {bounds}. Received: {name}={value!r}")
-        if self.sgd_base_lr <= 0 or self.trust_coefficient <= 0:
-            raise ValueError("`sgd_base_lr` and `trust_coefficient` must be > 0")
+        check_number("momentum", self.momentum, low=0.0, high=1.0)
+        check_number("weight_decay", self.weight_decay, low=0.0)
+        check_number("sgd_base_lr", self.sgd_base_lr, low=0.0, low_inclusive=False)
+        check_number("trust_coefficient", self.trust_coefficient, low=0.0, low_inclusive=False)
         if not self.sgd_sweep or self.sgd_sweep[0] != 1.0:
             raise ValueError(
                 "`sgd_sweep` must start with 1.0 (linear scaling). "
@@ -76,20 +75,10 @@ class StudyConfig:
             )
         for name in ("sgd_sweep", "lars_lrs"):
             rates = getattr(self, name)
-            if (
-                not rates
-                or not all(_is_number(r) and r > 0 for r in rates)
-                or len(set(rates)) < len(rates)
-            ):
+            for rate in rates:
+                check_number(name, rate, low=0.0, low_inclusive=False)
+            if not rates or len(set(rates)) < len(rates):
                 raise ValueError(f"`{name}` must be distinct numbers > 0. Received: {name}={rates}")
-
-
-def _is_int(value, low):
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
-
-
-def _is_number(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # A smoke run: fewer epochs and images, one LARS rate, one seed.
@@ -104,19 +93,13 @@ class Thresholds:
     lars_gaps: tuple = ((4096, 4.0), (8192, 7.0))  # LARS at most this far below
 
     def __post_init__(self):
-        if not _is_number(self.sgd_failure_gap) or self.sgd_failure_gap < 0:
-            raise ValueError(
-                f"`sgd_failure_gap` must be a number >= 0. Received: {self.sgd_failure_gap!r}"
-            )
+        from keras_lars._validation import check_integer
+        from keras_lars._validation import check_number
+
+        check_number("sgd_failure_gap", self.sgd_failure_gap, low=0.0)
         for batch, gap in self.lars_gaps:
-            if not _is_int(batch, 1) or not _is_number(gap) or gap < 0:
-                raise ValueError(
-                    "`lars_gaps` must be (batch >= 1, points >= 0) pairs. "
-                    f"Received: {self.lars_gaps}"
-                )
-
-
-DEFAULT_THRESHOLDS = Thresholds()
+            check_integer("lars_gaps", batch, low=1)
+            check_number("lars_gaps", gap, low=0.0)
 
 
 def parse_gaps(text):

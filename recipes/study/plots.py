@@ -4,8 +4,8 @@ import math
 
 import numpy as np
 
-from recipes import fashion_mnist
-from recipes.study.claims import LINES
+from . import fashion_mnist
+from .claims import LINES
 
 CHANCE = 100.0 / fashion_mnist.NUM_CLASSES
 

@@ -6,8 +6,8 @@ import time
 
 import keras
 
-import keras_lars
-from recipes import fashion_mnist
+from .. import optimization
+from . import fashion_mnist
 
 TRUST_RATIO_PROBES_PER_EPOCH = 4
 # Keras's default (0.99) leaves a third of the initial statistics after the
@@ -54,17 +54,16 @@ def make_optimizer(run, config, steps_per_epoch, track_trust_ratios=False):
     or normalisation variables; LARS adapts every variable (as the authors'
     Caffe code does: excluded biases, moving at the raw global rate, made LARS
     unstable at high rates in a pilot)."""
-    total = steps_per_epoch * config.epochs
-    warmup = steps_per_epoch * config.warmup_epochs
-    schedule = keras_lars.PolynomialWarmup(
-        run.learning_rate, decay_steps=max(total - warmup, 1), warmup_steps=warmup
-    )
-    return keras_lars.LARS(
-        schedule,
+    return optimization.lars(
+        run.learning_rate,
+        train_steps=steps_per_epoch * config.epochs,
+        warmup_steps=steps_per_epoch * config.warmup_epochs,
         momentum=config.momentum,
         weight_decay=config.weight_decay,
         trust_coefficient=config.trust_coefficient,
-        adaptation_exclude_patterns=(".*",) if run.optimizer == "sgd" else (),
+        adaptation_exclude_patterns=optimization.ADAPT_NONE
+        if run.optimizer == "sgd"
+        else optimization.ADAPT_ALL,
         track_trust_ratios=track_trust_ratios,
     )
 

@@ -28,9 +28,10 @@ import keras
 from keras import layers
 from keras import ops
 
-GROUPS = ("split", "native", "none")
-BN_VARIANTS = ("authors", "conv_bn_relu")
-MIN_IMAGE_SIZE = 67  # smallest input for which pool5 still has one pixel
+from ..config import ALEXNET_BN_VARIANTS as BN_VARIANTS
+from ..config import ALEXNET_GROUPS as GROUPS
+from ..config import MIN_IMAGE_SIZE
+
 LRN = dict(size=5, alpha=1e-4, beta=0.75, bias=1.0)  # BVLC's norm1 / norm2
 AUTHORS_BN = dict(epsilon=1e-4, momentum=0.9, center=False, scale=False)
 CONV_BN_RELU_BN = dict(epsilon=1e-5, momentum=0.9)
@@ -168,9 +169,10 @@ def _classifier(x, num_classes, dropout, fc_init):
 
 
 def _check(image_size, groups):
-    if image_size < MIN_IMAGE_SIZE:
+    smallest = MIN_IMAGE_SIZE["alexnet"]
+    if image_size < smallest:
         raise ValueError(
-            f"AlexNet needs `image_size` >= {MIN_IMAGE_SIZE}. Received: image_size={image_size}"
+            f"AlexNet needs `image_size` >= {smallest}. Received: image_size={image_size}"
         )
     if groups not in GROUPS:
         raise ValueError(f"`groups` must be one of {GROUPS}. Received: groups={groups!r}")

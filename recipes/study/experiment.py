@@ -21,27 +21,44 @@ import keras
 from tqdm import tqdm
 
 import keras_lars
-from recipes.study import claims as claims_lib
-from recipes.study import plots
-from recipes.study import training
-from recipes.study.config import DEFAULT_THRESHOLDS
-from recipes.study.config import plan_runs
+
+from .. import faults
+from .. import optimization
+from . import claims as claims_lib
+from . import fashion_mnist
+from . import plots
+from . import training
+from .config import Thresholds
+from .config import plan_runs
 
 # Whose source a saved run depends on (plots and claims are recomputed).
 TRAINING_SOURCES = (
     pathlib.Path(training.__file__),
-    pathlib.Path(training.__file__).parent.parent / "fashion_mnist.py",
+    pathlib.Path(fashion_mnist.__file__),
+    pathlib.Path(optimization.__file__),
     *sorted(pathlib.Path(keras_lars.__file__).parent.glob("*.py")),
 )
 
 
-def run_study(config, dataset, out_dir, thresholds=DEFAULT_THRESHOLDS, resume=True):
+def check_out_dir(out_dir):
+    """Raises `NotADirectoryError` or `PermissionError` naming `out_dir` unless
+    the outputs can be written there (checked before the first run trains)."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise NotADirectoryError(f"--out_dir={out_dir} is a file, not a directory")
+    existing = out_dir
+    while not os.path.exists(existing):
+        existing = os.path.dirname(os.path.abspath(existing))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"--out_dir={out_dir}: {existing} is not writable")
+
+
+def run_study(config, dataset, out_dir, thresholds=None, resume=True):
     """Runs every configuration and writes the outputs; returns the claims."""
     data = split(dataset, config)
     runs = plan_runs(config)
     settings = run_settings(config, dataset.source)
     start = time.time()
-    rows, records, reused = [], {}, 0
+    rows, records, reused, trained = [], {}, 0, 0
     with tqdm(total=len(runs) * config.epochs, unit="epoch", desc="study") as bar:
         for run in runs:
             path = _completed_path(out_dir, run)
@@ -53,6 +70,8 @@ def run_study(config, dataset, out_dir, thresholds=DEFAULT_THRESHOLDS, resume=Tr
             else:
                 row, record = training.train(run, data, config, bar, run.seed == 0)
                 _save_completed(path, settings, run, row, record)
+                trained += 1
+                faults.kill_if_asked(trained)
             rows.append(row)
             records[run] = record
     summaries = {

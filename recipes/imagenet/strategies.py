@@ -14,7 +14,8 @@ import os
 
 import tensorflow as tf
 
-STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
+from .config import TF_STRATEGIES
+
 # One MirroredStrategy per device set and process: a second one over the same
 # devices reuses collective keys and fails with "Shape mismatch in the
 # collective instance" (tensorflow #62790; tests/test_tensorflow.py pins it).
@@ -56,7 +57,7 @@ def create(name, tpu=None):
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "tpu":
         return _tpu_strategy(tpu)
-    raise StrategyError(f"--strategy must be one of {STRATEGIES}. Received: --strategy={name!r}")
+    raise StrategyError(f"--strategy must be one of {TF_STRATEGIES}. Received: --strategy={name!r}")
 
 
 def _tpu_strategy(tpu):

@@ -15,11 +15,12 @@ itself; elsewhere set KERAS_DISTRIBUTION_JOB_ADDRESSES,
 KERAS_DISTRIBUTION_NUM_PROCESSES and KERAS_DISTRIBUTION_PROCESS_ID).
 
 `model.fit` works here (it does not have the TensorFlow multi-replica limits
-that made `recipes/train_loop.py` necessary). Each loop is one `fit` call on a
+that made `train_loop.py` necessary). Each loop is one `fit` call on a
 persistent input stream; `steps_per_execution` is the largest step count that
 divides every loop, so Keras returns to Python once per loop's worth of
 executions rather than once per step. Gradient accumulation is Keras's
-(`gradient_accumulation_steps`), whose schedule LARS counts in updates.
+(`gradient_accumulation_steps`, which LARS's schedule counts in updates): each
+process's batch of a step is fed as that many micro-batches.
 
 Checkpoints: every model variable (dropout's random state included) and
 every optimizer variable, in order, in `checkpoints/ckpt-<step>.npz`, written
@@ -37,19 +38,24 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from recipes import imagenet_input
-from recipes import models
-from recipes import optimization
-from recipes import strategies
+from . import input_pipeline
+from . import strategies
+from .runner import Evaluation
+from .runner import LoopResult
+from .runner import Runner
 
 CHECKPOINTS_KEPT = 3
 CHECKPOINT_NAME = re.compile(r"^ckpt-(\d+)\.npz$")
 
 
-class Runner:
+class JaxRunner(Runner):
     """Sets up the devices: `--logical_cpus` forced host devices, the
     multi-process cluster, and DataParallel (`--strategy=data_parallel`) or
-    one device (`--strategy=default`)."""
+    one device (`--strategy=default`), which it makes Keras's distribution
+    until `close()`."""
+
+    backend = "jax"
+    accumulates_in_optimizer = True  # model.fit: Keras's gradient accumulation
 
     def __init__(self, config):
         import jax
@@ -84,21 +90,25 @@ class Runner:
             self.description = (
                 f"DataParallel on {len(devices)} {platform} device(s), {self.processes} process(es)"
             )
-
-    def build(self, plan, train_source, eval_source):
-        config = self.config
-        self.plan, self.train_source, self.eval_source = plan, train_source, eval_source
         self._previous_distribution = keras.distribution.distribution()
         keras.distribution.set_distribution(self.distribution)
-        self.model = models.build_for(config, plan.num_classes)
-        k = config.accumulation_steps
-        self.optimizer, self.lars = optimization.optimizer(
-            config, plan, gradient_accumulation_steps=k if k > 1 else None
-        )
-        self.optimizer.build(self.model.trainable_variables)  # before a restore
+        self.model = None
+        self.optimizer = None
+        self.plan = None
+        self.batches = None
+        self.training = None
+        self.latest = None
+        self._non_finite = None
+
+    def scope(self):
+        # The distribution is Keras's from __init__ to close(): fit needs it too.
+        return contextlib.nullcontext()
+
+    def build(self, model, optimizer, plan):
+        self.model, self.optimizer, self.plan = model, optimizer, plan
+        self.optimizer.build(model.trainable_variables)  # before a restore
 
     def restore(self):
-        """Loads the latest checkpoint, if any; returns its step."""
         directory = os.path.join(self.config.model_dir, "checkpoints")
         steps = _checkpoint_steps(directory)
         if not steps:
@@ -117,14 +127,17 @@ class Runner:
         self.latest = path
         return steps[-1]
 
-    def start(self, start_step):
+    def start(self, start_step, training):
         """Compiles for the loops ahead and opens the input at `start_step`."""
         config, plan = self.config, self.plan
         k = config.accumulation_steps
         loop_gcd = math.gcd(plan.steps_per_loop, plan.eval_every_steps, plan.train_steps)
+        loss = _cross_entropy(plan.num_classes, config.label_smoothing)
+        self._non_finite = _FirstNonFiniteLoss(loss, k)
         self.model.compile(
             optimizer=self.optimizer,
-            loss=_cross_entropy(plan.num_classes, config.label_smoothing),
+            loss=loss,
+            metrics=[self._non_finite],
             # Weighted: in evaluation the padding's mask is the sample weight.
             weighted_metrics=[
                 keras.metrics.SparseCategoricalAccuracy(name="top1"),
@@ -133,78 +146,52 @@ class Runner:
                 ),
                 _WeightSum(name="examples"),
             ],
+            # Keras returns to Python once per this many micro-batches.
             steps_per_execution=math.gcd(loop_gcd, start_step) * k,
         )
-        if self.train_source is None:  # synthetic: one random batch, again and again
-            batch = imagenet_input.synthetic_batch(
-                config.global_batch_size // (k * self.processes),
-                config.image_size,
-                plan.num_classes,
-                config.dtype,
+        self.training = training
+        per_process = config.global_batch_size // self.processes
+        if training is None:  # synthetic: one random batch, again and again
+            batch = input_pipeline.synthetic_batch(
+                per_process, config.image_size, plan.num_classes, config.dtype
             )
             self.batches = _repeat(tuple(x.numpy() for x in batch))
-            return
-        context = self._input_context()
-        seed, skip = imagenet_input.resume_position(
-            config.seed,
-            config.deterministic,
-            start_step,
-            config.global_batch_size // self.processes,
-        )
-        self.batches = imagenet_input.batches(
-            self.train_source,
-            training=True,
-            global_batch_size=config.global_batch_size // k,  # a micro-batch a step
-            input_context=context,
-            image_size=config.image_size,
-            dtype=config.dtype,
-            deterministic=config.deterministic,
-            seed=seed,
-            skip=skip,
-            num_classes=self.train_source.num_classes,
-        ).as_numpy_iterator()
+        else:
+            dataset = training.dataset_fn(self._input_context())
+            self.batches = dataset.as_numpy_iterator()
 
     def train(self, steps):
         k = self.config.accumulation_steps
-        stop = _StopOnNonFiniteLoss(k)
-        naming = self.train_source.naming_bad_files() if self.train_source else None
-        with naming or contextlib.nullcontext():
+        with self.training.naming_bad_files() if self.training else contextlib.nullcontext():
             history = self.model.fit(
-                _stream(self.batches),
+                _micro_batches(self.batches, k),
                 steps_per_epoch=steps * k,
                 epochs=1,
                 shuffle=False,  # the stream is shuffled already
                 verbose=0,
-                callbacks=[stop],
             ).history
-        return dict(
+        first = self._non_finite.first_step()
+        return LoopResult(
             loss=history["loss"][-1],
             top1=history["top1"][-1],
             top5=history["top5"][-1],
-            non_finite_in_loop=stop.step,
+            first_non_finite_step=first,
         )
 
-    def evaluate(self):
+    def evaluate(self, evaluation):
         """Top-1 and top-5 over every validation image exactly once: the
         padding's mask is the sample weight."""
-        config, plan, source = self.config, self.plan, self.eval_source
-        dataset = imagenet_input.evaluation_batches(
-            source,
-            global_batch_size=config.global_batch_size,
-            num_examples=plan.eval_images,
-            input_context=self._input_context(),
-            image_size=config.image_size,
-            dtype=config.dtype,
-            num_classes=source.num_classes,
-        )
-        with source.naming_bad_files(), warnings.catch_warnings():
+        dataset = evaluation.dataset_fn(self._input_context())
+        with evaluation.naming_bad_files(), warnings.catch_warnings():
             # The evaluation steps need not fill the last execution of
             # `steps_per_execution` steps; Keras then runs the rest and warns.
             warnings.filterwarnings("ignore", "Your input ran out of data")
             result = self.model.evaluate(
                 _stream(dataset.as_numpy_iterator()), verbose=0, return_dict=True
             )
-        return dict(top1=result["top1"], top5=result["top5"], examples=round(result["examples"]))
+        return Evaluation(
+            top1=result["top1"], top5=result["top5"], examples=round(result["examples"])
+        )
 
     def save(self, step):
         """ckpt-<step>.npz (chief only), then the oldest beyond three go."""
@@ -224,7 +211,7 @@ class Runner:
             tf.io.gfile.remove(os.path.join(directory, f"ckpt-{old}.npz"))
 
     def latest_checkpoint(self):
-        return getattr(self, "latest", None)
+        return self.latest
 
     def close(self):
         keras.distribution.set_distribution(self._previous_distribution)
@@ -264,20 +251,38 @@ class _WeightSum(keras.metrics.Metric):
         self.total.assign(0.0)
 
 
-class _StopOnNonFiniteLoss(keras.callbacks.Callback):
-    """Stops `fit` once the (running) loss is not finite; `step` is then the
-    loop's last update (0-based) of the execution where it happened, else None."""
+class _FirstNonFiniteLoss(keras.metrics.Metric):
+    """The first update (0-based, since the last reset) whose loss is not
+    finite, or -1: the loss recomputed from the step's labels and logits,
+    counted on the device, so no step waits for the host. `fit` resets it at
+    each loop."""
 
-    def __init__(self, accumulation_steps):
-        super().__init__()
-        self.accumulation_steps = accumulation_steps
-        self.step = None
+    def __init__(self, loss, accumulation_steps, name="first_non_finite", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.loss, self.accumulation_steps = loss, accumulation_steps
+        self.micro_steps = self.add_variable(shape=(), initializer="zeros", name="micro_steps")
+        self.first = self.add_variable(shape=(), initializer="zeros", name="first")
 
-    def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if self.step is None and loss is not None and not math.isfinite(float(loss)):
-            self.step = batch // self.accumulation_steps
-            self.model.stop_training = True
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        ops = keras.ops
+        loss = ops.mean(self.loss(y_true, y_pred))
+        first, micro_steps = self.first.value, self.micro_steps.value
+        bad = ops.logical_and(ops.logical_not(ops.isfinite(loss)), ops.equal(first, 0.0))
+        # `first` holds the micro-step plus one, so that 0 means "none yet".
+        self.first.assign(ops.where(bad, micro_steps + 1.0, first))
+        self.micro_steps.assign(micro_steps + 1.0)
+
+    def result(self):
+        return keras.ops.convert_to_tensor(self.first)
+
+    def reset_state(self):
+        self.micro_steps.assign(0.0)
+        self.first.assign(0.0)
+
+    def first_step(self):
+        """The update whose loss was first non-finite in the last loop, or None."""
+        first = int(keras.ops.convert_to_numpy(self.first))
+        return (first - 1) // self.accumulation_steps if first else None
 
 
 def _cross_entropy(num_classes, label_smoothing):
@@ -300,10 +305,22 @@ def _checkpoint_steps(directory):
     return sorted(int(m[1]) for m in names if m)
 
 
+def _micro_batches(iterator, k):
+    """Each batch of a shared iterator, as `k` consecutive micro-batches (one
+    `fit` step each). A fresh generator per `fit` call, so that each call takes
+    the next batches: none is read twice or skipped."""
+    for batch in iterator:
+        if k == 1:
+            yield batch
+            continue
+        size = len(batch[0]) // k
+        for i in range(k):
+            yield tuple(x[i * size : (i + 1) * size] for x in batch)
+
+
 def _stream(iterator):
-    """A fresh generator over a shared iterator: each `fit` call takes the
-    next batches, none is read twice or skipped. (A `for` loop, not `yield
-    from`, so that Keras closing this generator leaves `iterator` open.)"""
+    """A fresh generator over a shared iterator (a `for` loop, not `yield
+    from`, so that Keras closing this generator leaves `iterator` open)."""
     for batch in iterator:  # noqa: UP028
         yield batch
 

@@ -60,8 +60,11 @@ def load(data_dir=None):
 
 def _read_idx(path):
     """Parses an idx file (big-endian header: magic, dims, then uint8 data)."""
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as error:  # not gzip, truncated, unreadable
+        raise ValueError(f"{path}: cannot read it as a gzipped idx file ({error})") from None
     magic = int.from_bytes(raw[:4], "big")
     if magic not in (IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC):
         raise ValueError(f"{path}: not an idx image or label file (magic {magic})")

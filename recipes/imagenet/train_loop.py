@@ -20,7 +20,9 @@ optimizer (and its schedule) counts updates, not micro-batches.
 import keras
 import tensorflow as tf
 
-from recipes import imagenet_input
+from . import input_pipeline
+from .runner import Evaluation
+from .runner import LoopResult
 
 
 class Trainer:
@@ -55,8 +57,10 @@ class Trainer:
         # Keras 3 creates BN moving statistics with aggregation "none": each
         # replica updates its own copy (tests/test_tensorflow.py pins this).
         # Averaging them after every loop is what a "mean" aggregation would
-        # give (the moving averages are linear in the batch statistics).
-        self._moving_statistics = [
+        # give (the moving averages are linear in the batch statistics). They
+        # are the model's float non-trainable variables (Dropout's seed
+        # state is an integer, and the same on every replica).
+        self._float_non_trainables = [
             v for v in model.non_trainable_variables if "float" in str(v.dtype)
         ]
         self._replica_train_step = tf.function(self._replica_train_step, jit_compile=jit_compile)
@@ -88,7 +92,7 @@ class Trainer:
     def _replica_train_step(self, images=None, labels=None):
         if self.synthetic:
             size, classes, dtype = self.synthetic
-            images, labels = imagenet_input.synthetic_batch(
+            images, labels = input_pipeline.synthetic_batch(
                 self.per_replica_batch, size, classes, dtype
             )
         k = self.accumulation_steps
@@ -135,7 +139,7 @@ class Trainer:
     def _average_moving_statistics(self):
         """Sets every replica's BN moving statistics to their mean over replicas
         (one all-reduce of all of them, flattened)."""
-        variables = self._moving_statistics
+        variables = self._float_non_trainables
         local = self.strategy.run(
             lambda: tf.concat([tf.reshape(v.value, [-1]) for v in variables], 0)
         )
@@ -153,21 +157,20 @@ class Trainer:
         return totals
 
     def train(self, iterator, steps):
-        """Runs `steps` updates; returns the loop's mean loss, top-1 and top-5
-        (training mode) and which of its steps (0-based) had a non-finite loss
-        (None if none did; the loop stops there)."""
+        """Runs `steps` updates; returns a `LoopResult` (the loop stops at a
+        step whose loss is not finite)."""
         loss, top1, top5, examples, bad = self._train_loop(iterator, tf.constant(steps)).numpy()
-        if self.strategy.num_replicas_in_sync > 1 and self._moving_statistics:
+        if self.strategy.num_replicas_in_sync > 1 and self._float_non_trainables:
             self._average_moving_statistics()
         steps_run = examples / self.global_batch_size
-        return dict(
+        return LoopResult(
             loss=float(loss / steps_run),
             top1=float(top1 / examples),
             top5=float(top5 / examples),
-            non_finite_in_loop=None if bad < 0 else int(bad),
+            first_non_finite_step=None if bad < 0 else int(bad),
         )
 
     def evaluate(self, iterator, steps):
         """Top-1 and top-5 over the masked examples of `steps` batches."""
         top1, top5, count = self._eval_loop(iterator, tf.constant(steps)).numpy()
-        return dict(top1=float(top1 / count), top5=float(top5 / count), examples=int(count))
+        return Evaluation(top1=float(top1 / count), top5=float(top5 / count), examples=int(count))

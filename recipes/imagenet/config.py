@@ -1,26 +1,39 @@
-"""The ImageNet recipes' configuration: a preset, then the flags over it.
+"""The ImageNet recipe's settings: a preset, the flags over it, and the plan
+derived from them and the data.
 
 `resolve(preset=..., model=..., **overrides)` returns a `TrainConfig` with
 every field set, or raises `ValueError` naming the flag that is wrong. The
-field names are the flag names of `recipes/imagenet_train.py`.
+field names are the flag names of `recipes/imagenet/cli.py`. Each choice list
+(models, strategies, dtypes, ...) is defined here once.
+
+Importing this module loads neither Keras nor TensorFlow, so that --help is
+instant. The checks use the package's one argument checker
+(`keras_lars._validation`), which loads Keras with the optimizer: they import
+it when they run.
 """
 
 import dataclasses
-import math
+import os
 
-import keras
+from . import presets
 
-from recipes import models
-from recipes import presets
-
+MODELS = ("resnet50", "alexnet", "alexnet_bn")
+IMAGE_SIZE = {"resnet50": 224, "alexnet": 227, "alexnet_bn": 227}
+# Below these, a model's last pooling has nothing left to pool (AlexNet: 67 is
+# the smallest input whose pool5 keeps one pixel).
+MIN_IMAGE_SIZE = {"resnet50": 32, "alexnet": 67, "alexnet_bn": 67}
+ALEXNET_GROUPS = ("split", "native", "none")
+ALEXNET_BN_VARIANTS = ("authors", "conv_bn_relu")
 DTYPES = ("float32", "bfloat16", "float16")
-# tf.distribute strategies (recipes/strategies.py) and keras.distribution's
-# data parallelism (recipes/jax_runner.py); "default" is one device on both.
+# tf.distribute strategies (recipes/imagenet/strategies.py) and
+# keras.distribution's data parallelism (recipes/imagenet/jax_runner.py);
+# "default" is one device on both.
 TF_STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 JAX_STRATEGIES = ("default", "data_parallel")
 STRATEGIES = TF_STRATEGIES + ("data_parallel",)
+BACKENDS = ("tensorflow", "jax")
 # Settings that may change when a run is resumed: where and how it runs, not
-# what it computes.
+# what it computes. (The backend may not: its checkpoints are its own.)
 MAY_CHANGE_ON_RESUME = frozenset(
     {
         "strategy",
@@ -30,6 +43,7 @@ MAY_CHANGE_ON_RESUME = frozenset(
         "steps_per_loop",
         "data_dir",
         "tfds_data_dir",
+        "model_dir",
     }
 )
 
@@ -79,36 +93,31 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-PRESET_FIELDS = tuple(
-    f.name
-    for f in dataclasses.fields(TrainConfig)
-    if f.name
-    in {
-        "global_batch_size",
-        "learning_rate",
-        "warmup_epochs",
-        "train_epochs",
-        "weight_decay",
-        "momentum",
-        "label_smoothing",
-        "end_learning_rate",
-        "trust_coefficient",
-        "adapt_biases",
-        "dropout",
-        "eval_every_epochs",
-    }
-)
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Step counts derived from the config and the data, fixed at a run's
+    first start."""
+
+    replicas: int
+    num_classes: int
+    train_images: int
+    eval_images: int  # 0 with synthetic data: no evaluation
+    steps_per_epoch: int
+    train_steps: int
+    warmup_steps: int
+    steps_per_loop: int
+    eval_every_steps: int  # 0: only at the end
 
 
 def resolve(preset=None, model=None, **overrides):
     """The preset (by default the model's smallest-batch paper preset), with
     `overrides` (flag name -> value; None means "not given") on top."""
-    if preset is not None and preset not in presets.PRESETS:
-        raise ValueError(
-            f"--preset must be one of {', '.join(presets.PRESETS)}. Received: --preset={preset}"
-        )
-    if model is not None and model not in models.MODELS:
-        raise ValueError(f"--model must be one of {models.MODELS}. Received: --model={model}")
+    from keras_lars._validation import check_choice
+
+    if preset is not None:
+        check_choice("--preset", preset, tuple(presets.PRESETS))
+    if model is not None:
+        check_choice("--model", model, MODELS)
     if preset is None:
         preset = presets.DEFAULT_PRESET[model or "resnet50"]
     values = presets.PRESETS[preset]
@@ -125,7 +134,7 @@ def resolve(preset=None, model=None, **overrides):
         del settings[name]
     settings.update({k: v for k, v in overrides.items() if v is not None})
     config = TrainConfig(**settings)
-    image_size = config.image_size or models.IMAGE_SIZE[config.model]
+    image_size = config.image_size or IMAGE_SIZE[config.model]
     dtype = config.dtype or ("bfloat16" if config.strategy == "tpu" else "float32")
     config = dataclasses.replace(config, image_size=image_size, dtype=dtype)
     check(config)
@@ -134,63 +143,69 @@ def resolve(preset=None, model=None, **overrides):
 
 def check(config):
     """`ValueError` naming the flag of the first setting that is wrong."""
+    from keras_lars._validation import check_choice
+    from keras_lars._validation import check_integer
+    from keras_lars._validation import check_number
+
     sources = [bool(config.data_dir), bool(config.tfds_data_dir), config.synthetic]
     if sum(sources) != 1:
         raise ValueError("Give exactly one of --data_dir, --tfds_data_dir and --synthetic")
     if not config.model_dir:
         raise ValueError("--model_dir is required: checkpoints and summaries go there")
-    if config.strategy not in STRATEGIES:
-        raise ValueError(
-            f"--strategy must be one of {STRATEGIES}. Received: --strategy={config.strategy}"
-        )
+    check_choice("--strategy", config.strategy, STRATEGIES)
     if config.tpu and config.strategy != "tpu":
         raise ValueError(f"--tpu={config.tpu} needs --strategy=tpu")
-    if config.dtype not in DTYPES:
-        raise ValueError(f"--dtype must be one of {DTYPES}. Received: --dtype={config.dtype}")
-    if config.alexnet_groups not in models.ALEXNET_GROUPS:
-        raise ValueError(
-            f"--alexnet_groups must be one of {models.ALEXNET_GROUPS}. "
-            f"Received: --alexnet_groups={config.alexnet_groups}"
-        )
-    if config.alexnet_bn_variant not in models.ALEXNET_BN_VARIANTS:
-        raise ValueError(
-            f"--alexnet_bn_variant must be one of {models.ALEXNET_BN_VARIANTS}. "
-            f"Received: --alexnet_bn_variant={config.alexnet_bn_variant}"
-        )
+    check_choice("--dtype", config.dtype, DTYPES)
+    check_choice("--alexnet_groups", config.alexnet_groups, ALEXNET_GROUPS)
+    check_choice("--alexnet_bn_variant", config.alexnet_bn_variant, ALEXNET_BN_VARIANTS)
     for name in ("global_batch_size", "accumulation_steps", "image_size"):
-        _integer(config, name, low=1)
+        check_integer(f"--{name}", getattr(config, name), low=1)
     for name in ("train_steps", "steps_per_loop", "train_images"):
         if getattr(config, name) is not None:
-            _integer(config, name, low=1)
-    _integer(config, "logical_cpus", low=0)
-    _integer(config, "seed", low=0)
-    min_size = models.MIN_IMAGE_SIZE[config.model]
+            check_integer(f"--{name}", getattr(config, name), low=1)
+    check_integer("--logical_cpus", config.logical_cpus, low=0)
+    check_integer("--seed", config.seed, low=0)
+    min_size = MIN_IMAGE_SIZE[config.model]
     if config.image_size < min_size:
         raise ValueError(
             f"--image_size must be >= {min_size} for --model={config.model}. "
             f"Received: --image_size={config.image_size}"
         )
-    _number(config, "learning_rate", low=0.0, strict=True)
-    _number(config, "train_epochs", low=0.0, strict=True)
+    for name in ("learning_rate", "train_epochs", "trust_coefficient"):
+        check_number(f"--{name}", getattr(config, name), low=0.0, low_inclusive=False)
     for name in ("warmup_epochs", "weight_decay", "end_learning_rate", "eval_every_epochs"):
-        _number(config, name, low=0.0)
-    _number(config, "trust_coefficient", low=0.0, strict=True)
+        check_number(f"--{name}", getattr(config, name), low=0.0)
     for name in ("momentum", "label_smoothing", "dropout"):
-        _number(config, name, low=0.0, high=1.0)
+        check_number(f"--{name}", getattr(config, name), low=0.0, high=1.0)
 
 
-def check_backend(config, backend=None):
-    """`ValueError` naming the flag unless the strategy belongs to `backend`
-    (by default the Keras backend in use)."""
-    backend = backend or keras.backend.backend()
-    if backend == "jax":
+def backend():
+    """The Keras backend this process will use, read as Keras reads it (the
+    environment, then ~/.keras/keras.json), without importing Keras."""
+    import json
+
+    name = os.environ.get("KERAS_BACKEND")
+    if name:
+        return name
+    keras_home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
+    try:
+        with open(os.path.join(keras_home, "keras.json")) as f:
+            return json.load(f).get("backend", "tensorflow")
+    except (OSError, ValueError):
+        return "tensorflow"
+
+
+def check_backend(config, backend_name):
+    """`ValueError` naming the flag unless the strategy belongs to the Keras
+    backend `backend_name`."""
+    if backend_name == "jax":
         if config.strategy not in JAX_STRATEGIES:
             raise ValueError(
                 f"--strategy={config.strategy} is a tf.distribute strategy: it needs "
                 "KERAS_BACKEND=tensorflow. On JAX use --strategy=data_parallel (TPUs "
                 "included: JAX finds their cores itself)"
             )
-    elif backend == "tensorflow":
+    elif backend_name == "tensorflow":
         if config.strategy not in TF_STRATEGIES:
             raise ValueError(
                 f"--strategy={config.strategy} is keras.distribution, which Keras 3 runs on "
@@ -204,28 +219,6 @@ def check_backend(config, backend=None):
             )
     else:
         raise ValueError(
-            f"The recipes run on the TensorFlow or JAX backend, not {backend!r}: set "
+            f"The recipes run on the TensorFlow or JAX backend, not {backend_name!r}: set "
             "KERAS_BACKEND=tensorflow or KERAS_BACKEND=jax"
         )
-
-
-def _integer(config, name, low):
-    value = getattr(config, name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"--{name} must be an integer >= {low}. Received: --{name}={value}")
-
-
-def _number(config, name, low, high=None, strict=False):
-    value = getattr(config, name)
-    ok = (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and (value > low if strict else value >= low)
-        and (high is None or value < high)
-    )
-    if not ok:
-        bounds = f"> {low}" if strict else f">= {low}"
-        if high is not None:
-            bounds += f" and < {high}"
-        raise ValueError(f"--{name} must be a number {bounds}. Received: --{name}={value}")

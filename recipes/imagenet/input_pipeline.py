@@ -11,10 +11,10 @@ Two sources of (JPEG bytes, label) examples:
 The label offset is explicit: `label_offset` is subtracted, so both give
 0..999 by default.
 
-    dataset = imagenet_input.build_dataset(
+    dataset = input_pipeline.build_dataset(
         "/data/imagenet/train-*", training=True, global_batch_size=4096,
         input_context=context, dtype="bfloat16")
-    with imagenet_input.naming_bad_files(dataset.files):
+    with input_pipeline.naming_bad_files(dataset.files):
         model.fit(dataset, ...)
 
 Under a `tf.distribute` strategy use `strategy.distribute_datasets_from_function`
@@ -32,6 +32,8 @@ import os
 
 import tensorflow as tf
 from tqdm import tqdm
+
+from .config import DTYPES
 
 IMAGE_SIZE = 224
 # Inception-style crop (Szegedy et al. 2015), as in the ResNet references.
@@ -58,7 +60,6 @@ SCHEMAS = {
     "imagenet": ("image/encoded", "image/class/label", 1),
     "tfds": ("image", "label", 0),
 }
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 class BadDataError(RuntimeError):

@@ -2,12 +2,14 @@
 
     run(config)
 
-1. Sets up the devices (a tf.distribute strategy on TensorFlow,
-   `recipes/tf_runner.py`; keras.distribution on JAX, `recipes/jax_runner.py`)
-   and checks everything that can be checked before any file is written: the
-   batch split over replicas and accumulation steps, the data.
-2. Writes `model_dir/config.json` (the settings and the derived step counts);
-   a rerun with different training settings in the same `model_dir` is refused.
+1. Sets up the devices through the runner of the Keras backend in use
+   (`recipes/imagenet/tf_runner.py`: a tf.distribute strategy;
+   `recipes/imagenet/jax_runner.py`: keras.distribution) and checks
+   everything that can be checked before any file is written: the batch split
+   over replicas and accumulation steps, the data.
+2. Writes `model_dir/config.json` (the settings, the Keras backend and the
+   derived step counts); a rerun with other training settings, or under the
+   other backend, in the same `model_dir` is refused.
 3. Builds the model, `keras_lars.LARS` and its `PolynomialWarmup` schedule,
    and resumes from the latest checkpoint if there is one.
 4. Trains loop by loop (`steps_per_loop` steps per host call), checkpointing
@@ -20,9 +22,10 @@ step) without saving: the last checkpoint is the last good state.
 
 Resuming. The optimizer's `iterations` is saved with the weights, so the
 schedule continues where it was, and the input stream is reopened where it
-stopped (`imagenet_input.resume_position`): exactly, with `deterministic=True`.
+stopped (`input_pipeline.resume_position`): exactly, with `deterministic=True`.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -33,9 +36,15 @@ import keras
 import tensorflow as tf
 from tqdm import tqdm
 
-from recipes import imagenet_input
-from recipes import optimization
-from recipes import train_config
+import keras_lars
+
+from .. import faults
+from .. import optimization
+from . import config as config_lib
+from . import input_pipeline
+from . import models
+from .config import Plan
+from .runner import Input
 
 POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 TRACKED_LAYERS = 4  # kernels whose trust ratio goes to TensorBoard
@@ -45,49 +54,43 @@ class TrainingDiverged(RuntimeError):
     """The loss stopped being finite."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    """Step counts derived from the config and the data."""
-
-    replicas: int
-    num_classes: int
-    train_images: int
-    eval_images: int  # 0 with synthetic data: no evaluation
-    steps_per_epoch: int
-    train_steps: int
-    warmup_steps: int
-    steps_per_loop: int
-    eval_every_steps: int  # 0: only at the end
-
-
 def run(config):
     """Trains as `config` says; returns the summary dict (also in summary.json)."""
-    train_config.check_backend(config)
-    runner = _runner(config)
-    train_source, eval_source = _sources(config)
-    plan = _plan(config, runner.replicas, train_source, eval_source)
-    _write_config(config, plan, write=runner.chief)
-    print(f"{runner.description}; {_describe(plan)}")
-
-    previous_policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(POLICIES[config.dtype])
+    backend = keras.backend.backend()
+    config_lib.check_backend(config, backend)
+    runner = _runner(config, backend)
     try:
-        return _train(config, plan, runner, train_source, eval_source)
+        train_source, eval_source = _sources(config)
+        plan = _plan(config, runner.replicas, train_source, eval_source)
+        _write_config(config, plan, backend, write=runner.chief)
+        print(f"{runner.description}; {_describe(plan)}")
+        with _precision(config.dtype):
+            return _train(config, plan, runner, train_source, eval_source)
     finally:
-        keras.mixed_precision.set_global_policy(previous_policy)
         runner.close()
 
 
-def _runner(config):
-    """The runner of the Keras backend in use (train_config has checked that
+def _runner(config, backend):
+    """The runner of `backend` (config_lib.check_backend has checked that
     the strategy belongs to it)."""
-    if keras.backend.backend() == "jax":
-        from recipes import jax_runner
+    if backend == "jax":
+        from .jax_runner import JaxRunner
 
-        return jax_runner.Runner(config)
-    from recipes import tf_runner
+        return JaxRunner(config)
+    from .tf_runner import TensorFlowRunner
 
-    return tf_runner.Runner(config)
+    return TensorFlowRunner(config)
+
+
+@contextlib.contextmanager
+def _precision(dtype):
+    """Keras's global mixed-precision policy for `dtype`, restored afterwards."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(POLICIES[dtype])
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def _sources(config):
@@ -95,8 +98,8 @@ def _sources(config):
         return None, None
     if config.tfds_data_dir:
         return (
-            imagenet_input.TFDSSource(config.tfds_data_dir, "train"),
-            imagenet_input.TFDSSource(config.tfds_data_dir, "validation"),
+            input_pipeline.TFDSSource(config.tfds_data_dir, "train"),
+            input_pipeline.TFDSSource(config.tfds_data_dir, "validation"),
         )
     for split in ("train", "validation"):
         pattern = os.path.join(config.data_dir, f"{split}-*")
@@ -106,8 +109,8 @@ def _sources(config):
                 "(write them with tools/imagenet_to_tfrecords.py)"
             )
     return (
-        imagenet_input.TFRecordSource(os.path.join(config.data_dir, "train-*")),
-        imagenet_input.TFRecordSource(os.path.join(config.data_dir, "validation-*")),
+        input_pipeline.TFRecordSource(os.path.join(config.data_dir, "train-*")),
+        input_pipeline.TFRecordSource(os.path.join(config.data_dir, "validation-*")),
     )
 
 
@@ -119,8 +122,8 @@ def _plan(config, replicas, train_source, eval_source):
             f"{replicas} replica(s) x --accumulation_steps={config.accumulation_steps}"
         )
     if config.synthetic:
-        num_classes = imagenet_input.IMAGENET_CLASSES
-        train_images, eval_images = imagenet_input.IMAGENET_TRAIN_IMAGES, 0
+        num_classes = input_pipeline.IMAGENET_CLASSES
+        train_images, eval_images = input_pipeline.IMAGENET_TRAIN_IMAGES, 0
     else:
         num_classes = train_source.num_classes
         if not config.train_images:
@@ -156,18 +159,26 @@ def _describe(plan):
     )
 
 
-def _write_config(config, plan, write):
+def _write_config(config, plan, backend, write):
     """config.json in model_dir (if `write`); refuses a model_dir holding a
-    run with other training settings."""
+    run with other training settings or of the other backend."""
     path = os.path.join(config.model_dir, "config.json")
-    settings = {"config": config.to_dict(), "plan": dataclasses.asdict(plan)}
+    settings = {"backend": backend, "config": config.to_dict(), "plan": dataclasses.asdict(plan)}
     if tf.io.gfile.exists(path):
         with tf.io.gfile.GFile(path) as f:
-            saved = json.load(f)["config"]
+            saved = json.load(f)
+        if saved.get("backend", "tensorflow") != backend:
+            raise ValueError(
+                f"--model_dir={config.model_dir} holds a run of the {saved['backend']} "
+                f"backend; this is {backend} (KERAS_BACKEND), whose checkpoints are not "
+                "interchangeable: rerun with KERAS_BACKEND="
+                f"{saved['backend']}, or use a new --model_dir"
+            )
+        saved = saved["config"]
         changed = {
             k: (saved.get(k), v)
             for k, v in config.to_dict().items()
-            if saved.get(k) != v and k not in train_config.MAY_CHANGE_ON_RESUME
+            if saved.get(k) != v and k not in config_lib.MAY_CHANGE_ON_RESUME
         }
         if changed:
             detail = ", ".join(f"--{k}: {a} -> {b}" for k, (a, b) in sorted(changed.items()))
@@ -183,18 +194,95 @@ def _write_config(config, plan, write):
         tf.io.gfile.rename(path + ".partial", path, overwrite=True)
 
 
+def training_input(config, source, start_step):
+    """The training stream from `start_step` on: each input pipeline's share,
+    reopened where the steps before consumed it (see
+    `input_pipeline.resume_position`)."""
+
+    def dataset_fn(context):
+        per_pipeline_step = config.global_batch_size // context.num_input_pipelines
+        seed, skip = input_pipeline.resume_position(
+            config.seed, config.deterministic, start_step, per_pipeline_step
+        )
+        return input_pipeline.batches(
+            source,
+            training=True,
+            global_batch_size=config.global_batch_size,
+            input_context=context,
+            image_size=config.image_size,
+            dtype=config.dtype,
+            deterministic=config.deterministic,
+            seed=seed,
+            skip=skip,
+            num_classes=source.num_classes,
+        )
+
+    return Input(dataset_fn, naming_bad_files=source.naming_bad_files)
+
+
+def evaluation_input(config, plan, source):
+    """Every validation image once, padded with masked ones to whole batches."""
+
+    def dataset_fn(context):
+        return input_pipeline.evaluation_batches(
+            source,
+            global_batch_size=config.global_batch_size,
+            num_examples=plan.eval_images,
+            input_context=context,
+            image_size=config.image_size,
+            dtype=config.dtype,
+            num_classes=source.num_classes,
+        )
+
+    def steps(num_input_pipelines):
+        return input_pipeline.evaluation_steps(
+            plan.eval_images, config.global_batch_size, num_input_pipelines
+        )
+
+    return Input(dataset_fn, steps, source.naming_bad_files)
+
+
+def _build(config, plan, runner):
+    """The model and LARS (in a LossScaleOptimizer for float16), built by the
+    runner; returns (model, lars)."""
+    with runner.scope():
+        model = models.build_for(config, plan.num_classes)
+        k = config.accumulation_steps
+        lars = optimization.lars(
+            config.learning_rate,
+            train_steps=plan.train_steps,
+            warmup_steps=plan.warmup_steps,
+            end_learning_rate=config.end_learning_rate,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+            trust_coefficient=config.trust_coefficient,
+            adaptation_exclude_patterns=optimization.ADAPT_ALL
+            if config.adapt_biases
+            else keras_lars.DEFAULT_EXCLUDE_PATTERNS,
+            track_trust_ratios=True,
+            gradient_accumulation_steps=k if k > 1 and runner.accumulates_in_optimizer else None,
+        )
+        optimizer = lars
+        if config.dtype == "float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(lars)
+    runner.build(model, optimizer, plan)
+    return model, lars
+
+
 def _train(config, plan, runner, train_source, eval_source):
     keras.utils.set_random_seed(config.seed)  # initialisation and dropout
-    runner.build(plan, train_source, eval_source)
-    print(_describe_exclusions(runner.lars.exclusions()))
+    model, lars = _build(config, plan, runner)
+    print(_describe_exclusions(lars.exclusions()))
     start_step = runner.restore()
     if start_step:
         print(
             f"Resumed from step {start_step} ({runner.latest_checkpoint()}); learning rate "
-            f"{optimization.learning_rate(runner.lars):.6g}"
+            f"{optimization.learning_rate(lars):.6g}"
         )
-    runner.start(start_step)
-    log = _Log(config, runner.chief, [v.path for v in runner.model.trainable_variables])
+    training = train_source and training_input(config, train_source, start_step)
+    runner.start(start_step, training)
+    evaluation_stream = eval_source and evaluation_input(config, plan, eval_source)
+    log = _Log(config, runner.chief, [v.path for v in model.trainable_variables])
     step, evaluation = start_step, None
     images, seconds = 0, 0.0  # after the first loop, which also compiles
     started = time.time()
@@ -203,9 +291,9 @@ def _train(config, plan, runner, train_source, eval_source):
             steps = _loop_length(step, plan)
             loop_started = time.time()
             result = runner.train(steps)
-            if result["non_finite_in_loop"] is not None:
+            if result.first_non_finite_step is not None:
                 raise TrainingDiverged(
-                    f"The loss is not finite at step {step + result['non_finite_in_loop']}; "
+                    f"The loss is not finite at step {step + result.first_non_finite_step}; "
                     "stopped without saving. The last good checkpoint: "
                     f"{runner.latest_checkpoint()}"
                 )
@@ -215,30 +303,32 @@ def _train(config, plan, runner, train_source, eval_source):
                 seconds += loop_seconds
             step += steps
             runner.save(step)
+            faults.kill_if_asked(step)
             throughput = steps * config.global_batch_size / loop_seconds
-            log.training(step, result, runner.lars, throughput)
-            bar.set_postfix(loss=f"{result['loss']:.3f}", img_s=f"{throughput:.0f}")
+            log.training(step, result, lars, throughput)
+            bar.set_postfix(loss=f"{result.loss:.3f}", img_s=f"{throughput:.0f}")
             bar.update(steps)
-            if _evaluate_now(step, plan) and eval_source:
-                evaluation = runner.evaluate()
+            if _evaluate_now(step, plan) and evaluation_stream:
+                evaluation = runner.evaluate(evaluation_stream)
                 log.evaluation(step, evaluation)
                 bar.write(
-                    f"step {step}: top-1 {100 * evaluation['top1']:.2f}%, top-5 "
-                    f"{100 * evaluation['top5']:.2f}% on {evaluation['examples']} images"
+                    f"step {step}: top-1 {100 * evaluation.top1:.2f}%, top-5 "
+                    f"{100 * evaluation.top5:.2f}% on {evaluation.examples} images"
                 )
-    if evaluation is None and eval_source:  # a finished run started again: no loop ran
-        evaluation = runner.evaluate()
-    log.close()
+    if evaluation is None and evaluation_stream:  # a finished run started again: no loop ran
+        evaluation = runner.evaluate(evaluation_stream)
+    log.flush()
     summary = dict(
         model=config.model,
         preset=config.preset,
+        backend=runner.backend,
         strategy=runner.description,
         steps=step,
         epochs=round(step / plan.steps_per_epoch, 3),
         resumed_from_step=start_step,
-        top1=evaluation and evaluation["top1"],
-        top5=evaluation and evaluation["top5"],
-        eval_images=evaluation and evaluation["examples"],
+        top1=evaluation and evaluation.top1,
+        top5=evaluation and evaluation.top5,
+        eval_images=evaluation and evaluation.examples,
         wall_seconds=round(time.time() - started, 1),
         images_per_second=round(images / seconds, 1) if seconds else None,
     )
@@ -282,9 +372,9 @@ class _Log:
     def training(self, step, result, lars, images_per_second):
         ratios = lars.trust_ratios()
         scalars = {
-            "loss": result["loss"],
-            "top1": result["top1"],
-            "top5": result["top5"],
+            "loss": result.loss,
+            "top1": result.top1,
+            "top5": result.top5,
             "learning_rate": optimization.learning_rate(lars),
             "images_per_second": images_per_second,
             **{f"trust_ratio/{path}": ratios[path] for path in self.tracked},
@@ -292,14 +382,14 @@ class _Log:
         self._write("train", step, scalars)
 
     def evaluation(self, step, evaluation):
-        self._write("eval", step, {"top1": evaluation["top1"], "top5": evaluation["top5"]})
+        self._write("eval", step, {"top1": evaluation.top1, "top5": evaluation.top5})
 
     def _write(self, name, step, scalars):
         with self.writers[name].as_default(step=step):
             for tag, value in scalars.items():
                 tf.summary.scalar(tag, value)
 
-    def close(self):
+    def flush(self):
         for writer in self.writers.values():
             writer.flush()
 

@@ -1,33 +1,14 @@
-"""The recipes' ImageNet models, built from `keras.layers` (every backend)."""
+"""The recipes' ImageNet models, built from `keras.layers` (every backend).
 
-from recipes.models.alexnet import BN_VARIANTS as ALEXNET_BN_VARIANTS
-from recipes.models.alexnet import GROUPS as ALEXNET_GROUPS
-from recipes.models.alexnet import MIN_IMAGE_SIZE as ALEXNET_MIN_IMAGE_SIZE
-from recipes.models.alexnet import alexnet
-from recipes.models.alexnet import alexnet_bn
-from recipes.models.resnet import resnet50
+Their names, input sizes and options are listed in `recipes/imagenet/config.py`.
+"""
 
-__all__ = [
-    "ALEXNET_BN_VARIANTS",
-    "ALEXNET_GROUPS",
-    "IMAGE_SIZE",
-    "MIN_IMAGE_SIZE",
-    "MODELS",
-    "alexnet",
-    "alexnet_bn",
-    "build",
-    "build_for",
-    "resnet50",
-]
+from ..config import MODELS
+from .alexnet import alexnet
+from .alexnet import alexnet_bn
+from .resnet import resnet50
 
-MODELS = ("resnet50", "alexnet", "alexnet_bn")
-IMAGE_SIZE = {"resnet50": 224, "alexnet": 227, "alexnet_bn": 227}
-# Below these, a model's last pooling has nothing left to pool.
-MIN_IMAGE_SIZE = {
-    "resnet50": 32,
-    "alexnet": ALEXNET_MIN_IMAGE_SIZE,
-    "alexnet_bn": ALEXNET_MIN_IMAGE_SIZE,
-}
+__all__ = ["alexnet", "alexnet_bn", "build", "build_for", "resnet50"]
 
 
 def build(
@@ -57,7 +38,7 @@ def build(
 
 
 def build_for(config, num_classes):
-    """The model a `recipes.train_config.TrainConfig` asks for."""
+    """The model a `recipes.imagenet.config.TrainConfig` asks for."""
     return build(
         config.model,
         num_classes,

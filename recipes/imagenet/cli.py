@@ -1,0 +1,172 @@
+r"""Trains ResNet-50 or AlexNet on ImageNet with LARS: the command line.
+
+    python -m recipes.imagenet_train --model=resnet50 --preset=mlperf_8k \
+        --data_dir=/data/imagenet-tfrecords --model_dir=/runs/r50-8k --strategy=mirrored
+    python -m recipes.imagenet_train --model=resnet50 --preset=mlperf_32k \
+        --strategy=tpu --tpu=my-tpu --data_dir=gs://... --model_dir=gs://...
+    python -m recipes.imagenet_train --model=alexnet_bn --preset=paper_alexnet_bn_8k ...
+    python -m recipes.imagenet_train --model=resnet50 --synthetic \
+        --global_batch_size=256 --train_steps=50 --model_dir=/tmp/r50-synthetic
+
+Every preset field (batch, rate, warm-up, epochs, decay, momentum, ...) can be
+overridden by its flag; without --preset a model starts from the paper's
+smallest-batch preset. The resolved settings are printed and written to
+model_dir/config.json; rerunning with the same --model_dir resumes. See
+recipes/imagenet/presets.py for the presets and their sources,
+recipes/imagenet/job.py for what a run does.
+"""
+
+import dataclasses
+import sys
+
+from absl import flags
+from absl import logging
+
+from . import config as config_lib
+from . import presets
+
+FLAGS = flags.FLAGS
+PROGRAM = "imagenet_train"
+# The settings no preset fixes take TrainConfig's defaults; a preset's fields
+# default to None, "not given", so that the preset's value stands.
+DEFAULT = {f.name: f.default for f in dataclasses.fields(config_lib.TrainConfig)}
+
+
+def define_flags():
+    """Defined only when run as a script, so modules can share flag names."""
+    flags.DEFINE_enum("model", None, config_lib.MODELS, "The model (default: the preset's).")
+    flags.DEFINE_enum(
+        "preset",
+        None,
+        list(presets.PRESETS),
+        "Large-batch settings (default: the model's paper preset at its smallest batch):\n"
+        + presets.describe(),
+    )
+    flags.DEFINE_string("data_dir", None, "TFRecords from tools/imagenet_to_tfrecords.py.")
+    flags.DEFINE_string("tfds_data_dir", None, "A TFDS data_dir holding imagenet2012.")
+    flags.DEFINE_bool(
+        "synthetic", DEFAULT["synthetic"], "Random images made on the device: throughput only."
+    )
+    flags.DEFINE_string("model_dir", None, "Checkpoints, TensorBoard logs, config and summary.")
+    flags.DEFINE_enum(
+        "strategy",
+        DEFAULT["strategy"],
+        config_lib.STRATEGIES,
+        "TensorFlow: a tf.distribute strategy (multi_worker reads the cluster from "
+        "TF_CONFIG). JAX (KERAS_BACKEND=jax): data_parallel, keras.distribution over "
+        "every local device. default: one device.",
+    )
+    flags.DEFINE_string("tpu", None, "TPU name or grpc:// address; 'local' on a TPU VM.")
+    flags.DEFINE_integer(
+        "logical_cpus",
+        DEFAULT["logical_cpus"],
+        "Split the CPU into N devices (to try strategies without GPUs).",
+    )
+    flags.DEFINE_bool(
+        "multi_process",
+        DEFAULT["multi_process"],
+        "JAX: several hosts (a TPU pod slice); calls keras.distribution.initialize().",
+    )
+    flags.DEFINE_bool(
+        "jit_compile", DEFAULT["jit_compile"], "Compile the step with XLA (one replica only)."
+    )
+    flags.DEFINE_integer("global_batch_size", None, "Images per update, over all replicas.")
+    flags.DEFINE_float("learning_rate", None, "Peak global rate γ of LARS.")
+    flags.DEFINE_float("warmup_epochs", None, "Linear warm-up from 0, in epochs.")
+    flags.DEFINE_float("train_epochs", None, "Epochs to train.")
+    flags.DEFINE_integer("train_steps", None, "Updates to train; overrides --train_epochs.")
+    flags.DEFINE_integer(
+        "train_images",
+        None,
+        "Training images per epoch (default: counted; the converter's shards record "
+        "their counts, other TFRecords are read once to count them).",
+    )
+    flags.DEFINE_float("weight_decay", None, "LARS's coupled weight decay β.")
+    flags.DEFINE_float("momentum", None, "LARS momentum.")
+    flags.DEFINE_float("label_smoothing", None, "Label smoothing of the cross-entropy.")
+    flags.DEFINE_float("end_learning_rate", None, "The rate at the end of the decay.")
+    flags.DEFINE_float("trust_coefficient", None, "LARS's η.")
+    flags.DEFINE_bool(
+        "adapt_biases", None, "Adapt biases and BN variables too (they are never decayed)."
+    )
+    flags.DEFINE_float("dropout", None, "Dropout of AlexNet's fc6 and fc7.")
+    flags.DEFINE_float("eval_every_epochs", None, "Evaluate this often (0: only at the end).")
+    flags.DEFINE_integer("steps_per_loop", None, "Steps per host call and checkpoint.")
+    flags.DEFINE_integer(
+        "accumulation_steps", DEFAULT["accumulation_steps"], "Micro-batches per update."
+    )
+    flags.DEFINE_integer("image_size", None, "Input size (default 224 ResNet, 227 AlexNet).")
+    flags.DEFINE_enum(
+        "dtype",
+        None,
+        config_lib.DTYPES,
+        "Compute precision (default bfloat16 with --strategy=tpu, else float32; pass "
+        "bfloat16 for TPUs on JAX too); float16 scales the loss.",
+    )
+    flags.DEFINE_bool(
+        "zero_init_residual",
+        DEFAULT["zero_init_residual"],
+        "ResNet: zero the last BN γ of each branch.",
+    )
+    flags.DEFINE_enum(
+        "alexnet_groups",
+        DEFAULT["alexnet_groups"],
+        config_lib.ALEXNET_GROUPS,
+        "AlexNet's grouped convolutions.",
+    )
+    flags.DEFINE_enum(
+        "alexnet_bn_variant",
+        DEFAULT["alexnet_bn_variant"],
+        config_lib.ALEXNET_BN_VARIANTS,
+        "Where AlexNet-BN's BN sits.",
+    )
+    flags.DEFINE_integer("seed", DEFAULT["seed"], "Seed of initialisation and input order.")
+    flags.DEFINE_bool(
+        "deterministic",
+        DEFAULT["deterministic"],
+        "Repeatable input order and augmentation (slower input).",
+    )
+
+
+def main(argv):
+    """Checks the flags (a mistake is one line and exit status 1, before
+    TensorFlow loads), then runs the job."""
+    if len(argv) > 1:
+        return _error(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS["verbosity"].present:  # TensorFlow's INFO lines drown the progress bar
+        logging.set_verbosity(logging.WARNING)
+    settings = {
+        name: FLAGS[name].value
+        for name in config_lib.TrainConfig.__dataclass_fields__
+        if name not in ("model", "preset")
+    }
+    try:
+        config = config_lib.resolve(FLAGS.preset, FLAGS.model, **settings)
+        config_lib.check_backend(config, config_lib.backend())
+    except ValueError as error:
+        return _error(f"{error} (see --help)")
+
+    import tensorflow as tf
+
+    from . import input_pipeline
+    from . import job
+    from . import strategies
+
+    try:
+        job.run(config)
+    except (
+        ValueError,
+        FileNotFoundError,
+        strategies.StrategyError,
+        input_pipeline.BadDataError,
+        job.TrainingDiverged,
+    ) as error:
+        return _error(str(error))
+    except tf.errors.OpError as error:  # a bad label, an unreadable gs:// path, ...
+        return _error(error.message.strip())
+    return 0
+
+
+def _error(message):
+    print(f"{PROGRAM}: error: {message}", file=sys.stderr)
+    return 1

@@ -1,0 +1,107 @@
+"""The console scripts (setup.py's entry points) and the `python -m recipes.*`
+commands, which share what they do before their command line runs:
+
+1. check that what the command needs is installed, and say in one line what
+   to install if not, before anything is imported or built;
+2. run the command-line module with absl, its --help describing that module
+   (absl describes `__main__`, which under a console script is pip's
+   three-line wrapper and under `python -m recipes.imagenet_train` a shim).
+
+Nothing here is imported at module level but the standard library, so that
+step 1 runs whatever is missing.
+"""
+
+import importlib
+import importlib.util
+import os
+import sys
+
+# What the `recipes` extra installs (setup.py): import name -> distribution.
+RECIPES_EXTRA = {
+    "absl": "absl-py",
+    "matplotlib": "matplotlib",
+    "PIL": "pillow",
+    "scipy": "scipy",
+    "tensorboard": "tensorboard",
+    "tqdm": "tqdm",
+}
+# Installed, `recipes/` ships as `keras_lars_recipes` and `tools/` as
+# `keras_lars_tools` (setup.py); in a checkout they are `recipes` and `tools`.
+TOOLS = __package__.replace("recipes", "tools")
+
+
+def train():
+    """keras-lars-train: the ImageNet recipe (recipes/imagenet/cli.py)."""
+    _run("keras-lars-train", f"{__package__}.imagenet.cli", needs_tensorflow=True)
+
+
+def study():
+    """keras-lars-study: the large-batch study (recipes/study/cli.py)."""
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    backend = os.environ["KERAS_BACKEND"]
+    _run(
+        "keras-lars-study",
+        f"{__package__}.study.cli",
+        needs_tensorflow=backend == "tensorflow",
+        backend=backend,
+    )
+
+
+def imagenet_to_tfrecords():
+    """keras-lars-imagenet-to-tfrecords (tools/imagenet_to_tfrecords.py)."""
+    _run(
+        "keras-lars-imagenet-to-tfrecords",
+        f"{TOOLS}.imagenet_to_tfrecords",
+        needs_tensorflow=True,
+    )
+
+
+def make_fake_imagenet():
+    """keras-lars-make-fake-imagenet (tools/make_fake_imagenet.py)."""
+    _run("keras-lars-make-fake-imagenet", f"{TOOLS}.make_fake_imagenet", needs_tensorflow=False)
+
+
+def missing(needs_tensorflow, backend=None):
+    """One line saying what to install, or None if nothing is missing."""
+    absent = sorted(dist for name, dist in RECIPES_EXTRA.items() if not _installed(name))
+    if absent:
+        return (
+            f"{', '.join(absent)} {'is' if len(absent) == 1 else 'are'} not installed: "
+            "pip install 'keras_lars[recipes]'"
+        )
+    if needs_tensorflow and not _installed("tensorflow"):
+        return (
+            "TensorFlow is not installed (the input pipelines are tf.data, on every Keras "
+            "backend): pip install 'keras_lars[tensorflow]' (or [tensorflow-cpu])"
+        )
+    if backend in ("jax", "torch") and not _installed(backend):
+        return (
+            f"KERAS_BACKEND={backend}, but {backend} is not installed: pip install '.[{backend}]'"
+        )
+    return None
+
+
+def _installed(name):
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a broken or blocked installation
+        return False
+
+
+def _run(program, module_name, needs_tensorflow, backend=None):
+    problem = missing(needs_tensorflow, backend)
+    if problem:
+        sys.exit(f"{program}: error: {problem}")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up noise
+
+    from absl import app
+    from absl import flags
+
+    module = importlib.import_module(module_name)
+    module.define_flags()
+    script = sys.modules["__main__"]
+    if script is not module:
+        script.__doc__ = module.__doc__
+        for flag in flags.FLAGS.get_key_flags_for_module(module.__name__):
+            flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+    app.run(module.main)
