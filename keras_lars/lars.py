@@ -406,83 +406,12 @@ class LARS(keras.optimizers.Optimizer):
         )
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        if keras.backend.backend() == "torch" and all(
-            keras.backend.standardize_dtype(v.dtype) == "float32" for v in trainable_variables
-        ):
-            return self._torch_update_all(grads, trainable_variables, learning_rate)
+        if keras.backend.backend() == "torch":
+            from keras_lars import _torch_lars  # imports torch: only on that backend
+
+            if _torch_lars.handles(trainable_variables):
+                return _torch_lars.update_all(self, grads, trainable_variables, learning_rate)
         return super()._backend_update_step(grads, trainable_variables, learning_rate)
-
-    def _torch_update_all(self, grads, variables, learning_rate):
-        """`update_step` for every variable at once on PyTorch, with
-        multi-tensor `torch._foreach_*` kernels (as Keras's own PyTorch
-        optimizers), `λ` computed as one vector, and every full-size update
-        done in place (a fresh full-size tensor costs more than the update on
-        a CPU): with r the local rate,
-
-            v ← m·v + r·g + r·β·w      (addcmul_ twice)
-            w ← w − v                   (Nesterov: w ← w·(1 − r·β) − m·v − r·g)
-        """
-        import torch
-
-        with torch.no_grad():
-            indices = [self._get_variable_index(v) for v in variables]
-            weights = [v.value for v in variables]
-            grads = list(grads)
-            decayed = [k for k, i in enumerate(indices) if i in self._decayed_indices]
-            adapted = [k for k, i in enumerate(indices) if i in self._adapted_indices]
-            is_decayed = set(decayed)
-            learning_rate = ops.cast(learning_rate, "float32")
-            rates = [learning_rate] * len(variables)
-            device = weights[0].device if weights else None
-            trust_ratios = [torch.ones((), device=device)] * len(variables)
-            if adapted:
-                if self.trust_ratio_denominator == SUM_OF_NORMS:
-                    norm_of = [grads[k] for k in adapted]
-                else:  # ‖g + βw‖: the one case that needs g + βw whole
-                    norm_of = [
-                        grads[k] + self.weight_decay * weights[k] if k in is_decayed else grads[k]
-                        for k in adapted
-                    ]
-                decay = torch.tensor(
-                    [self.weight_decay if k in is_decayed else 0.0 for k in adapted], device=device
-                )
-                adapted_rates, ratios = self._local_rate(
-                    torch.stack(torch._foreach_norm([weights[k] for k in adapted])),
-                    torch.stack(torch._foreach_norm(norm_of)),
-                    decay,
-                    learning_rate,
-                )
-                for k, rate, ratio in zip(adapted, adapted_rates.unbind(), ratios.unbind()):
-                    rates[k], trust_ratios[k] = rate, ratio
-            if self._trust_ratios:
-                torch._foreach_copy_(
-                    [self._trust_ratios[i].value for i in indices],
-                    [r.to(torch.float32) for r in trust_ratios],
-                )
-            # Scalar arithmetic on vectors, then one 0-d view per variable: a
-            # few kernels, not one per variable.
-            negative_rates = (-torch.stack(rates)).unbind()
-            decay_rates = keep_rates = ()
-            if decayed:
-                decay_vector = torch.stack([rates[k] for k in decayed]) * self.weight_decay
-                decay_rates, keep_rates = decay_vector.unbind(), (1 - decay_vector).unbind()
-            if not self.momentums:
-                torch._foreach_mul_([weights[k] for k in decayed], keep_rates)
-                torch._foreach_addcmul_(weights, grads, negative_rates)
-                return
-            velocities = [self.momentums[i].value for i in indices]
-            torch._foreach_mul_(velocities, self.momentum)
-            torch._foreach_addcmul_(velocities, grads, rates)
-            if decayed:
-                torch._foreach_addcmul_(
-                    [velocities[k] for k in decayed], [weights[k] for k in decayed], decay_rates
-                )
-            if self.nesterov:
-                torch._foreach_mul_([weights[k] for k in decayed], keep_rates)
-                torch._foreach_add_(weights, velocities, alpha=-self.momentum)
-                torch._foreach_addcmul_(weights, grads, negative_rates)
-            else:
-                torch._foreach_sub_(weights, velocities)
 
     def _get_current_learning_rate(self):
         # A schedule counts updates, not Keras's micro-steps (class docstring).
