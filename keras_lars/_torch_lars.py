@@ -1,10 +1,11 @@
 """LARS's update on PyTorch: every variable at once, with multi-tensor kernels.
 
-The rule is `LARS`'s (keras_lars/lars.py: `_local_rate` and `_trust_ratio`
-are called from here); this module only arranges it for PyTorch's eager
-execution, where each op is one kernel launch per tensor unless it is a
-`torch._foreach_*` kernel over a list, as in Keras's own PyTorch optimizers
-(keras/src/backend/torch/optimizers/). Imported only on the torch backend.
+The rule is `LARS`'s (keras_lars/lars.py: `_buffer_rate`, `_unadapted_rate`
+and `_trust_ratio` are called from here); this module only arranges it for
+PyTorch's eager execution, where each op is one kernel launch per tensor
+unless it is a `torch._foreach_*` kernel over a list, as in Keras's own
+PyTorch optimizers (keras/src/backend/torch/optimizers/). Imported only on the
+torch backend.
 """
 
 import keras
@@ -20,12 +21,18 @@ def handles(variables):
 
 
 def update_all(optimizer, grads, variables, learning_rate):
-    """`optimizer.update_step` for every variable at once: `λ` computed as one
-    vector, and every full-size update done in place (a fresh full-size tensor
-    costs more than the update on a CPU): with r the local rate,
+    """`optimizer.update_step` for every variable at once: the buffer rates
+    computed as one vector, and every full-size update done in place (a fresh
+    full-size tensor costs more than the update on a CPU). With ρ the rate
+    `g̃ = g + β·w` enters the buffer with and r the rate `w` moves with
+    directly (both `γ·λ` in the paper's form; `λ` and `γ·λ` with the rate
+    outside the buffer, where `w` moves by `s = γ` times the buffer; s = 1 in
+    the paper's form):
 
-        v ← m·v + r·g + r·β·w      (addcmul_ twice)
-        w ← w − v                   (Nesterov: w ← w·(1 − r·β) − m·v − r·g)
+        v ← m·v + ρ·g + ρ·β·w      (addcmul_ twice)
+        w ← w − s·v                 (Nesterov: w ← w·(1 − r·β) − s·m·v − r·g)
+
+    Without momentum: w ← w·(1 − r·β) − r·g.
     """
     with torch.no_grad():
         indices = [optimizer._get_variable_index(v) for v in variables]
@@ -36,7 +43,8 @@ def update_all(optimizer, grads, variables, learning_rate):
         is_decayed = set(decayed)
         weight_decay = optimizer.weight_decay
         learning_rate = keras.ops.cast(learning_rate, "float32")
-        rates = [learning_rate] * len(variables)
+        rate_outside = optimizer._rate_outside_buffer
+        rates = [optimizer._unadapted_rate(learning_rate)] * len(variables)
         device = weights[0].device if weights else None
         trust_ratios = [torch.ones((), device=device)] * len(variables)
         if adapted:
@@ -50,7 +58,7 @@ def update_all(optimizer, grads, variables, learning_rate):
             decay = torch.tensor(
                 [weight_decay if k in is_decayed else 0.0 for k in adapted], device=device
             )
-            adapted_rates, ratios = optimizer._local_rate(
+            adapted_rates, ratios = optimizer._buffer_rate(
                 torch.stack(torch._foreach_norm([weights[k] for k in adapted])),
                 torch.stack(torch._foreach_norm(norm_of)),
                 decay,
@@ -65,25 +73,33 @@ def update_all(optimizer, grads, variables, learning_rate):
             )
         # Scalar arithmetic on vectors, then one 0-d view per variable: a few
         # kernels, not one per variable.
-        negative_rates = (-torch.stack(rates)).unbind()
+        buffer_rates = torch.stack(rates)
+        step_rates = learning_rate * buffer_rates if rate_outside else buffer_rates
+        negative_step_rates = (-step_rates).unbind()
         decay_rates = keep_rates = ()
         if decayed:
-            decay_vector = torch.stack([rates[k] for k in decayed]) * weight_decay
-            decay_rates, keep_rates = decay_vector.unbind(), (1 - decay_vector).unbind()
+            decay_rates = (buffer_rates[decayed] * weight_decay).unbind()
+            keep_rates = (1 - step_rates[decayed] * weight_decay).unbind()
         if not optimizer.momentums:
             torch._foreach_mul_([weights[k] for k in decayed], keep_rates)
-            torch._foreach_addcmul_(weights, grads, negative_rates)
+            torch._foreach_addcmul_(weights, grads, negative_step_rates)
             return
         velocities = [optimizer.momentums[i].value for i in indices]
         torch._foreach_mul_(velocities, optimizer.momentum)
-        torch._foreach_addcmul_(velocities, grads, rates)
+        torch._foreach_addcmul_(velocities, grads, buffer_rates.unbind())
         if decayed:
             torch._foreach_addcmul_(
                 [velocities[k] for k in decayed], [weights[k] for k in decayed], decay_rates
             )
         if optimizer.nesterov:
             torch._foreach_mul_([weights[k] for k in decayed], keep_rates)
-            torch._foreach_add_(weights, velocities, alpha=-optimizer.momentum)
-            torch._foreach_addcmul_(weights, grads, negative_rates)
+            if rate_outside:
+                scaled_momentum = -optimizer.momentum * learning_rate
+                torch._foreach_addcmul_(weights, velocities, [scaled_momentum] * len(weights))
+            else:
+                torch._foreach_add_(weights, velocities, alpha=-optimizer.momentum)
+            torch._foreach_addcmul_(weights, grads, negative_step_rates)
+        elif rate_outside:
+            torch._foreach_addcmul_(weights, velocities, [-learning_rate] * len(weights))
         else:
             torch._foreach_sub_(weights, velocities)

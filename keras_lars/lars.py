@@ -38,15 +38,17 @@ class LARS(keras.optimizers.Optimizer):
 
     `η` is `trust_coefficient`, `β` is `weight_decay`, `m` is `momentum`. The
     global rate sits inside the momentum buffer, as in the paper and in every
-    TensorFlow and JAX implementation. No Python branch depends on a tensor
-    value, so the step compiles under XLA and on TPUs.
+    TensorFlow and JAX implementation; `learning_rate_outside_momentum=True`
+    moves it outside, as PyTorch does (below). No Python branch depends on a
+    tensor value, so the step compiles under XLA and on TPUs.
 
-    Precision. The norms and the step `γ·λ·g̃` are formed in float32 (float64
-    for float64 variables), so float16 and bfloat16 variables neither overflow
-    in the norms nor lose a small `γ·λ` to underflow before it meets `g̃`. The
-    momentum buffer has the variable's dtype (as in Keras's optimizers), so
-    with low-precision variables and momentum, `v` is rounded to that dtype
-    each step; mixed-precision policies keep float32 variables and avoid it.
+    Precision. The norms and the step (`γ·λ·g̃`, or `γ·u`) are formed in
+    float32 (float64 for float64 variables), so float16 and bfloat16 variables
+    neither overflow in the norms nor lose a small `γ·λ` to underflow before
+    it meets `g̃`. The momentum buffer has the variable's dtype (as in Keras's
+    optimizers), so with low-precision variables and momentum, `v` (or `u`)
+    is rounded to that dtype each step; mixed-precision policies keep float32
+    variables and avoid it.
 
     Variants, each an explicit argument:
 
@@ -57,6 +59,30 @@ class LARS(keras.optimizers.Optimizer):
       OpenSeq2Seq `larc_mode="clip"`): the local rate is `min(λ, γ)` instead of
       `γ·λ`, so adaptation can only lower the global rate.
     - `nesterov=True`: Nesterov momentum.
+    - `learning_rate_outside_momentum=True`: the global rate multiplies the
+      momentum buffer instead of entering it, as in PyTorch's SGD, timm's
+      `Lars` and apex's `LARC`:
+
+      ```
+      u = m·u + λ·g̃
+      w = w − γ·u                                    (nesterov: w = w − γ·(m·u + λ·g̃))
+      ```
+
+      In general the buffer accumulates the step divided by `γ`,
+      `u = m·u + (r/γ)·g̃`, with `r` the local rate: `γ·λ`; `γ` for a
+      variable excluded from adaptation (`u = m·u + g̃`); `min(λ, γ)` with
+      `larc_clip`, so `min(λ/γ, 1)`, apex's LARC, taken as 1 at `γ = 0` (its
+      limit: the buffer takes `g̃`, and `w` does not move). With a constant
+      `γ` the two forms are the same rule (`v = γ·u`); they differ whenever
+      `γ` changes, i.e. every step of a warm-up or decay. The rate-outside
+      form is the paper's form with *momentum correction* (Goyal et al.
+      2017, §2.2; NVIDIA's MLPerf LARS), which rescales `v` by `γ_t/γ_{t−1}`
+      before each step, but it never divides by `γ_{t−1}`: at the start of a
+      warm-up from `γ_0 = 0` that rescale is `γ_1/0`, while here the buffer
+      holds the gradients of the steps taken at `γ = 0` (the paper's form
+      holds zero there). Without momentum the two forms coincide. The
+      momentum slot holds `u` instead of `v`, so a saved state must be resumed
+      with the form it was saved with.
 
     Exclusions: two independent masks, one for weight decay (excluded
     variables use `β = 0` in the update and the ratio) and one for layer
@@ -117,6 +143,10 @@ class LARS(keras.optimizers.Optimizer):
             `"sum_of_norms"`.
         larc_clip: Whether to cap the local rate at the global rate (LARC's clip
             mode). Defaults to `False`.
+        learning_rate_outside_momentum: Whether the global rate `γ` multiplies
+            the momentum buffer (`u = m·u + λ·g̃; w = w − γ·u`, PyTorch's and
+            timm's form) instead of entering it (the paper's form). Defaults to
+            `False`.
         weight_decay_exclude_patterns: Regular expressions; variables whose path
             matches one are not decayed. Defaults to `DEFAULT_EXCLUDE_PATTERNS`.
         adaptation_exclude_patterns: Regular expressions; variables whose path
@@ -151,6 +181,7 @@ class LARS(keras.optimizers.Optimizer):
         nesterov=False,
         trust_ratio_denominator=SUM_OF_NORMS,
         larc_clip=False,
+        learning_rate_outside_momentum=False,
         weight_decay_exclude_patterns=DEFAULT_EXCLUDE_PATTERNS,
         adaptation_exclude_patterns=DEFAULT_EXCLUDE_PATTERNS,
         weight_decay_exclude_max_rank=None,
@@ -180,6 +211,7 @@ class LARS(keras.optimizers.Optimizer):
         for arg, flag in (
             ("nesterov", nesterov),
             ("larc_clip", larc_clip),
+            ("learning_rate_outside_momentum", learning_rate_outside_momentum),
             ("track_trust_ratios", track_trust_ratios),
         ):
             check_bool(arg, flag)
@@ -219,6 +251,7 @@ class LARS(keras.optimizers.Optimizer):
         self.nesterov = nesterov
         self.trust_ratio_denominator = trust_ratio_denominator
         self.larc_clip = larc_clip
+        self.learning_rate_outside_momentum = learning_rate_outside_momentum
         self.track_trust_ratios = track_trust_ratios
         self._weight_decay_mask = _ExclusionRule(
             "weight_decay",
@@ -327,45 +360,67 @@ class LARS(keras.optimizers.Optimizer):
         weights = ops.cast(variable, compute)
         gradient = ops.cast(gradient, compute)
         learning_rate = ops.cast(learning_rate, compute)
-        step = self._local_step(index, weights, gradient, decay, learning_rate, _norm)
-        if not self.momentums:
-            self.assign(variable, ops.cast(weights - step, dtype))
+        increment = self._increment(index, weights, gradient, decay, learning_rate, _norm)
+        if not self.momentums:  # without momentum the increment is the step
+            self.assign(variable, ops.cast(weights - increment, dtype))
             return
         velocity = self.momentums[index]
-        new_velocity = self.momentum * ops.cast(velocity, compute) + step
+        new_velocity = self.momentum * ops.cast(velocity, compute) + increment
         self.assign(velocity, ops.cast(new_velocity, velocity.dtype))
-        if self.nesterov:
-            new_velocity = self.momentum * new_velocity + step
-        self.assign(variable, ops.cast(weights - new_velocity, dtype))
+        update = self.momentum * new_velocity + increment if self.nesterov else new_velocity
+        if self._rate_outside_buffer:
+            update = learning_rate * update
+        self.assign(variable, ops.cast(weights - update, dtype))
 
-    def _local_step(self, index, weights, gradient, decay, learning_rate, norm):
-        """The step `γ·λ·g̃` of one variable (the class docstring's rule; `γ`
-        alone for a variable not adapted, `min(λ, γ)` with LARC's clip),
-        `norm` taking ‖·‖ (each path brings its fastest exact one). Records
-        `λ` when tracked."""
+    @property
+    def _rate_outside_buffer(self):
+        """Whether `γ` multiplies the buffer rather than entering it. Without
+        momentum both forms are one rule, run as the paper's."""
+        return self.learning_rate_outside_momentum and self.momentum > 0
+
+    def _increment(self, index, weights, gradient, decay, learning_rate, norm):
+        """What one variable's momentum buffer accumulates this step (the
+        class docstring's rule): `γ·λ·g̃` in the paper's form, `λ·g̃` with
+        the rate outside the buffer, so `(local rate / γ)·g̃`. Without
+        momentum it is the step itself. `norm` takes ‖·‖ (each path brings
+        its fastest exact one). Records `λ` when tracked."""
         decayed_gradient = gradient + decay * weights if decay else gradient
         if index in self._adapted_indices:
             sum_of_norms = self.trust_ratio_denominator == SUM_OF_NORMS
             gradient_norm = norm(gradient if sum_of_norms else decayed_gradient)
-            local_rate, trust_ratio = self._local_rate(
+            buffer_rate, trust_ratio = self._buffer_rate(
                 norm(weights), gradient_norm, decay, learning_rate
             )
         else:
-            local_rate, trust_ratio = learning_rate, 1.0
+            buffer_rate, trust_ratio = self._unadapted_rate(learning_rate), 1.0
         if self._trust_ratios:
             self.assign(self._trust_ratios[index], ops.cast(trust_ratio, "float32"))
-        return local_rate * decayed_gradient
+        return buffer_rate * decayed_gradient
 
-    def _local_rate(self, weight_norm, gradient_norm, decay, learning_rate):
-        """(the rate an adapted variable moves with, its `λ`), from ‖w‖ and the
-        denominator's gradient norm (‖g‖, or ‖g + βw‖ for "norm_of_sum"). The
-        arguments may be scalars, or vectors with one entry per variable."""
+    def _unadapted_rate(self, learning_rate):
+        """The rate `g̃` of a variable excluded from adaptation (`λ = 1`)
+        enters the buffer with: `γ`, or 1 with the rate outside the buffer."""
+        return ops.ones_like(learning_rate) if self._rate_outside_buffer else learning_rate
+
+    def _buffer_rate(self, weight_norm, gradient_norm, decay, learning_rate):
+        """(the rate an adapted variable's `g̃` enters the buffer with, its
+        `λ`), from ‖w‖ and the denominator's gradient norm (‖g‖, or ‖g + βw‖
+        for "norm_of_sum"). The local rate `r` is `γ·λ`, or `min(λ, γ)` with
+        LARC's clip; the buffer takes `r`, or `r/γ` with the rate outside it.
+        The arguments may be scalars, or vectors with one entry per variable."""
         trust_ratio, usable = self._trust_ratio(weight_norm, gradient_norm, decay)
-        if self.larc_clip:
-            return ops.where(usable, ops.minimum(trust_ratio, learning_rate), learning_rate), (
-                trust_ratio
-            )
-        return learning_rate * trust_ratio, trust_ratio
+        if not self.larc_clip:
+            if self._rate_outside_buffer:
+                return trust_ratio, trust_ratio
+            return learning_rate * trust_ratio, trust_ratio
+        clipped = ops.minimum(trust_ratio, learning_rate)
+        if self._rate_outside_buffer:
+            # min(λ, γ)/γ = min(λ/γ, 1) (apex's LARC), whose limit as γ → 0 is
+            # 1: at γ = 0 the buffer takes g̃ and nothing moves. The inner
+            # `where` keeps 0/0 out of the branch the outer one discards.
+            positive = learning_rate > 0
+            clipped = ops.where(positive, clipped / ops.where(positive, learning_rate, 1.0), 1.0)
+        return ops.where(usable, clipped, self._unadapted_rate(learning_rate)), trust_ratio
 
     def _trust_ratio(self, weight_norm, gradient_norm, decay):
         """`λ` (1 where a norm is zero) and whether the norms were usable. The
@@ -385,22 +440,23 @@ class LARS(keras.optimizers.Optimizer):
         """`update_step` for float32 variables on TensorFlow, where every op is
         dispatched and every intermediate tensor materialised: norms by
         `tf.nn.l2_loss` (‖x‖ = √(2·l2_loss(x)), no squared copy), and the
-        momentum update by one `ResourceApplyMomentum` kernel:
-        `v ← m·v + step; w ← w − v` (Nesterov: `w ← w − (m·v + step)`)."""
+        momentum update by one `ResourceApplyMomentum` kernel, which is the
+        rate-outside form: `v ← m·v + increment; w ← w − lr·v` (Nesterov:
+        `w ← w − lr·(m·v + increment)`), run with `lr = 1` for the paper's."""
         import tensorflow as tf
 
         learning_rate = tf.cast(learning_rate, tf.float32)
-        step = self._local_step(index, variable, gradient, decay, learning_rate, _l2_norm)
+        increment = self._increment(index, variable, gradient, decay, learning_rate, _l2_norm)
         if not self.momentums:
-            variable.assign_sub(step)
+            variable.assign_sub(increment)
             return
         velocity = self.momentums[index]
         velocity = velocity.value if isinstance(velocity, keras.Variable) else velocity
         tf.raw_ops.ResourceApplyMomentum(
             var=variable.handle,
             accum=velocity.handle,
-            lr=tf.constant(1.0),
-            grad=step,
+            lr=learning_rate if self._rate_outside_buffer else tf.constant(1.0),
+            grad=increment,
             momentum=tf.constant(self.momentum),
             use_nesterov=self.nesterov,
         )
@@ -458,6 +514,7 @@ class LARS(keras.optimizers.Optimizer):
                 "nesterov": self.nesterov,
                 "trust_ratio_denominator": self.trust_ratio_denominator,
                 "larc_clip": self.larc_clip,
+                "learning_rate_outside_momentum": self.learning_rate_outside_momentum,
                 "track_trust_ratios": self.track_trust_ratios,
                 **self._weight_decay_mask.config(self),
                 **self._adaptation_mask.config(self),

@@ -49,6 +49,7 @@ def dense_model():
         (dict(nesterov="False"), "nesterov"),
         (dict(larc_clip=1), "larc_clip"),
         (dict(track_trust_ratios=None), "track_trust_ratios"),
+        (dict(learning_rate_outside_momentum="True"), "learning_rate_outside_momentum"),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_them(kwargs, argument):
@@ -233,6 +234,7 @@ def test_config_round_trip_keeps_every_argument():
         nesterov=True,
         trust_ratio_denominator="norm_of_sum",
         larc_clip=True,
+        learning_rate_outside_momentum=True,
         track_trust_ratios=True,
         weight_decay_exclude_patterns=["bias$"],
         adaptation_exclude_patterns=["gamma"],
@@ -264,3 +266,11 @@ def test_found_by_registered_name():
     restored = keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))
     assert isinstance(restored, keras_lars.LARS)
     assert restored.get_config() == optimizer.get_config()
+
+
+def test_config_without_the_rate_outside_momentum_loads_the_papers_form():
+    """Configs saved before `learning_rate_outside_momentum` existed."""
+    config = keras_lars.LARS(momentum=0.8).get_config()
+    del config["learning_rate_outside_momentum"]
+    restored = keras_lars.LARS.from_config(config)
+    assert restored.get_config()["learning_rate_outside_momentum"] is False
