@@ -98,7 +98,15 @@ class LARS(keras.optimizers.Optimizer):
     `exclusions()` shows the result once the optimizer is built.
     Exclusions by object are saved by position in the variable list the
     optimizer was built with (`*_exclude_indices` in `get_config`), which,
-    unlike a variable's path, survives `keras.models.load_model`.
+    unlike a variable's path, survives `keras.models.load_model`. Each
+    position's path is saved beside it (`*_exclude_index_paths`), and a build
+    refuses (ValueError) a position whose variable has another path, e.g. a
+    config reused with a model that has one more layer in front. Two paths
+    agree when one ends the other, since `load_model` drops the names of the
+    models around a layer (`net/dense/kernel` loads as `dense/kernel`). A
+    custom layer whose config does not keep its name (its `__init__` takes
+    neither `name` nor `**kwargs`) may be renamed on loading, and positions
+    inside it are refused: pass `*_exclude_index_paths=None` for those.
 
     The trade-off: excluded variables move with the raw global rate, which in
     LARS recipes is 10 to 30; the authors' own Caffe code adapted every
@@ -160,6 +168,13 @@ class LARS(keras.optimizers.Optimizer):
             `get_config` writes exclusions by object this way. Defaults to `()`.
         adaptation_exclude_indices: The same, for layer adaptation. Defaults to
             `()`.
+        weight_decay_exclude_index_paths: `None`, or the path of the variable
+            at each of `weight_decay_exclude_indices`, in the same order, as
+            `get_config` writes them; `build` refuses a position whose
+            variable's path differs. `None` checks nothing (configs written
+            before this argument existed). Defaults to `None`.
+        adaptation_exclude_index_paths: The same, for
+            `adaptation_exclude_indices`. Defaults to `None`.
         track_trust_ratios: Whether to keep the `λ` of each variable's last
             update in a float32 optimizer variable, for monitoring (the
             paper's per-layer plots) without an extra forward or backward
@@ -188,6 +203,8 @@ class LARS(keras.optimizers.Optimizer):
         adaptation_exclude_max_rank=None,
         weight_decay_exclude_indices=(),
         adaptation_exclude_indices=(),
+        weight_decay_exclude_index_paths=None,
+        adaptation_exclude_index_paths=None,
         track_trust_ratios=False,
         clipnorm=None,
         clipvalue=None,
@@ -258,12 +275,14 @@ class LARS(keras.optimizers.Optimizer):
             weight_decay_exclude_patterns,
             weight_decay_exclude_max_rank,
             weight_decay_exclude_indices,
+            weight_decay_exclude_index_paths,
         )
         self._adaptation_mask = _ExclusionRule(
             "adaptation",
             adaptation_exclude_patterns,
             adaptation_exclude_max_rank,
             adaptation_exclude_indices,
+            adaptation_exclude_index_paths,
         )
 
     # --- Exclusions -------------------------------------------------------------
@@ -523,17 +542,29 @@ class LARS(keras.optimizers.Optimizer):
         return config
 
 
+_EXCLUSION_METHODS = {
+    "weight_decay": "exclude_from_weight_decay",
+    "adaptation": "exclude_from_layer_adaptation",
+}
+
+
 class _ExclusionRule:
     """Which variables one mask (weight decay or adaptation) leaves out: path
-    patterns, a maximum rank, positions, and variables given by object."""
+    patterns, a maximum rank, positions (with the paths they had when saved),
+    and variables given by object."""
 
-    def __init__(self, mask, patterns, max_rank, indices):
+    def __init__(self, mask, patterns, max_rank, indices, index_paths):
         self.mask = mask
         self.patterns = _check_patterns(f"{mask}_exclude_patterns", patterns)
         self.max_rank = max_rank
         self.indices = _check_indices(f"{mask}_exclude_indices", indices)
+        # position -> the path its variable had when the config was written
+        self.index_paths = _check_index_paths(
+            f"{mask}_exclude_index_paths", index_paths, self.indices
+        )
         self.object_keys = set()  # variables given by object, until built
         self.resolved = frozenset()  # their positions, once built
+        self.built_paths = None  # every position's path, once built
 
     def add(self, optimizer, var_list, var_names):
         self.object_keys.update(optimizer._var_key(v) for v in var_list or ())
@@ -550,21 +581,43 @@ class _ExclusionRule:
                 "does nothing for them.",
                 stacklevel=3,
             )
-        self.resolved = frozenset(i for i, key in enumerate(keys) if key in self.object_keys)
         out_of_range = [i for i in self.indices if i >= len(variables)]
         if out_of_range:
             raise ValueError(
                 f"`{self.mask}_exclude_indices` has positions {out_of_range} beyond the "
                 f"{len(variables)} variables the optimizer is built with."
             )
+        paths = [_variable_path(v) for v in variables]
+        self._check_positions_hold_their_variables(paths)
+        self.resolved = frozenset(i for i, key in enumerate(keys) if key in self.object_keys)
+        self.built_paths = paths
         return frozenset(
             i
             for i, variable in enumerate(variables)
             if i in self.indices
             or i in self.resolved
             or (self.max_rank is not None and len(variable.shape) <= self.max_rank)
-            or any(re.search(p, _variable_path(variable)) for p in self.patterns)
+            or any(re.search(p, paths[i]) for p in self.patterns)
         )
+
+    def _check_positions_hold_their_variables(self, paths):
+        # Refused, not warned about: a shifted position silently decays or
+        # adapts the wrong variables, and a warning scrolls past in a log.
+        moved = [
+            f"position {i}: saved for '{saved}', now '{paths[i]}'"
+            for i, saved in sorted(self.index_paths.items())
+            if not _same_variable_path(saved, paths[i])
+        ]
+        if moved:
+            raise ValueError(
+                f"`{self.mask}_exclude_indices` name other variables than the ones they "
+                f"were saved for ({'; '.join(moved)}). The model differs from the one the "
+                "exclusion was made for (a layer added or removed before them?). Exclude "
+                f"by pattern, or by object with `{_EXCLUSION_METHODS[self.mask]}(var_list=...)` "
+                "on this model. If the variables are the same and only renamed (a layer "
+                "whose config does not keep its name is renamed by `load_model`), pass "
+                f"`{self.mask}_exclude_index_paths=None`."
+            )
 
     def config(self, optimizer):
         if self.object_keys and not optimizer.built:
@@ -575,10 +628,18 @@ class _ExclusionRule:
                 "(`optimizer.build(model.trainable_variables)`), or exclude by pattern.",
                 stacklevel=4,
             )
+        indices = sorted(set(self.indices) | self.resolved)
+        if self.built_paths is not None:
+            paths = [self.built_paths[i] for i in indices]
+        elif all(i in self.index_paths for i in indices):
+            paths = [self.index_paths[i] for i in indices]
+        else:  # positions given without their paths, and not built yet
+            paths = None
         return {
             f"{self.mask}_exclude_patterns": list(self.patterns),
             f"{self.mask}_exclude_max_rank": self.max_rank,
-            f"{self.mask}_exclude_indices": sorted(set(self.indices) | self.resolved),
+            f"{self.mask}_exclude_indices": indices,
+            f"{self.mask}_exclude_index_paths": paths,
         }
 
 
@@ -629,6 +690,34 @@ def _check_patterns(name, patterns):
                 f"`{name}` holds an invalid regular expression {pattern!r}: {error}"
             ) from None
     return patterns
+
+
+def _same_variable_path(saved, current):
+    """Whether two paths name the same variable, allowing for the rename Keras
+    makes: `load_model` drops the names of the models around a layer (a
+    Sequential's `net/dense/kernel` and a nested model's
+    `outer/inner/dense/kernel` load as `dense/kernel`), and a model built in
+    code has them. So one path's components must end the other's."""
+    shorter, longer = sorted((saved.split("/"), current.split("/")), key=len)
+    return longer[len(longer) - len(shorter) :] == shorter
+
+
+def _check_index_paths(name, paths, indices):
+    """`{position: path}` from the `*_exclude_index_paths` argument."""
+    if paths is None:
+        return {}
+    if isinstance(paths, str) or not all(isinstance(p, str) for p in paths):
+        raise ValueError(
+            f"`{name}` must be None or a list of variable paths (strings). "
+            f"Received: {name}={paths!r}"
+        )
+    paths = list(paths)
+    if len(paths) != len(indices):
+        raise ValueError(
+            f"`{name}` must hold one path per excluded position: {len(indices)} "
+            f"position(s), {len(paths)} path(s). Received: {name}={paths!r}"
+        )
+    return dict(zip(indices, paths))
 
 
 def _check_indices(name, indices):
