@@ -13,6 +13,11 @@ Results and the choices they led to: benchmarks/RESULTS.md.
     KERAS_BACKEND=jax python -m benchmarks.optimizer_step   # jax.jit always
     KERAS_BACKEND=jax python -m benchmarks.optimizer_step --inner 20   # on a GPU
     KERAS_BACKEND=torch python -m benchmarks.optimizer_step # eager
+    KERAS_BACKEND=torch python -m benchmarks.optimizer_step --torch_compile
+
+`--torch_compile` adds a row for LARS whose multi-tensor PyTorch step
+(keras_lars/_torch_lars.py) runs through `torch.compile` (Inductor fuses the
+chains of `_foreach` kernels), and reports its compile time (the first call).
 
 On a GPU one jitted call costs more host time (flattening ~640 arrays) than
 the step costs the device: `--inner N` runs N steps inside one call.
@@ -106,6 +111,28 @@ def median_ms(step, wait, steps, inner=1, warmup=3):
     return 1000 * statistics.median(times) / inner
 
 
+class TorchCompiledLARS(keras_lars.LARS):
+    """LARS whose multi-tensor PyTorch step runs through `torch.compile`."""
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        import torch
+
+        from keras_lars import _torch_lars
+
+        if not _torch_lars.handles(trainable_variables):
+            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+        if not hasattr(self, "_compiled_update_all"):
+            self._compiled_update_all = torch.compile(_torch_lars.update_all)
+        return self._compiled_update_all(self, grads, trainable_variables, learning_rate)
+
+
+def first_call_seconds(step, wait):
+    start = time.perf_counter()
+    step()
+    wait()
+    return time.perf_counter() - start
+
+
 OPTIMIZERS = {
     "SGD(momentum=0.9)": lambda: keras.optimizers.SGD(0.1, momentum=0.9),
     "LARS": lambda: keras_lars.LARS(1.0),
@@ -162,12 +189,24 @@ def main():
         help="JAX: steps per jitted call (a fori_loop), so that the host's dispatch of "
         "~640 arrays a call is not timed",
     )
+    parser.add_argument(
+        "--torch_compile",
+        action="store_true",
+        help="PyTorch: also time LARS with its multi-tensor step under torch.compile",
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)  # --memory's child processes
     args = parser.parse_args()
     if args.inner < 1:
         parser.error(f"--inner must be >= 1, got {args.inner}")
     if args.inner != 1 and keras.backend.backend() != "jax":
         parser.error("--inner is for the JAX backend")
+    if args.torch_compile and keras.backend.backend() != "torch":
+        parser.error("--torch_compile is for the PyTorch backend")
+    if args.torch_compile and args.memory:
+        parser.error("--memory measures the eager optimizers only")
+    optimizers = dict(OPTIMIZERS)
+    if args.torch_compile:
+        optimizers["LARS (torch.compile)"] = lambda: TorchCompiledLARS(1.0)
     variables = model_variables(args.model)
     rng = np.random.default_rng(0)
     gradients = [
@@ -177,9 +216,12 @@ def main():
         print(step_peak_mib(args, variables, gradients))
         return
     parameters = sum(int(np.prod(v.shape)) for v in variables)
-    results = {}
-    for name, make in OPTIMIZERS.items():
-        step, wait = step_function(make(), variables, gradients, args.jit, args.inner)
+    results, compile_seconds = {}, {}
+    for name, make in optimizers.items():
+        optimizer = make()
+        step, wait = step_function(optimizer, variables, gradients, args.jit, args.inner)
+        if isinstance(optimizer, TorchCompiledLARS):
+            compile_seconds[name] = first_call_seconds(step, wait)
         results[name] = median_ms(step, wait, args.steps, args.inner)
     sgd = results["SGD(momentum=0.9)"]
     backend = keras.backend.backend()
@@ -198,6 +240,9 @@ def main():
         memory = f" {peaks[name]:.0f} |" if peaks else ""
         print(f"| {name} | {ms:.2f} | {ms / sgd:.2f} |{memory}")
     print(f"LARS / SGD: {results['LARS'] / sgd:.2f}")
+    for name, seconds in compile_seconds.items():
+        print(f"{name}: first call (compilation) {seconds:.1f} s")
+        print(f"{name} / LARS (eager): {results[name] / results['LARS']:.2f}")
 
 
 if __name__ == "__main__":

@@ -38,15 +38,17 @@ class LARS(keras.optimizers.Optimizer):
 
     `η` is `trust_coefficient`, `β` is `weight_decay`, `m` is `momentum`. The
     global rate sits inside the momentum buffer, as in the paper and in every
-    TensorFlow and JAX implementation. No Python branch depends on a tensor
-    value, so the step compiles under XLA and on TPUs.
+    TensorFlow and JAX implementation; `learning_rate_outside_momentum=True`
+    moves it outside, as PyTorch does (below). No Python branch depends on a
+    tensor value, so the step compiles under XLA and on TPUs.
 
-    Precision. The norms and the step `γ·λ·g̃` are formed in float32 (float64
-    for float64 variables), so float16 and bfloat16 variables neither overflow
-    in the norms nor lose a small `γ·λ` to underflow before it meets `g̃`. The
-    momentum buffer has the variable's dtype (as in Keras's optimizers), so
-    with low-precision variables and momentum, `v` is rounded to that dtype
-    each step; mixed-precision policies keep float32 variables and avoid it.
+    Precision. The norms and the step (`γ·λ·g̃`, or `γ·u`) are formed in
+    float32 (float64 for float64 variables), so float16 and bfloat16 variables
+    neither overflow in the norms nor lose a small `γ·λ` to underflow before
+    it meets `g̃`. The momentum buffer has the variable's dtype (as in Keras's
+    optimizers), so with low-precision variables and momentum, `v` (or `u`)
+    is rounded to that dtype each step; mixed-precision policies keep float32
+    variables and avoid it.
 
     Variants, each an explicit argument:
 
@@ -57,6 +59,30 @@ class LARS(keras.optimizers.Optimizer):
       OpenSeq2Seq `larc_mode="clip"`): the local rate is `min(λ, γ)` instead of
       `γ·λ`, so adaptation can only lower the global rate.
     - `nesterov=True`: Nesterov momentum.
+    - `learning_rate_outside_momentum=True`: the global rate multiplies the
+      momentum buffer instead of entering it, as in PyTorch's SGD, timm's
+      `Lars` and apex's `LARC`:
+
+      ```
+      u = m·u + λ·g̃
+      w = w − γ·u                                    (nesterov: w = w − γ·(m·u + λ·g̃))
+      ```
+
+      In general the buffer accumulates the step divided by `γ`,
+      `u = m·u + (r/γ)·g̃`, with `r` the local rate: `γ·λ`; `γ` for a
+      variable excluded from adaptation (`u = m·u + g̃`); `min(λ, γ)` with
+      `larc_clip`, so `min(λ/γ, 1)`, apex's LARC, taken as 1 at `γ = 0` (its
+      limit: the buffer takes `g̃`, and `w` does not move). With a constant
+      `γ` the two forms are the same rule (`v = γ·u`); they differ whenever
+      `γ` changes, i.e. every step of a warm-up or decay. The rate-outside
+      form is the paper's form with *momentum correction* (Goyal et al.
+      2017, §2.2; NVIDIA's MLPerf LARS), which rescales `v` by `γ_t/γ_{t−1}`
+      before each step, but it never divides by `γ_{t−1}`: at the start of a
+      warm-up from `γ_0 = 0` that rescale is `γ_1/0`, while here the buffer
+      holds the gradients of the steps taken at `γ = 0` (the paper's form
+      holds zero there). Without momentum the two forms coincide. The
+      momentum slot holds `u` instead of `v`, so a saved state must be resumed
+      with the form it was saved with.
 
     Exclusions: two independent masks, one for weight decay (excluded
     variables use `β = 0` in the update and the ratio) and one for layer
@@ -72,7 +98,15 @@ class LARS(keras.optimizers.Optimizer):
     `exclusions()` shows the result once the optimizer is built.
     Exclusions by object are saved by position in the variable list the
     optimizer was built with (`*_exclude_indices` in `get_config`), which,
-    unlike a variable's path, survives `keras.models.load_model`.
+    unlike a variable's path, survives `keras.models.load_model`. Each
+    position's path is saved beside it (`*_exclude_index_paths`), and a build
+    refuses (ValueError) a position whose variable has another path, e.g. a
+    config reused with a model that has one more layer in front. Two paths
+    agree when one ends the other, since `load_model` drops the names of the
+    models around a layer (`net/dense/kernel` loads as `dense/kernel`). A
+    custom layer whose config does not keep its name (its `__init__` takes
+    neither `name` nor `**kwargs`) may be renamed on loading, and positions
+    inside it are refused: pass `*_exclude_index_paths=None` for those.
 
     The trade-off: excluded variables move with the raw global rate, which in
     LARS recipes is 10 to 30; the authors' own Caffe code adapted every
@@ -117,6 +151,10 @@ class LARS(keras.optimizers.Optimizer):
             `"sum_of_norms"`.
         larc_clip: Whether to cap the local rate at the global rate (LARC's clip
             mode). Defaults to `False`.
+        learning_rate_outside_momentum: Whether the global rate `γ` multiplies
+            the momentum buffer (`u = m·u + λ·g̃; w = w − γ·u`, PyTorch's and
+            timm's form) instead of entering it (the paper's form). Defaults to
+            `False`.
         weight_decay_exclude_patterns: Regular expressions; variables whose path
             matches one are not decayed. Defaults to `DEFAULT_EXCLUDE_PATTERNS`.
         adaptation_exclude_patterns: Regular expressions; variables whose path
@@ -130,6 +168,13 @@ class LARS(keras.optimizers.Optimizer):
             `get_config` writes exclusions by object this way. Defaults to `()`.
         adaptation_exclude_indices: The same, for layer adaptation. Defaults to
             `()`.
+        weight_decay_exclude_index_paths: `None`, or the path of the variable
+            at each of `weight_decay_exclude_indices`, in the same order, as
+            `get_config` writes them; `build` refuses a position whose
+            variable's path differs. `None` checks nothing (configs written
+            before this argument existed). Defaults to `None`.
+        adaptation_exclude_index_paths: The same, for
+            `adaptation_exclude_indices`. Defaults to `None`.
         track_trust_ratios: Whether to keep the `λ` of each variable's last
             update in a float32 optimizer variable, for monitoring (the
             paper's per-layer plots) without an extra forward or backward
@@ -151,12 +196,15 @@ class LARS(keras.optimizers.Optimizer):
         nesterov=False,
         trust_ratio_denominator=SUM_OF_NORMS,
         larc_clip=False,
+        learning_rate_outside_momentum=False,
         weight_decay_exclude_patterns=DEFAULT_EXCLUDE_PATTERNS,
         adaptation_exclude_patterns=DEFAULT_EXCLUDE_PATTERNS,
         weight_decay_exclude_max_rank=None,
         adaptation_exclude_max_rank=None,
         weight_decay_exclude_indices=(),
         adaptation_exclude_indices=(),
+        weight_decay_exclude_index_paths=None,
+        adaptation_exclude_index_paths=None,
         track_trust_ratios=False,
         clipnorm=None,
         clipvalue=None,
@@ -180,6 +228,7 @@ class LARS(keras.optimizers.Optimizer):
         for arg, flag in (
             ("nesterov", nesterov),
             ("larc_clip", larc_clip),
+            ("learning_rate_outside_momentum", learning_rate_outside_momentum),
             ("track_trust_ratios", track_trust_ratios),
         ):
             check_bool(arg, flag)
@@ -219,18 +268,21 @@ class LARS(keras.optimizers.Optimizer):
         self.nesterov = nesterov
         self.trust_ratio_denominator = trust_ratio_denominator
         self.larc_clip = larc_clip
+        self.learning_rate_outside_momentum = learning_rate_outside_momentum
         self.track_trust_ratios = track_trust_ratios
         self._weight_decay_mask = _ExclusionRule(
             "weight_decay",
             weight_decay_exclude_patterns,
             weight_decay_exclude_max_rank,
             weight_decay_exclude_indices,
+            weight_decay_exclude_index_paths,
         )
         self._adaptation_mask = _ExclusionRule(
             "adaptation",
             adaptation_exclude_patterns,
             adaptation_exclude_max_rank,
             adaptation_exclude_indices,
+            adaptation_exclude_index_paths,
         )
 
     # --- Exclusions -------------------------------------------------------------
@@ -327,45 +379,67 @@ class LARS(keras.optimizers.Optimizer):
         weights = ops.cast(variable, compute)
         gradient = ops.cast(gradient, compute)
         learning_rate = ops.cast(learning_rate, compute)
-        step = self._local_step(index, weights, gradient, decay, learning_rate, _norm)
-        if not self.momentums:
-            self.assign(variable, ops.cast(weights - step, dtype))
+        increment = self._increment(index, weights, gradient, decay, learning_rate, _norm)
+        if not self.momentums:  # without momentum the increment is the step
+            self.assign(variable, ops.cast(weights - increment, dtype))
             return
         velocity = self.momentums[index]
-        new_velocity = self.momentum * ops.cast(velocity, compute) + step
+        new_velocity = self.momentum * ops.cast(velocity, compute) + increment
         self.assign(velocity, ops.cast(new_velocity, velocity.dtype))
-        if self.nesterov:
-            new_velocity = self.momentum * new_velocity + step
-        self.assign(variable, ops.cast(weights - new_velocity, dtype))
+        update = self.momentum * new_velocity + increment if self.nesterov else new_velocity
+        if self._rate_outside_buffer:
+            update = learning_rate * update
+        self.assign(variable, ops.cast(weights - update, dtype))
 
-    def _local_step(self, index, weights, gradient, decay, learning_rate, norm):
-        """The step `γ·λ·g̃` of one variable (the class docstring's rule; `γ`
-        alone for a variable not adapted, `min(λ, γ)` with LARC's clip),
-        `norm` taking ‖·‖ (each path brings its fastest exact one). Records
-        `λ` when tracked."""
+    @property
+    def _rate_outside_buffer(self):
+        """Whether `γ` multiplies the buffer rather than entering it. Without
+        momentum both forms are one rule, run as the paper's."""
+        return self.learning_rate_outside_momentum and self.momentum > 0
+
+    def _increment(self, index, weights, gradient, decay, learning_rate, norm):
+        """What one variable's momentum buffer accumulates this step (the
+        class docstring's rule): `γ·λ·g̃` in the paper's form, `λ·g̃` with
+        the rate outside the buffer, so `(local rate / γ)·g̃`. Without
+        momentum it is the step itself. `norm` takes ‖·‖ (each path brings
+        its fastest exact one). Records `λ` when tracked."""
         decayed_gradient = gradient + decay * weights if decay else gradient
         if index in self._adapted_indices:
             sum_of_norms = self.trust_ratio_denominator == SUM_OF_NORMS
             gradient_norm = norm(gradient if sum_of_norms else decayed_gradient)
-            local_rate, trust_ratio = self._local_rate(
+            buffer_rate, trust_ratio = self._buffer_rate(
                 norm(weights), gradient_norm, decay, learning_rate
             )
         else:
-            local_rate, trust_ratio = learning_rate, 1.0
+            buffer_rate, trust_ratio = self._unadapted_rate(learning_rate), 1.0
         if self._trust_ratios:
             self.assign(self._trust_ratios[index], ops.cast(trust_ratio, "float32"))
-        return local_rate * decayed_gradient
+        return buffer_rate * decayed_gradient
 
-    def _local_rate(self, weight_norm, gradient_norm, decay, learning_rate):
-        """(the rate an adapted variable moves with, its `λ`), from ‖w‖ and the
-        denominator's gradient norm (‖g‖, or ‖g + βw‖ for "norm_of_sum"). The
-        arguments may be scalars, or vectors with one entry per variable."""
+    def _unadapted_rate(self, learning_rate):
+        """The rate `g̃` of a variable excluded from adaptation (`λ = 1`)
+        enters the buffer with: `γ`, or 1 with the rate outside the buffer."""
+        return ops.ones_like(learning_rate) if self._rate_outside_buffer else learning_rate
+
+    def _buffer_rate(self, weight_norm, gradient_norm, decay, learning_rate):
+        """(the rate an adapted variable's `g̃` enters the buffer with, its
+        `λ`), from ‖w‖ and the denominator's gradient norm (‖g‖, or ‖g + βw‖
+        for "norm_of_sum"). The local rate `r` is `γ·λ`, or `min(λ, γ)` with
+        LARC's clip; the buffer takes `r`, or `r/γ` with the rate outside it.
+        The arguments may be scalars, or vectors with one entry per variable."""
         trust_ratio, usable = self._trust_ratio(weight_norm, gradient_norm, decay)
-        if self.larc_clip:
-            return ops.where(usable, ops.minimum(trust_ratio, learning_rate), learning_rate), (
-                trust_ratio
-            )
-        return learning_rate * trust_ratio, trust_ratio
+        if not self.larc_clip:
+            if self._rate_outside_buffer:
+                return trust_ratio, trust_ratio
+            return learning_rate * trust_ratio, trust_ratio
+        clipped = ops.minimum(trust_ratio, learning_rate)
+        if self._rate_outside_buffer:
+            # min(λ, γ)/γ = min(λ/γ, 1) (apex's LARC), whose limit as γ → 0 is
+            # 1: at γ = 0 the buffer takes g̃ and nothing moves. The inner
+            # `where` keeps 0/0 out of the branch the outer one discards.
+            positive = learning_rate > 0
+            clipped = ops.where(positive, clipped / ops.where(positive, learning_rate, 1.0), 1.0)
+        return ops.where(usable, clipped, self._unadapted_rate(learning_rate)), trust_ratio
 
     def _trust_ratio(self, weight_norm, gradient_norm, decay):
         """`λ` (1 where a norm is zero) and whether the norms were usable. The
@@ -385,104 +459,34 @@ class LARS(keras.optimizers.Optimizer):
         """`update_step` for float32 variables on TensorFlow, where every op is
         dispatched and every intermediate tensor materialised: norms by
         `tf.nn.l2_loss` (‖x‖ = √(2·l2_loss(x)), no squared copy), and the
-        momentum update by one `ResourceApplyMomentum` kernel:
-        `v ← m·v + step; w ← w − v` (Nesterov: `w ← w − (m·v + step)`)."""
+        momentum update by one `ResourceApplyMomentum` kernel, which is the
+        rate-outside form: `v ← m·v + increment; w ← w − lr·v` (Nesterov:
+        `w ← w − lr·(m·v + increment)`), run with `lr = 1` for the paper's."""
         import tensorflow as tf
 
         learning_rate = tf.cast(learning_rate, tf.float32)
-        step = self._local_step(index, variable, gradient, decay, learning_rate, _l2_norm)
+        increment = self._increment(index, variable, gradient, decay, learning_rate, _l2_norm)
         if not self.momentums:
-            variable.assign_sub(step)
+            variable.assign_sub(increment)
             return
         velocity = self.momentums[index]
         velocity = velocity.value if isinstance(velocity, keras.Variable) else velocity
         tf.raw_ops.ResourceApplyMomentum(
             var=variable.handle,
             accum=velocity.handle,
-            lr=tf.constant(1.0),
-            grad=step,
+            lr=learning_rate if self._rate_outside_buffer else tf.constant(1.0),
+            grad=increment,
             momentum=tf.constant(self.momentum),
             use_nesterov=self.nesterov,
         )
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        if keras.backend.backend() == "torch" and all(
-            keras.backend.standardize_dtype(v.dtype) == "float32" for v in trainable_variables
-        ):
-            return self._torch_update_all(grads, trainable_variables, learning_rate)
+        if keras.backend.backend() == "torch":
+            from keras_lars import _torch_lars  # imports torch: only on that backend
+
+            if _torch_lars.handles(trainable_variables):
+                return _torch_lars.update_all(self, grads, trainable_variables, learning_rate)
         return super()._backend_update_step(grads, trainable_variables, learning_rate)
-
-    def _torch_update_all(self, grads, variables, learning_rate):
-        """`update_step` for every variable at once on PyTorch, with
-        multi-tensor `torch._foreach_*` kernels (as Keras's own PyTorch
-        optimizers), `λ` computed as one vector, and every full-size update
-        done in place (a fresh full-size tensor costs more than the update on
-        a CPU): with r the local rate,
-
-            v ← m·v + r·g + r·β·w      (addcmul_ twice)
-            w ← w − v                   (Nesterov: w ← w·(1 − r·β) − m·v − r·g)
-        """
-        import torch
-
-        with torch.no_grad():
-            indices = [self._get_variable_index(v) for v in variables]
-            weights = [v.value for v in variables]
-            grads = list(grads)
-            decayed = [k for k, i in enumerate(indices) if i in self._decayed_indices]
-            adapted = [k for k, i in enumerate(indices) if i in self._adapted_indices]
-            is_decayed = set(decayed)
-            learning_rate = ops.cast(learning_rate, "float32")
-            rates = [learning_rate] * len(variables)
-            device = weights[0].device if weights else None
-            trust_ratios = [torch.ones((), device=device)] * len(variables)
-            if adapted:
-                if self.trust_ratio_denominator == SUM_OF_NORMS:
-                    norm_of = [grads[k] for k in adapted]
-                else:  # ‖g + βw‖: the one case that needs g + βw whole
-                    norm_of = [
-                        grads[k] + self.weight_decay * weights[k] if k in is_decayed else grads[k]
-                        for k in adapted
-                    ]
-                decay = torch.tensor(
-                    [self.weight_decay if k in is_decayed else 0.0 for k in adapted], device=device
-                )
-                adapted_rates, ratios = self._local_rate(
-                    torch.stack(torch._foreach_norm([weights[k] for k in adapted])),
-                    torch.stack(torch._foreach_norm(norm_of)),
-                    decay,
-                    learning_rate,
-                )
-                for k, rate, ratio in zip(adapted, adapted_rates.unbind(), ratios.unbind()):
-                    rates[k], trust_ratios[k] = rate, ratio
-            if self._trust_ratios:
-                torch._foreach_copy_(
-                    [self._trust_ratios[i].value for i in indices],
-                    [r.to(torch.float32) for r in trust_ratios],
-                )
-            # Scalar arithmetic on vectors, then one 0-d view per variable: a
-            # few kernels, not one per variable.
-            negative_rates = (-torch.stack(rates)).unbind()
-            decay_rates = keep_rates = ()
-            if decayed:
-                decay_vector = torch.stack([rates[k] for k in decayed]) * self.weight_decay
-                decay_rates, keep_rates = decay_vector.unbind(), (1 - decay_vector).unbind()
-            if not self.momentums:
-                torch._foreach_mul_([weights[k] for k in decayed], keep_rates)
-                torch._foreach_addcmul_(weights, grads, negative_rates)
-                return
-            velocities = [self.momentums[i].value for i in indices]
-            torch._foreach_mul_(velocities, self.momentum)
-            torch._foreach_addcmul_(velocities, grads, rates)
-            if decayed:
-                torch._foreach_addcmul_(
-                    [velocities[k] for k in decayed], [weights[k] for k in decayed], decay_rates
-                )
-            if self.nesterov:
-                torch._foreach_mul_([weights[k] for k in decayed], keep_rates)
-                torch._foreach_add_(weights, velocities, alpha=-self.momentum)
-                torch._foreach_addcmul_(weights, grads, negative_rates)
-            else:
-                torch._foreach_sub_(weights, velocities)
 
     def _get_current_learning_rate(self):
         # A schedule counts updates, not Keras's micro-steps (class docstring).
@@ -529,6 +533,7 @@ class LARS(keras.optimizers.Optimizer):
                 "nesterov": self.nesterov,
                 "trust_ratio_denominator": self.trust_ratio_denominator,
                 "larc_clip": self.larc_clip,
+                "learning_rate_outside_momentum": self.learning_rate_outside_momentum,
                 "track_trust_ratios": self.track_trust_ratios,
                 **self._weight_decay_mask.config(self),
                 **self._adaptation_mask.config(self),
@@ -537,17 +542,29 @@ class LARS(keras.optimizers.Optimizer):
         return config
 
 
+_EXCLUSION_METHODS = {
+    "weight_decay": "exclude_from_weight_decay",
+    "adaptation": "exclude_from_layer_adaptation",
+}
+
+
 class _ExclusionRule:
     """Which variables one mask (weight decay or adaptation) leaves out: path
-    patterns, a maximum rank, positions, and variables given by object."""
+    patterns, a maximum rank, positions (with the paths they had when saved),
+    and variables given by object."""
 
-    def __init__(self, mask, patterns, max_rank, indices):
+    def __init__(self, mask, patterns, max_rank, indices, index_paths):
         self.mask = mask
         self.patterns = _check_patterns(f"{mask}_exclude_patterns", patterns)
         self.max_rank = max_rank
         self.indices = _check_indices(f"{mask}_exclude_indices", indices)
+        # position -> the path its variable had when the config was written
+        self.index_paths = _check_index_paths(
+            f"{mask}_exclude_index_paths", index_paths, self.indices
+        )
         self.object_keys = set()  # variables given by object, until built
         self.resolved = frozenset()  # their positions, once built
+        self.built_paths = None  # every position's path, once built
 
     def add(self, optimizer, var_list, var_names):
         self.object_keys.update(optimizer._var_key(v) for v in var_list or ())
@@ -564,21 +581,43 @@ class _ExclusionRule:
                 "does nothing for them.",
                 stacklevel=3,
             )
-        self.resolved = frozenset(i for i, key in enumerate(keys) if key in self.object_keys)
         out_of_range = [i for i in self.indices if i >= len(variables)]
         if out_of_range:
             raise ValueError(
                 f"`{self.mask}_exclude_indices` has positions {out_of_range} beyond the "
                 f"{len(variables)} variables the optimizer is built with."
             )
+        paths = [_variable_path(v) for v in variables]
+        self._check_positions_hold_their_variables(paths)
+        self.resolved = frozenset(i for i, key in enumerate(keys) if key in self.object_keys)
+        self.built_paths = paths
         return frozenset(
             i
             for i, variable in enumerate(variables)
             if i in self.indices
             or i in self.resolved
             or (self.max_rank is not None and len(variable.shape) <= self.max_rank)
-            or any(re.search(p, _variable_path(variable)) for p in self.patterns)
+            or any(re.search(p, paths[i]) for p in self.patterns)
         )
+
+    def _check_positions_hold_their_variables(self, paths):
+        # Refused, not warned about: a shifted position silently decays or
+        # adapts the wrong variables, and a warning scrolls past in a log.
+        moved = [
+            f"position {i}: saved for '{saved}', now '{paths[i]}'"
+            for i, saved in sorted(self.index_paths.items())
+            if not _same_variable_path(saved, paths[i])
+        ]
+        if moved:
+            raise ValueError(
+                f"`{self.mask}_exclude_indices` name other variables than the ones they "
+                f"were saved for ({'; '.join(moved)}). The model differs from the one the "
+                "exclusion was made for (a layer added or removed before them?). Exclude "
+                f"by pattern, or by object with `{_EXCLUSION_METHODS[self.mask]}(var_list=...)` "
+                "on this model. If the variables are the same and only renamed (a layer "
+                "whose config does not keep its name is renamed by `load_model`), pass "
+                f"`{self.mask}_exclude_index_paths=None`."
+            )
 
     def config(self, optimizer):
         if self.object_keys and not optimizer.built:
@@ -589,10 +628,18 @@ class _ExclusionRule:
                 "(`optimizer.build(model.trainable_variables)`), or exclude by pattern.",
                 stacklevel=4,
             )
+        indices = sorted(set(self.indices) | self.resolved)
+        if self.built_paths is not None:
+            paths = [self.built_paths[i] for i in indices]
+        elif all(i in self.index_paths for i in indices):
+            paths = [self.index_paths[i] for i in indices]
+        else:  # positions given without their paths, and not built yet
+            paths = None
         return {
             f"{self.mask}_exclude_patterns": list(self.patterns),
             f"{self.mask}_exclude_max_rank": self.max_rank,
-            f"{self.mask}_exclude_indices": sorted(set(self.indices) | self.resolved),
+            f"{self.mask}_exclude_indices": indices,
+            f"{self.mask}_exclude_index_paths": paths,
         }
 
 
@@ -643,6 +690,34 @@ def _check_patterns(name, patterns):
                 f"`{name}` holds an invalid regular expression {pattern!r}: {error}"
             ) from None
     return patterns
+
+
+def _same_variable_path(saved, current):
+    """Whether two paths name the same variable, allowing for the rename Keras
+    makes: `load_model` drops the names of the models around a layer (a
+    Sequential's `net/dense/kernel` and a nested model's
+    `outer/inner/dense/kernel` load as `dense/kernel`), and a model built in
+    code has them. So one path's components must end the other's."""
+    shorter, longer = sorted((saved.split("/"), current.split("/")), key=len)
+    return longer[len(longer) - len(shorter) :] == shorter
+
+
+def _check_index_paths(name, paths, indices):
+    """`{position: path}` from the `*_exclude_index_paths` argument."""
+    if paths is None:
+        return {}
+    if isinstance(paths, str) or not all(isinstance(p, str) for p in paths):
+        raise ValueError(
+            f"`{name}` must be None or a list of variable paths (strings). "
+            f"Received: {name}={paths!r}"
+        )
+    paths = list(paths)
+    if len(paths) != len(indices):
+        raise ValueError(
+            f"`{name}` must hold one path per excluded position: {len(indices)} "
+            f"position(s), {len(paths)} path(s). Received: {name}={paths!r}"
+        )
+    return dict(zip(indices, paths))
 
 
 def _check_indices(name, indices):

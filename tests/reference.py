@@ -29,6 +29,7 @@ def lars_step(
     nesterov=False,
     denominator="sum_of_norms",
     larc_clip=False,
+    learning_rate_outside_momentum=False,
     decayed=True,
     adapted=True,
 ):
@@ -37,16 +38,31 @@ def lars_step(
     λ = η‖w‖ / (‖g‖ + β‖w‖ + ε) (or η‖w‖ / (‖g + βw‖ + ε)), λ = 1 on zero norms;
     v = m·v + γ·λ·(g + βw); w = w − v (Nesterov: w = w − (m·v + γ·λ·(g + βw))).
     With LARC clipping the local rate is min(λ, γ) instead of γ·λ.
+
+    With the rate outside the momentum buffer (PyTorch's SGD, timm's Lars):
+    u = m·u + λ·(g + βw); w = w − γ·u (Nesterov: w = w − γ·(m·u + λ·(g + βw)));
+    LARC clipping as apex's LARC writes it: the buffer takes min(λ/γ, 1)·(g + βw),
+    which is 1·(g + βw) at γ = 0 (λ/0 = ∞).
     """
     w = np.asarray(w, np.float64)
     g = np.asarray(g, np.float64)
     beta = weight_decay if decayed else 0.0
     decayed_gradient = g + beta * w
+    ratio = trust_ratio(w, g, beta, trust_coefficient, epsilon, denominator) if adapted else None
+    if learning_rate_outside_momentum:
+        if ratio is None:
+            buffer_rate = 1.0
+        elif larc_clip:
+            buffer_rate = 1.0 if lr == 0 else min(ratio / lr, 1.0)
+        else:
+            buffer_rate = ratio
+        increment = buffer_rate * decayed_gradient
+        u = momentum * v + increment
+        w = w - lr * (momentum * u + increment if nesterov else u)
+        return w, u
     local_lr = lr
-    if adapted:
-        ratio = trust_ratio(w, g, beta, trust_coefficient, epsilon, denominator)
-        if ratio is not None:
-            local_lr = min(ratio, lr) if larc_clip else lr * ratio
+    if ratio is not None:
+        local_lr = min(ratio, lr) if larc_clip else lr * ratio
     step = local_lr * decayed_gradient
     v = momentum * v + step
     w = w - (momentum * v + step if nesterov else v)
@@ -79,6 +95,32 @@ def lars_run(weights, gradients_per_step, learning_rates, decayed, adapted, **hy
             weights[i], velocities[i] = lars_step(
                 weights[i], g, velocities[i], lr, decayed=decayed[i], adapted=adapted[i], **hyper
             )
+    return weights, velocities
+
+
+def momentum_corrected_lars_run(
+    weights, gradients_per_step, learning_rates, decayed, adapted, **hyper
+):
+    """The paper's form with momentum correction (Goyal et al. 2017, §2.2;
+    NVIDIA's MLPerf LARS): before each step the buffer is rescaled by
+    γ_t/γ_{t−1}, then `lars_step`. Needs every γ > 0 (the rescale divides)."""
+    assert all(lr > 0 for lr in learning_rates), "the correction divides by the previous rate"
+    weights = [np.asarray(w, np.float64) for w in weights]
+    velocities = [np.zeros_like(w) for w in weights]
+    previous_lr = None
+    for gradients, lr in zip(gradients_per_step, learning_rates):
+        correction = 1.0 if previous_lr is None else lr / previous_lr
+        for i, g in enumerate(gradients):
+            weights[i], velocities[i] = lars_step(
+                weights[i],
+                g,
+                correction * velocities[i],
+                lr,
+                decayed=decayed[i],
+                adapted=adapted[i],
+                **hyper,
+            )
+        previous_lr = lr
     return weights, velocities
 
 

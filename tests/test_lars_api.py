@@ -1,5 +1,6 @@
 """LARS's interface: argument checks, exclusions, config and registration."""
 
+import contextlib
 import copy
 
 import keras
@@ -49,6 +50,16 @@ def dense_model():
         (dict(nesterov="False"), "nesterov"),
         (dict(larc_clip=1), "larc_clip"),
         (dict(track_trust_ratios=None), "track_trust_ratios"),
+        (dict(learning_rate_outside_momentum="True"), "learning_rate_outside_momentum"),
+        (
+            dict(weight_decay_exclude_indices=[1, 2], weight_decay_exclude_index_paths=["a"]),
+            "weight_decay_exclude_index_paths",
+        ),
+        (dict(adaptation_exclude_index_paths="dense/kernel"), "adaptation_exclude_index_paths"),
+        (
+            dict(adaptation_exclude_indices=[0], adaptation_exclude_index_paths=[0]),
+            "adaptation_exclude_index_paths",
+        ),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_them(kwargs, argument):
@@ -190,6 +201,91 @@ def test_exclusion_by_variable_object():
     assert [path for path, t in table.items() if not t["adaptation"]] == ["net/head/kernel"]
     assert all(t["weight_decay"] for t in table.values())
     assert optimizer.get_config()["adaptation_exclude_indices"] == [4]
+    assert optimizer.get_config()["adaptation_exclude_index_paths"] == ["net/head/kernel"]
+
+
+def model_with_a_layer_in_front():
+    """dense_model() with one more Dense first: every position moves by two."""
+    return keras.Sequential(
+        [keras.Input((3,)), keras.layers.Dense(3, name="stem")] + dense_model().layers,
+        name="net",
+    )
+
+
+def config_excluding_the_head_kernel_by_object():
+    model = dense_model()
+    optimizer = keras_lars.LARS()
+    optimizer.exclude_from_layer_adaptation(var_list=[model.get_layer("head").kernel])
+    optimizer.build(model.trainable_variables)
+    return optimizer.get_config()
+
+
+def test_a_shifted_exclusion_position_is_refused_naming_both_paths():
+    """Position 4 was net/head/kernel; with a layer in front it is
+    net/norm/gamma, which would silently lose adaptation instead."""
+    restored = keras_lars.LARS.from_config(config_excluding_the_head_kernel_by_object())
+    model = model_with_a_layer_in_front()
+    assert model.trainable_variables[4].path == "net/norm/gamma"
+    with pytest.raises(ValueError, match="adaptation_exclude_indices") as error:
+        restored.build(model.trainable_variables)
+    assert "position 4: saved for 'net/head/kernel', now 'net/norm/gamma'" in str(error.value)
+    assert not restored.built
+
+
+def test_a_config_without_index_paths_still_loads_and_checks_nothing():
+    """Configs written before the paths were saved."""
+    config = config_excluding_the_head_kernel_by_object()
+    del config["adaptation_exclude_index_paths"], config["weight_decay_exclude_index_paths"]
+    restored = keras_lars.LARS.from_config(config)
+    restored.build(model_with_a_layer_in_front().trainable_variables)
+    assert not restored.exclusions()["net/norm/gamma"]["adaptation"]  # position 4, unchecked
+    assert restored.get_config()["adaptation_exclude_index_paths"] == ["net/norm/gamma"]
+
+
+def variable_at(path):
+    """A variable whose `path` is `path`, made inside its name scopes."""
+    *scopes, name = path.split("/")
+    with contextlib.ExitStack() as stack:
+        for scope in scopes:
+            stack.enter_context(keras.name_scope(scope))
+        variable = keras.Variable(np.ones((2, 2)), name=name)
+    assert variable.path == path
+    return variable
+
+
+@pytest.mark.parametrize(
+    "saved,current",
+    [
+        ("net/head/kernel", "head/kernel"),  # a Sequential's name, dropped by load_model
+        ("head/kernel", "net/head/kernel"),  # a config from a loaded model, used in code
+        ("outer/inner/head/kernel", "head/kernel"),  # nested models
+    ],
+)
+def test_index_paths_agree_up_to_the_names_of_enclosing_models(saved, current):
+    variable = variable_at(current)
+    optimizer = keras_lars.LARS(
+        adaptation_exclude_indices=[0], adaptation_exclude_index_paths=[saved]
+    )
+    optimizer.build([variable])
+    assert optimizer.exclusions() == {current: {"weight_decay": True, "adaptation": False}}
+
+
+@pytest.mark.parametrize(
+    "saved,current",
+    [
+        ("net/head/kernel", "net/stem/kernel"),
+        ("net/head/kernel", "other/head/kernel"),
+        ("head/kernel", "net/head_1/kernel"),
+        ("outer/inner/head/kernel", "inner/stem/kernel"),
+    ],
+)
+def test_index_paths_that_differ_otherwise_are_refused(saved, current):
+    variable = variable_at(current)
+    optimizer = keras_lars.LARS(
+        weight_decay_exclude_indices=[0], weight_decay_exclude_index_paths=[saved]
+    )
+    with pytest.raises(ValueError, match=f"saved for '{saved}', now '{current}'"):
+        optimizer.build([variable])
 
 
 def test_config_of_an_unbuilt_optimizer_warns_about_object_exclusions():
@@ -233,6 +329,7 @@ def test_config_round_trip_keeps_every_argument():
         nesterov=True,
         trust_ratio_denominator="norm_of_sum",
         larc_clip=True,
+        learning_rate_outside_momentum=True,
         track_trust_ratios=True,
         weight_decay_exclude_patterns=["bias$"],
         adaptation_exclude_patterns=["gamma"],
@@ -240,6 +337,8 @@ def test_config_round_trip_keeps_every_argument():
         adaptation_exclude_max_rank=1,
         weight_decay_exclude_indices=[2],
         adaptation_exclude_indices=[0, 3],
+        weight_decay_exclude_index_paths=["net/dense/kernel"],
+        adaptation_exclude_index_paths=["net/stem/kernel", "net/norm/gamma"],
         global_clipnorm=1.0,
         gradient_accumulation_steps=4,
         name="my_lars",
@@ -264,3 +363,11 @@ def test_found_by_registered_name():
     restored = keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))
     assert isinstance(restored, keras_lars.LARS)
     assert restored.get_config() == optimizer.get_config()
+
+
+def test_config_without_the_rate_outside_momentum_loads_the_papers_form():
+    """Configs saved before `learning_rate_outside_momentum` existed."""
+    config = keras_lars.LARS(momentum=0.8).get_config()
+    del config["learning_rate_outside_momentum"]
+    restored = keras_lars.LARS.from_config(config)
+    assert restored.get_config()["learning_rate_outside_momentum"] is False

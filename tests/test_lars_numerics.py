@@ -109,13 +109,19 @@ def reference_rates(steps):
     return [reference.polynomial_warmup(t, **SCHEDULE) for t in range(steps)]
 
 
+FORMS = {"rate_inside": False, "rate_outside": True}  # learning_rate_outside_momentum
+
+
 @pytest.mark.parametrize(
-    "denominator,larc_clip,nesterov,exclusion",
+    "form,denominator,larc_clip,nesterov,exclusion",
     list(
-        itertools.product(["sum_of_norms", "norm_of_sum"], [False, True], [False, True], EXCLUSIONS)
+        itertools.product(
+            FORMS, ["sum_of_norms", "norm_of_sum"], [False, True], [False, True], EXCLUSIONS
+        )
     ),
 )
-def test_matches_reference_over_many_steps(denominator, larc_clip, nesterov, exclusion):
+def test_matches_reference_over_many_steps(form, denominator, larc_clip, nesterov, exclusion):
+    """Through the warm-up from γ = 0 and the decay: γ changes every step."""
     kwargs, set_up, decayed, adapted = EXCLUSIONS[exclusion]
     model = make_model()
     optimizer = keras_lars.LARS(
@@ -123,6 +129,7 @@ def test_matches_reference_over_many_steps(denominator, larc_clip, nesterov, exc
         nesterov=nesterov,
         trust_ratio_denominator=denominator,
         larc_clip=larc_clip,
+        learning_rate_outside_momentum=FORMS[form],
         **HYPER,
         **kwargs,
     )
@@ -142,6 +149,7 @@ def test_matches_reference_over_many_steps(denominator, larc_clip, nesterov, exc
         nesterov=nesterov,
         denominator=denominator,
         larc_clip=larc_clip,
+        learning_rate_outside_momentum=FORMS[form],
         **HYPER,
     )
     for path, variable, want in zip(PATHS, model.trainable_variables, expected_w):
@@ -207,9 +215,13 @@ def test_trust_ratios_need_tracking_and_a_build():
         keras_lars.LARS(track_trust_ratios=True).trust_ratios()
 
 
-def test_without_momentum_matches_reference_and_keeps_no_slots():
+@pytest.mark.parametrize("form", FORMS)
+def test_without_momentum_matches_reference_and_keeps_no_slots(form):
+    """Without momentum both forms are the same rule: w = w − (local rate)·g̃."""
     model = make_model()
-    optimizer = keras_lars.LARS(schedule(), **{**HYPER, "momentum": 0.0})
+    optimizer = keras_lars.LARS(
+        schedule(), learning_rate_outside_momentum=FORMS[form], **{**HYPER, "momentum": 0.0}
+    )
     initial = [keras.ops.convert_to_numpy(v) for v in model.trainable_variables]
     gradients = random_gradients(model, STEPS)
     apply_all(optimizer, model.trainable_variables, gradients)
@@ -242,6 +254,16 @@ def test_without_momentum_matches_reference_and_keeps_no_slots():
         ),
         ({"larc_clip": True}, [3 - 1.1 / 30, 4 + 0.2 / 30]),
         ({"nesterov": True}, [3 - 1.9 * 2.2 / 30, 4 + 1.9 * 0.4 / 30]),
+        # A constant γ: the rate outside the buffer changes nothing.
+        ({"learning_rate_outside_momentum": True}, [3 - 2.2 / 30, 4 + 0.4 / 30]),
+        (
+            {"learning_rate_outside_momentum": True, "larc_clip": True},
+            [3 - 1.1 / 30, 4 + 0.2 / 30],
+        ),
+        (
+            {"learning_rate_outside_momentum": True, "nesterov": True},
+            [3 - 1.9 * 2.2 / 30, 4 + 1.9 * 0.4 / 30],
+        ),
     ],
 )
 def test_single_step_by_hand(kwargs, expected):
@@ -316,6 +338,134 @@ def test_two_steps_with_momentum_by_hand(steps, weights, velocity):
     )
 
 
+# Hand-computed, both forms over two steps whose rate doubles: γ = 1, then 2
+# (PolynomialWarmup from 1.0 to its peak 2.0 in one step); w0, g1, g2, β, η
+# and m as above. Step 1 is the same in both forms: v1 = u1 = [1.1, -0.2]/30.
+# Step 2 starts from the same w1, so λ2 and g̃2 are the same in both:
+#   paper:        w2 = w1 − (0.9·v1 + 2·λ2·g̃2)
+#   rate outside: w2 = w1 − 2·(0.9·u1 + λ2·g̃2)
+# so the rate-outside form moves 0.9·v1 further: its carried momentum moves
+# at the new rate.
+def test_rate_outside_momentum_moves_the_carried_momentum_at_the_new_rate_by_hand():
+    def two_steps(outside):
+        variable = keras.Variable([3.0, 4.0], name="kernel")
+        rate = keras_lars.PolynomialWarmup(
+            2.0, decay_steps=10, warmup_steps=1, warmup_start_learning_rate=1.0
+        )
+        optimizer = keras_lars.LARS(
+            rate,
+            momentum=0.9,
+            weight_decay=0.1,
+            trust_coefficient=0.01,
+            learning_rate_outside_momentum=outside,
+        )
+        for gradient in ([0.8, -0.6], [0.6, 0.8]):
+            optimizer.apply_gradients([(keras.ops.convert_to_tensor(gradient), variable)])
+        return keras.ops.convert_to_numpy(variable).astype(np.float64)
+
+    np.testing.assert_allclose(
+        two_steps(True) - two_steps(False), [-0.9 * 1.1 / 30, 0.9 * 0.2 / 30], rtol=0, atol=2e-6
+    )
+
+
+@pytest.mark.parametrize("larc_clip,buffer", [(False, [1.1 / 30, -0.2 / 30]), (True, [1.1, -0.2])])
+def test_rate_outside_momentum_at_a_zero_rate_fills_the_buffer_and_holds_the_weights(
+    larc_clip, buffer
+):
+    """w = [3, 4], g = [0.8, -0.6], β = 0.1, η = 0.01: λ = 1/30, g̃ = [1.1, -0.2].
+    At γ = 0 (a warm-up's first step) the buffer takes λ·g̃; with LARC's clip
+    min(λ/γ, 1)·g̃ = g̃, the limit as γ → 0 (not 0/0); w moves by γ·u = 0."""
+    variable = keras.Variable([3.0, 4.0], name="kernel")
+    optimizer = keras_lars.LARS(
+        0.0,
+        momentum=0.9,
+        weight_decay=0.1,
+        trust_coefficient=0.01,
+        larc_clip=larc_clip,
+        learning_rate_outside_momentum=True,
+    )
+    optimizer.apply_gradients([(keras.ops.convert_to_tensor([0.8, -0.6]), variable)])
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), [3.0, 4.0])
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(optimizer.momentums[0]), buffer, rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+@pytest.mark.parametrize("larc_clip", [False, True])
+def test_rate_outside_momentum_is_the_paper_form_with_momentum_correction(larc_clip, nesterov):
+    """The paper's form whose buffer is rescaled by γ_t/γ_{t−1} before each
+    step (Goyal et al. 2017; NVIDIA's MLPerf LARS) gives the same weights, and
+    its buffer is γ·u, for a schedule that never reaches 0 (where the rescale
+    would divide by zero)."""
+    rates = dict(SCHEDULE, warmup_start=0.1)
+    model = make_model()
+    initial = [keras.ops.convert_to_numpy(v) for v in model.trainable_variables]
+    gradients = random_gradients(model, STEPS)
+    optimizer = keras_lars.LARS(
+        keras_lars.PolynomialWarmup(
+            rates["peak"],
+            rates["decay_steps"],
+            rates["warmup_steps"],
+            end_learning_rate=rates["end"],
+            warmup_start_learning_rate=rates["warmup_start"],
+        ),
+        larc_clip=larc_clip,
+        nesterov=nesterov,
+        learning_rate_outside_momentum=True,
+        **HYPER,
+    )
+    apply_all(optimizer, model.trainable_variables, gradients)
+
+    learning_rates = [reference.polynomial_warmup(t, **rates) for t in range(STEPS)]
+    expected_w, expected_v = reference.momentum_corrected_lars_run(
+        initial,
+        gradients,
+        learning_rates,
+        decayed=[p in KERNELS for p in PATHS],
+        adapted=[p in KERNELS for p in PATHS],
+        larc_clip=larc_clip,
+        nesterov=nesterov,
+        **HYPER,
+    )
+    for path, variable, want in zip(PATHS, model.trainable_variables, expected_w):
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(variable), want, rtol=2e-5, atol=2e-6, err_msg=path
+        )
+    for path, velocity, want in zip(PATHS, optimizer.momentums, expected_v):
+        np.testing.assert_allclose(
+            learning_rates[-1] * keras.ops.convert_to_numpy(velocity),
+            want,
+            rtol=2e-5,
+            atol=2e-6,
+            err_msg=path,
+        )
+
+
+def test_the_forms_agree_for_a_constant_rate_and_differ_through_a_warm_up():
+    def run(learning_rate, outside):
+        model = make_model()
+        optimizer = keras_lars.LARS(
+            learning_rate, learning_rate_outside_momentum=outside, nesterov=True, **HYPER
+        )
+        apply_all(optimizer, model.trainable_variables, random_gradients(model, STEPS))
+        weights = [keras.ops.convert_to_numpy(v) for v in model.trainable_variables]
+        return weights, [keras.ops.convert_to_numpy(v) for v in optimizer.momentums]
+
+    inside_w, inside_v = run(2.0, False)
+    outside_w, outside_u = run(2.0, True)
+    for path, a, b, v, u in zip(PATHS, inside_w, outside_w, inside_v, outside_u):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6, err_msg=path)
+        np.testing.assert_allclose(2.0 * u, v, rtol=1e-5, atol=1e-6, err_msg=path)
+
+    inside_w, _ = run(schedule(), False)
+    outside_w, _ = run(schedule(), True)
+    initial = [keras.ops.convert_to_numpy(v) for v in make_model().trainable_variables]
+    for path, a, b, w0 in zip(PATHS, inside_w, outside_w, initial):
+        # The moves differ by more than a tenth, in every variable.
+        assert np.linalg.norm(b - a) > 0.1 * np.linalg.norm(a - w0), path
+
+
 MANTISSA_BITS = {"float16": 10, "bfloat16": 7}
 
 
@@ -331,9 +481,10 @@ def spacing(values, dtype):
     return 2.0 ** (exponent - MANTISSA_BITS[dtype])
 
 
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
-def test_low_precision_updates_are_exact_to_a_unit_in_the_last_place(dtype, momentum):
+def test_low_precision_updates_are_exact_to_a_unit_in_the_last_place(dtype, momentum, form):
     """‖w‖² = 100·300² = 9e6 overflows float16 (max 65504), so the norms must
     be float32. The update w − w0 (about 60, 30 units in the last place for
     bfloat16) must match the reference to one unit: a 2× error in λ cannot
@@ -342,10 +493,24 @@ def test_low_precision_updates_are_exact_to_a_unit_in_the_last_place(dtype, mome
     w0 = as_float64(300.0 * np.sign(rng.normal(size=100)), dtype)
     g0 = as_float64(rng.normal(scale=200.0, size=100), dtype)
     variable = keras.Variable(w0, dtype=dtype, name="kernel")
-    optimizer = keras_lars.LARS(20.0, momentum=momentum, weight_decay=0.0, trust_coefficient=0.01)
+    optimizer = keras_lars.LARS(
+        20.0,
+        momentum=momentum,
+        weight_decay=0.0,
+        trust_coefficient=0.01,
+        learning_rate_outside_momentum=FORMS[form],
+    )
     optimizer.apply_gradients([(keras.ops.convert_to_tensor(g0, dtype), variable)])
     got = np.asarray(keras.ops.convert_to_numpy(keras.ops.cast(variable, "float32")), np.float64)
-    expected, _ = reference.lars_step(w0, g0, 0.0, 20.0, momentum=momentum, trust_coefficient=0.01)
+    expected, _ = reference.lars_step(
+        w0,
+        g0,
+        0.0,
+        20.0,
+        momentum=momentum,
+        trust_coefficient=0.01,
+        learning_rate_outside_momentum=FORMS[form],
+    )
     update = got - w0
     assert np.median(np.abs(expected - w0) / spacing(expected, dtype)) > 10  # a real move
     np.testing.assert_array_less(np.abs(update - (expected - w0)), spacing(expected, dtype))
@@ -370,7 +535,10 @@ def test_float16_step_smaller_than_float16_can_hold_is_not_lost():
     np.testing.assert_array_equal(got, as_float64(expected, "float16"))
 
 
-def test_float64_variables_are_updated_in_float64():
+@pytest.mark.parametrize("form", FORMS)
+def test_float64_variables_are_updated_in_float64(form):
+    """Through a warm-up (rates 0, 0.5, 1, 1.5: exact in the schedule's
+    float32), so that the two forms differ."""
     rng = np.random.default_rng(0)
     w0 = rng.normal(size=(7, 5))
     g0 = rng.normal(scale=1e-3, size=(7, 5))
@@ -380,18 +548,25 @@ def test_float64_variables_are_updated_in_float64():
         if not jax.config.jax_enable_x64:
             pytest.skip("JAX stores float64 as float32 unless jax_enable_x64 is set")
     variable = keras.Variable(w0, dtype="float64", name="kernel")
-    optimizer = keras_lars.LARS(3.0, momentum=0.9, weight_decay=0.01, trust_coefficient=0.02)
-    for _ in range(3):
+    optimizer = keras_lars.LARS(
+        keras_lars.PolynomialWarmup(2.0, decay_steps=10, warmup_steps=4),
+        momentum=0.9,
+        weight_decay=0.01,
+        trust_coefficient=0.02,
+        learning_rate_outside_momentum=FORMS[form],
+    )
+    for _ in range(4):
         optimizer.apply_gradients([(keras.ops.convert_to_tensor(g0, "float64"), variable)])
     expected, _ = reference.lars_run(
         [w0],
-        [[g0]] * 3,
-        [3.0] * 3,
+        [[g0]] * 4,
+        [0.0, 0.5, 1.0, 1.5],
         [True],
         [True],
         momentum=0.9,
         weight_decay=0.01,
         trust_coefficient=0.02,
+        learning_rate_outside_momentum=FORMS[form],
     )
     np.testing.assert_allclose(keras.ops.convert_to_numpy(variable), expected[0], rtol=1e-13)
 

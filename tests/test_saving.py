@@ -78,19 +78,21 @@ def test_tf_train_checkpoint_round_trips_slots(tmp_path):
         np.testing.assert_array_equal(got, want)
 
 
-def test_exclusions_by_object_survive_a_keras_file(tmp_path):
-    """The README's rank rule by object, and a kernel left undecayed: the same
-    treatment per variable after `load_model` (whose paths lose the
-    Sequential's name, so a path could not carry them)."""
-    net = keras.Sequential(
-        [
-            keras.Input((training.IN,)),
+def model_with_norm(layers_in_front=()):
+    return keras.Sequential(
+        [keras.Input((training.IN,)), *layers_in_front]
+        + [
             keras.layers.Dense(training.HIDDEN, name="hidden"),
             keras.layers.LayerNormalization(name="norm"),
             keras.layers.Dense(training.OUT, name="out"),
         ],
         name="with_norm",
     )
+
+
+def save_with_exclusions_by_object(path):
+    """The README's rank rule by object, and a kernel left undecayed."""
+    net = model_with_norm()
     optimizer = keras_lars.LARS(
         0.1, weight_decay_exclude_patterns=(), adaptation_exclude_patterns=()
     )
@@ -101,8 +103,19 @@ def test_exclusions_by_object_survive_a_keras_file(tmp_path):
     net.compile(optimizer=optimizer, loss="mse")
     x, y = training.data()
     net.fit(x, y, batch_size=training.BATCH, epochs=1, verbose=0)
+    net.save(path)
+    return net
+
+
+def test_exclusions_by_object_survive_a_keras_file(tmp_path):
+    """The same treatment per variable after `load_model`, whose paths lose
+    the Sequential's name: the positions carry the exclusions, and their
+    saved paths pass the check through that rename."""
+    net = save_with_exclusions_by_object(tmp_path / "net.keras")
     before = net.optimizer.exclusions()
-    net.save(tmp_path / "net.keras")
+    assert net.optimizer.get_config()["weight_decay_exclude_index_paths"] == [
+        "with_norm/out/kernel"
+    ]
 
     restored = keras.models.load_model(tmp_path / "net.keras")
     after = restored.optimizer.exclusions()
@@ -110,4 +123,26 @@ def test_exclusions_by_object_survive_a_keras_file(tmp_path):
     assert list(after.values()) == list(before.values())
     assert [t["adaptation"] for t in before.values()] == [True, False, False, False, True, False]
     assert [t["weight_decay"] for t in before.values()] == [True] * 4 + [False, True]
+    config = restored.optimizer.get_config()
+    assert config["weight_decay_exclude_index_paths"] == ["out/kernel"]
+    assert config["adaptation_exclude_index_paths"] == [
+        "hidden/bias",
+        "norm/gamma",
+        "norm/beta",
+        "out/bias",
+    ]
+    x, y = training.data()
     restored.fit(x, y, batch_size=training.BATCH, epochs=1, verbose=0)  # and it trains on
+
+
+def test_a_keras_files_optimizer_with_a_layer_in_front_is_refused(tmp_path):
+    """Reused with one more layer in front, the saved position 4 (the output
+    kernel, left undecayed) would be the normalisation's scale instead."""
+    save_with_exclusions_by_object(tmp_path / "net.keras")
+    config = keras.models.load_model(tmp_path / "net.keras").optimizer.get_config()
+    net = model_with_norm([keras.layers.Dense(training.IN, name="stem")])
+    net.compile(optimizer=keras_lars.LARS.from_config(config), loss="mse")
+    with pytest.raises(
+        ValueError, match="position 4: saved for 'out/kernel', now 'with_norm/norm/gamma'"
+    ):
+        net.optimizer.build(net.trainable_variables)

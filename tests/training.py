@@ -48,8 +48,9 @@ def optimizer(**kwargs):
     return keras_lars.LARS(schedule, **HYPER, **kwargs)
 
 
-def reference_training(epochs):
-    """NumPy: the same batches in order, exact gradients, the LARS rule."""
+def reference_training(epochs, **options):
+    """NumPy: the same batches in order, exact gradients, the LARS rule
+    (`options` as `reference.lars_step`'s, e.g. the rate outside momentum)."""
     x, y = data()
     params = [p.astype(np.float64) for p in initial_params()]
     velocities = [np.zeros_like(p) for p in params]
@@ -62,7 +63,14 @@ def reference_training(epochs):
             lr = reference.polynomial_warmup(step, **SCHEDULE)
             for i, g in enumerate(grads):
                 params[i], velocities[i] = reference.lars_step(
-                    params[i], g, velocities[i], lr, decayed=DECAYED[i], adapted=ADAPTED[i], **HYPER
+                    params[i],
+                    g,
+                    velocities[i],
+                    lr,
+                    decayed=DECAYED[i],
+                    adapted=ADAPTED[i],
+                    **HYPER,
+                    **options,
                 )
             step += 1
     return params
