@@ -24,6 +24,7 @@ from absl import logging
 
 from . import config as config_lib
 from . import presets
+from .preprocessing import PREPROCESSING
 
 FLAGS = flags.FLAGS
 PROGRAM = "imagenet_train"
@@ -68,7 +69,10 @@ def define_flags():
         "JAX: several hosts (a TPU pod slice); calls keras.distribution.initialize().",
     )
     flags.DEFINE_bool(
-        "jit_compile", DEFAULT["jit_compile"], "Compile the step with XLA (one replica only)."
+        "jit_compile",
+        DEFAULT["jit_compile"],
+        "Compile each replica's forward and backward pass with XLA (default: with GPUs "
+        "or TPUs; JAX compiles its whole step anyway).",
     )
     flags.DEFINE_integer("global_batch_size", None, "Images per update, over all replicas.")
     flags.DEFINE_float("learning_rate", None, "Peak global rate γ of LARS.")
@@ -91,6 +95,34 @@ def define_flags():
     )
     flags.DEFINE_float("dropout", None, "Dropout of AlexNet's fc6 and fc7.")
     flags.DEFINE_float("eval_every_epochs", None, "Evaluate this often (0: only at the end).")
+    flags.DEFINE_float(
+        "eval_offset_epochs", None, "The first evaluation (then every --eval_every_epochs)."
+    )
+    flags.DEFINE_float(
+        "target_accuracy",
+        None,
+        "Stop at the first evaluation whose top-1 reaches this fraction (MLPerf: 0.759).",
+    )
+    flags.DEFINE_integer(
+        "bn_span",
+        None,
+        "Images each batch-norm statistic covers (ghost batch norm; 0: each replica's "
+        "whole micro-batch). Larger than a replica's micro-batch needs JAX.",
+    )
+    flags.DEFINE_enum(
+        "preprocessing",
+        None,
+        list(PREPROCESSING),
+        "Crop, resize and normalisation of a source:\n"
+        + "\n".join(f"  {name}: {p.describe()}" for name, p in PREPROCESSING.items()),
+    )
+    flags.DEFINE_integer("eval_batch_size", None, "Evaluation batch (default: the training one).")
+    flags.DEFINE_float(
+        "checkpoint_every_minutes",
+        DEFAULT["checkpoint_every_minutes"],
+        "Checkpoint after the first loop that ends this long after the last checkpoint "
+        "(0: after every loop); always at the end.",
+    )
     flags.DEFINE_integer("steps_per_loop", None, "Steps per host call and checkpoint.")
     flags.DEFINE_integer(
         "accumulation_steps", DEFAULT["accumulation_steps"], "Micro-batches per update."
@@ -148,23 +180,35 @@ def main(argv):
 
     import tensorflow as tf
 
+    from . import checkpoints
     from . import input_pipeline
     from . import job
     from . import strategies
 
     try:
         job.run(config)
+    except tf.errors.OpError as error:  # a bad label, an unreadable gs:// path, ...
+        return _error(_explanation(error.message))
     except (
         ValueError,
-        FileNotFoundError,
+        OSError,
         strategies.StrategyError,
         input_pipeline.BadDataError,
         job.TrainingDiverged,
+        checkpoints.CheckpointNotSaved,
+        checkpoints.NoIntactCheckpoint,
     ) as error:
         return _error(str(error))
-    except tf.errors.OpError as error:  # a bad label, an unreadable gs:// path, ...
-        return _error(error.message.strip())
     return 0
+
+
+def _explanation(message):
+    """The line of a TensorFlow error that says what is wrong: the recipe's
+    own assertion if there is one (it comes a few lines after "Graph execution
+    error:"), else the first line."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    ours = [line for line in lines if "is the label offset right?" in line]
+    return (ours or lines or ["unknown TensorFlow error"])[0]
 
 
 def _error(message):

@@ -16,6 +16,7 @@ import dataclasses
 import os
 
 from . import presets
+from .preprocessing import PREPROCESSING
 
 MODELS = ("resnet50", "alexnet", "alexnet_bn")
 IMAGE_SIZE = {"resnet50": 224, "alexnet": 227, "alexnet_bn": 227}
@@ -32,15 +33,20 @@ TF_STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 JAX_STRATEGIES = ("default", "data_parallel")
 STRATEGIES = TF_STRATEGIES + ("data_parallel",)
 BACKENDS = ("tensorflow", "jax")
-# Settings that may change when a run is resumed: where and how it runs, not
-# what it computes. (The backend may not: its checkpoints are its own.)
+# Settings that may change when a run is resumed: where and how it runs, or
+# when it stops, not what it computes. (The backend may not: its checkpoints
+# are its own. The data may move, but not change: the plan says.)
 MAY_CHANGE_ON_RESUME = frozenset(
     {
         "strategy",
         "tpu",
         "logical_cpus",
         "multi_process",
+        "jit_compile",
         "steps_per_loop",
+        "checkpoint_every_minutes",
+        "eval_batch_size",
+        "target_accuracy",
         "data_dir",
         "tfds_data_dir",
         "model_dir",
@@ -62,7 +68,7 @@ class TrainConfig:
     tpu: str | None = None
     logical_cpus: int = 0
     multi_process: bool = False
-    jit_compile: bool = False
+    jit_compile: bool | None = None  # default: on with GPUs or TPUs (the runners say)
     # The preset's fields.
     global_batch_size: int = 256
     learning_rate: float = 4.0
@@ -76,10 +82,16 @@ class TrainConfig:
     adapt_biases: bool = False
     dropout: float = 0.0
     eval_every_epochs: float = 4.0
+    eval_offset_epochs: float = 0.0  # the first evaluation; then every eval_every_epochs
+    target_accuracy: float | None = None  # stop at the first evaluation reaching this top-1
+    bn_span: int = 0  # images a batch-norm statistic covers (0: a replica's micro-batch)
+    preprocessing: str = "model_garden"  # preprocessing.PREPROCESSING
     # Steps, precision, model options.
     train_steps: int | None = None  # overrides train_epochs
     train_images: int | None = None  # default: counted (the converter records the count)
     steps_per_loop: int | None = None  # default: one epoch
+    checkpoint_every_minutes: float = 5.0  # 0: after every loop; always at the end
+    eval_batch_size: int | None = None  # default: the global batch size
     accumulation_steps: int = 1
     image_size: int | None = None  # default: the model's
     dtype: str | None = None  # default: bfloat16 with --strategy=tpu, else float32
@@ -107,6 +119,7 @@ class Plan:
     warmup_steps: int
     steps_per_loop: int
     eval_every_steps: int  # 0: only at the end
+    eval_offset_steps: int  # the first evaluation (with eval_every_steps)
 
 
 def resolve(preset=None, model=None, **overrides):
@@ -158,12 +171,14 @@ def check(config):
     check_choice("--dtype", config.dtype, DTYPES)
     check_choice("--alexnet_groups", config.alexnet_groups, ALEXNET_GROUPS)
     check_choice("--alexnet_bn_variant", config.alexnet_bn_variant, ALEXNET_BN_VARIANTS)
+    check_choice("--preprocessing", config.preprocessing, tuple(PREPROCESSING))
     for name in ("global_batch_size", "accumulation_steps", "image_size"):
         check_integer(f"--{name}", getattr(config, name), low=1)
-    for name in ("train_steps", "steps_per_loop", "train_images"):
+    for name in ("train_steps", "steps_per_loop", "train_images", "eval_batch_size"):
         if getattr(config, name) is not None:
             check_integer(f"--{name}", getattr(config, name), low=1)
     check_integer("--logical_cpus", config.logical_cpus, low=0)
+    check_integer("--bn_span", config.bn_span, low=0)
     check_integer("--seed", config.seed, low=0)
     min_size = MIN_IMAGE_SIZE[config.model]
     if config.image_size < min_size:
@@ -173,8 +188,28 @@ def check(config):
         )
     for name in ("learning_rate", "train_epochs", "trust_coefficient"):
         check_number(f"--{name}", getattr(config, name), low=0.0, low_inclusive=False)
-    for name in ("warmup_epochs", "weight_decay", "end_learning_rate", "eval_every_epochs"):
+    for name in (
+        "warmup_epochs",
+        "weight_decay",
+        "end_learning_rate",
+        "eval_every_epochs",
+        "eval_offset_epochs",
+        "checkpoint_every_minutes",
+    ):
         check_number(f"--{name}", getattr(config, name), low=0.0)
+    if config.target_accuracy is not None and not 0 < config.target_accuracy <= 1:
+        raise ValueError(
+            "--target_accuracy is a top-1 fraction in (0, 1], e.g. 0.759. "
+            f"Received: --target_accuracy={config.target_accuracy}"
+        )
+    micro_batch = config.global_batch_size // config.accumulation_steps
+    if config.bn_span and micro_batch % config.bn_span:
+        raise ValueError(
+            f"--bn_span={config.bn_span} does not divide the {micro_batch} images of an "
+            f"update's micro-batch (--global_batch_size={config.global_batch_size} / "
+            f"--accumulation_steps={config.accumulation_steps}); --bn_span=0 normalises "
+            "over each replica's whole micro-batch"
+        )
     for name in ("momentum", "label_smoothing", "dropout"):
         check_number(f"--{name}", getattr(config, name), low=0.0, high=1.0)
 

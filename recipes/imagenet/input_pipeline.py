@@ -13,15 +13,25 @@ The label offset is explicit: `label_offset` is subtracted, so both give
 
     dataset = input_pipeline.build_dataset(
         "/data/imagenet/train-*", training=True, global_batch_size=4096,
-        input_context=context, dtype="bfloat16")
+        input_context=context, preprocessing="tensorflow_tpu")
     with input_pipeline.naming_bad_files(dataset.files):
         model.fit(dataset, ...)
+
+Images leave the host as uint8 RGB in [0, 255]: a quarter of float32's
+transfer, and no per-pixel arithmetic on the host. The model normalises them
+on the device (`models.ImageNormalization`, with the `Preprocessing`'s mean
+and standard deviation), as tensorflow/tpu and Google's MLPerf code do.
+
+Each `Preprocessing` follows one source (`PREPROCESSING`): the random crop's
+area and attempts, the resize method, the evaluation crop and the
+normalisation; the presets name theirs.
 
 Under a `tf.distribute` strategy use `strategy.distribute_datasets_from_function`
 with a function that passes its `InputContext`: every pipeline then reads a
 disjoint part of the data, and together they read all of it.
-`evaluation_batches` pads the last global batch with masked examples so that
-every validation image is seen exactly once, on any number of replicas.
+`evaluation_batches` reads only its pipeline's files and pads them with
+masked examples so that every validation image is seen exactly once, on any
+number of hosts and replicas.
 """
 
 import concurrent.futures
@@ -33,16 +43,10 @@ import os
 import tensorflow as tf
 from tqdm import tqdm
 
-from .config import DTYPES
+from .preprocessing import DEFAULT_PREPROCESSING
+from .preprocessing import PREPROCESSING
 
 IMAGE_SIZE = 224
-# Inception-style crop (Szegedy et al. 2015), as in the ResNet references.
-CROP_AREA_RANGE = (0.08, 1.0)
-CROP_ASPECT_RATIO_RANGE = (3.0 / 4.0, 4.0 / 3.0)
-CROP_MAX_ATTEMPTS = 10
-EVAL_CROP_FRACTION = 0.875  # centre crop of the short side, then resize
-MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-STDDEV_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 SHUFFLE_BUFFER = 10_000
 INTERLEAVE_CYCLE = 16
 READ_BUFFER_BYTES = 8 * 1024 * 1024
@@ -146,6 +150,7 @@ class TFRecordSource:
             raise ValueError(f"`schema` must be one of {tuple(SCHEMAS)}. Received: {schema!r}")
         self.files = list_files(file_pattern)
         self.schema, self.label_offset = schema, label_offset
+        self._counts = None  # records per file, once counted
         labels = os.path.join(os.path.dirname(file_pattern), "labels.txt")
         self.num_classes = IMAGENET_CLASSES
         if tf.io.gfile.exists(labels):
@@ -168,7 +173,31 @@ class TFRecordSource:
         )
 
     def count(self):
-        return count_records(self.files)
+        return sum(self._file_counts())
+
+    def evaluation_examples(self, input_context=None):
+        """(JPEG bytes, label) of this pipeline's share, in file order: its
+        own files (files i, i+N, ...) where there are at least as many files
+        as pipelines, else every Nth record of all of them."""
+        pipelines, index = _pipeline(input_context)
+        files = self.files[index::pipelines] if len(self.files) >= pipelines else self.files
+        records = tf.data.TFRecordDataset(files, buffer_size=READ_BUFFER_BYTES)
+        if len(self.files) < pipelines:
+            records = records.shard(pipelines, index)
+        return records.map(lambda r: parse(r, self.schema, self.label_offset))
+
+    def pipeline_counts(self, num_pipelines):
+        """How many examples each of `num_pipelines` pipelines holds in
+        `evaluation_examples`."""
+        counts = self._file_counts()
+        if len(counts) >= num_pipelines:
+            return [sum(counts[i::num_pipelines]) for i in range(num_pipelines)]
+        return _dealt(sum(counts), num_pipelines)
+
+    def _file_counts(self):
+        if self._counts is None:
+            self._counts = [count_records([path]) for path in self.files]
+        return self._counts
 
     def naming_bad_files(self):
         return naming_bad_files(self.files, self.schema)
@@ -223,57 +252,128 @@ class TFDSSource:
         dataset = self._as_dataset(training=False, input_context=None, deterministic=True, seed=0)
         return int(dataset.cardinality())
 
+    def evaluation_examples(self, input_context=None):
+        """Every Nth example of the split: TFDS assigns its files to pipelines
+        itself, so each pipeline reads the split and keeps its share."""
+        pipelines, index = _pipeline(input_context)
+        return self.examples(training=False, deterministic=True).shard(pipelines, index)
+
+    def pipeline_counts(self, num_pipelines):
+        return _dealt(self.count(), num_pipelines)
+
     def naming_bad_files(self):
         return contextlib.nullcontext()
 
 
-def decode_and_random_crop(image_bytes, image_size, seed):
-    """A random crop of 8%..100% of the area and 3/4..4/3 aspect ratio, decoded
-    directly from the JPEG; the centre crop if 10 attempts find none."""
+def _pipeline(input_context):
+    """(number of input pipelines, this one's index)."""
+    if input_context is None:
+        return 1, 0
+    return input_context.num_input_pipelines, input_context.input_pipeline_id
+
+
+def _dealt(total, num_pipelines):
+    """Each pipeline's count when `total` examples are dealt round-robin."""
+    return [len(range(i, total, num_pipelines)) for i in range(num_pipelines)]
+
+
+def decode_and_random_crop(image_bytes, image_size, seed, preprocessing):
+    """An Inception-style random crop, decoded directly from the JPEG and
+    resized; the centre crop if `max_attempts` find none."""
     shape = tf.io.extract_jpeg_shape(image_bytes)
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         shape,
         tf.zeros([1, 0, 4]),
         seed=seed,
-        min_object_covered=CROP_AREA_RANGE[0],
-        aspect_ratio_range=CROP_ASPECT_RATIO_RANGE,
-        area_range=CROP_AREA_RANGE,
-        max_attempts=CROP_MAX_ATTEMPTS,
+        min_object_covered=preprocessing.min_object_covered,
+        aspect_ratio_range=(3.0 / 4.0, 4.0 / 3.0),
+        area_range=preprocessing.area_range,
+        max_attempts=preprocessing.max_attempts,
         use_image_if_no_bounding_boxes=True,
     )
     # The sampler returns the whole image when it fails: use the centre crop.
     whole = tf.reduce_all(tf.equal(size[:2], shape[:2]))
     return tf.cond(
         whole,
-        lambda: decode_and_centre_crop(image_bytes, image_size),
+        lambda: decode_and_centre_crop(image_bytes, image_size, preprocessing),
         lambda: tf.image.resize(
             tf.io.decode_and_crop_jpeg(
                 image_bytes, tf.stack([begin[0], begin[1], size[0], size[1]]), channels=3
             ),
             [image_size, image_size],
+            method=preprocessing.resize_method,
         ),
     )
 
 
-def decode_and_centre_crop(image_bytes, image_size):
+def decode_and_centre_crop(image_bytes, image_size, preprocessing):
+    """The centre `eval_crop_fraction` of the short side, resized."""
     shape = tf.io.extract_jpeg_shape(image_bytes)
     height, width = shape[0], shape[1]
-    side = tf.cast(EVAL_CROP_FRACTION * tf.cast(tf.minimum(height, width), tf.float32), tf.int32)
+    side = tf.cast(
+        preprocessing.eval_crop_fraction * tf.cast(tf.minimum(height, width), tf.float32),
+        tf.int32,
+    )
     window = tf.stack([(height - side + 1) // 2, (width - side + 1) // 2, side, side])
     image = tf.io.decode_and_crop_jpeg(image_bytes, window, channels=3)
-    return tf.image.resize(image, [image_size, image_size])
+    return tf.image.resize(image, [image_size, image_size], method=preprocessing.resize_method)
 
 
-def preprocess(image_bytes, training, image_size=IMAGE_SIZE, dtype="float32", seed=None):
-    """A normalised `image_size`² RGB image of `dtype`."""
+def caffe_crop(image_bytes, training, image_size, seed, preprocessing):
+    """Caffe's AlexNet input: the image squashed to a square (256² for a
+    227² input), then a random crop of the input size, or the centre one."""
+    resized = round(image_size * preprocessing.caffe_resize / 227)
+    image = tf.image.resize(
+        tf.io.decode_jpeg(image_bytes, channels=3), [resized, resized], method="bilinear"
+    )
     if training:
-        crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-        image = decode_and_random_crop(image_bytes, image_size, crop_seed)
-        image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+        return tf.image.stateless_random_crop(image, [image_size, image_size, 3], seed=seed)
+    offset = (resized - image_size) // 2
+    return image[offset : offset + image_size, offset : offset + image_size]
+
+
+def preprocess(image_bytes, training, image_size=IMAGE_SIZE, preprocessing=None, seed=None):
+    """An `image_size`² uint8 RGB image (normalised later, on the device),
+    cropped and flipped as `preprocessing` (a `Preprocessing` or its name)
+    says."""
+    preprocessing = _preprocessing(preprocessing)
+    crop_seed, flip_seed = (
+        tf.unstack(tf.random.experimental.stateless_split(seed, 2)) if training else (None, None)
+    )
+    if preprocessing.crop == "caffe":
+        image = caffe_crop(image_bytes, training, image_size, crop_seed, preprocessing)
+    elif training:
+        image = decode_and_random_crop(image_bytes, image_size, crop_seed, preprocessing)
     else:
-        image = decode_and_centre_crop(image_bytes, image_size)
-    image = (image - MEAN_RGB) / STDDEV_RGB
-    return tf.cast(image, dtype)
+        image = decode_and_centre_crop(image_bytes, image_size, preprocessing)
+    if training:
+        image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    # Rounded, not truncated: resizing leaves values between the integers.
+    return tf.cast(tf.clip_by_value(image + 0.5, 0.0, 255.0), tf.uint8)
+
+
+def _preprocessing(preprocessing):
+    if preprocessing is None:
+        return PREPROCESSING[DEFAULT_PREPROCESSING]
+    if isinstance(preprocessing, str):
+        if preprocessing not in PREPROCESSING:
+            raise ValueError(
+                f"`preprocessing` must be one of {tuple(PREPROCESSING)}. "
+                f"Received: preprocessing={preprocessing!r}"
+            )
+        return PREPROCESSING[preprocessing]
+    return preprocessing
+
+
+def tune_for_accelerators(dataset, threads=None):
+    """The tf.data options the references set when accelerators wait on the
+    host: a private thread pool (so TensorFlow's own ops do not compete with
+    the input's), and slack for the final prefetch (tf.data starts each batch a
+    little early, smoothing the step-to-step jitter that stalls a TPU)."""
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = threads or os.cpu_count() or 1
+    options.experimental_slack = True
+    return dataset.with_options(options)
 
 
 def batches(
@@ -283,7 +383,7 @@ def batches(
     global_batch_size,
     input_context=None,
     image_size=IMAGE_SIZE,
-    dtype="float32",
+    preprocessing=None,
     cache=False,
     deterministic=False,
     seed=0,
@@ -292,8 +392,11 @@ def batches(
     shuffle_buffer=SHUFFLE_BUFFER,
     skip=0,
     num_classes=None,
+    threads=None,
 ):
-    """Batches of (image, label) from `source` for one input pipeline.
+    """Batches of (uint8 image, label) from `source` for one input pipeline,
+    preprocessed as `preprocessing` (a `Preprocessing`, or a name in
+    `PREPROCESSING`; default "model_garden") says.
 
     `global_batch_size` is split across replicas with the input context.
     `drop_remainder=True` keeps shapes static (TPU, XLA). Training data repeats
@@ -304,10 +407,10 @@ def batches(
     rest: with `deterministic=True`, a resumed run continues exactly where the
     first one stopped. Given `num_classes`, a label outside [0, num_classes)
     stops the pipeline with an error that says so (a wrong label offset would
-    otherwise train on nothing).
+    otherwise train on nothing). `threads` sizes the pipeline's private
+    thread pool (`tune_for_accelerators`; default: the cores).
     """
-    if dtype not in DTYPES:
-        raise ValueError(f"`dtype` must be one of {DTYPES}. Received: dtype={dtype!r}")
+    preprocessing = _preprocessing(preprocessing)
     pipelines = input_context.num_input_pipelines if input_context else 1
     if pipelines > MAX_INPUT_PIPELINES:
         raise ValueError(
@@ -338,13 +441,13 @@ def batches(
         # One random stream per (seed, pipeline), one seed per element in it.
         stream = seed * MAX_INPUT_PIPELINES + pipeline
         element_seed = tf.stack([tf.cast(stream, tf.int64), index])
-        return preprocess(image_bytes, training, image_size, dtype, element_seed), label
+        return preprocess(image_bytes, training, image_size, preprocessing, element_seed), label
 
     dataset = examples.map(
         preprocess_one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic
     )
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    return tune_for_accelerators(dataset.prefetch(tf.data.AUTOTUNE), threads)
 
 
 def checked_label(label, num_classes):
@@ -388,65 +491,63 @@ def build_dataset(file_pattern, *, schema="imagenet", label_offset=None, **kwarg
     return dataset
 
 
-def evaluation_steps(num_examples, global_batch_size, num_pipelines=1):
-    """Steps that show every one of `num_examples` exactly once when each of
-    `num_pipelines` pipelines holds at most ceil(num_examples / num_pipelines)."""
-    per_pipeline = math.ceil(num_examples / num_pipelines)
-    return max(1, math.ceil(per_pipeline / (global_batch_size // num_pipelines)))
+def evaluation_steps(source, global_batch_size, num_pipelines=1):
+    """Steps that show every example of `source` exactly once when it is read
+    by `num_pipelines` pipelines, each its own share (`evaluation_batches`)."""
+    per_pipeline = global_batch_size // num_pipelines
+    return max(1, math.ceil(max(source.pipeline_counts(num_pipelines)) / per_pipeline))
 
 
 def evaluation_batches(
     source,
     *,
     global_batch_size,
-    num_examples,
     input_context=None,
     image_size=IMAGE_SIZE,
-    dtype="float32",
+    preprocessing=None,
     num_classes=None,
+    threads=None,
 ):
-    """Batches of (image, label, mask) showing each of the `num_examples`
-    validation examples exactly once (mask 1) over `evaluation_steps(...)`
-    steps, padded with blank examples (mask 0, label 0) to whole batches.
+    """Batches of (uint8 image, label, mask) showing each example of `source`
+    exactly once (mask 1) over `evaluation_steps(...)` steps, padded with
+    blank examples (mask 0, label 0) to whole batches.
 
-    The examples are dealt to pipelines one by one, so a pipeline holds at most
-    one more than another, and every replica gets a full batch in every step:
-    shapes stay static and no replica sees an empty batch.
+    Each pipeline reads only its share (its files, where there are enough)
+    and pads it to the same number of steps, so every replica gets a full
+    batch in every step: shapes stay static, no replica sees an empty batch,
+    and no host reads another's files.
     """
+    preprocessing = _preprocessing(preprocessing)
     pipelines = input_context.num_input_pipelines if input_context else 1
-    index = input_context.input_pipeline_id if input_context else 0
     batch_size = (
         input_context.get_per_replica_batch_size(global_batch_size)
         if input_context
         else global_batch_size
     )
-    steps = evaluation_steps(num_examples, global_batch_size, pipelines)
+    steps = evaluation_steps(source, global_batch_size, pipelines)
     batches_per_step = global_batch_size // pipelines // batch_size  # replicas it feeds
-    examples = source.examples(training=False, deterministic=True).shard(pipelines, index)
-    real = examples.map(
+    real = source.evaluation_examples(input_context).map(
         lambda image_bytes, label: (
-            preprocess(image_bytes, False, image_size, dtype),
+            preprocess(image_bytes, False, image_size, preprocessing),
             checked_label(label, num_classes),
             tf.constant(1.0),
         ),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     blank = tf.data.Dataset.from_tensors(
-        (tf.zeros([image_size, image_size, 3], dtype), tf.constant(0), tf.constant(0.0))
+        (tf.zeros([image_size, image_size, 3], tf.uint8), tf.constant(0), tf.constant(0.0))
     ).repeat()
     dataset = real.concatenate(blank).batch(batch_size, drop_remainder=True)
     dataset = dataset.take(steps * batches_per_step).prefetch(tf.data.AUTOTUNE)
-    options = tf.data.Options()
-    options.deterministic = True  # the deal to pipelines depends on the order
-    return dataset.with_options(options)
+    return tune_for_accelerators(dataset, threads)
 
 
-def synthetic_batch(batch_size, image_size, num_classes, dtype="float32"):
-    """Random normalised images and labels, made where it is called (inside a
+def synthetic_batch(batch_size, image_size, num_classes):
+    """Random uint8 images and labels, made where it is called (inside a
     replica's step, so on the device): input-free throughput runs."""
-    images = tf.random.normal([batch_size, image_size, image_size, 3], dtype=tf.float32)
+    images = tf.random.uniform([batch_size, image_size, image_size, 3], 0, 256, dtype=tf.int32)
     labels = tf.random.uniform([batch_size], 0, num_classes, dtype=tf.int32)
-    return tf.cast(images, dtype), labels
+    return tf.cast(images, tf.uint8), labels
 
 
 def _first_problem(path, schema):

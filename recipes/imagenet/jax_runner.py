@@ -22,22 +22,27 @@ executions rather than once per step. Gradient accumulation is Keras's
 (`gradient_accumulation_steps`, which LARS's schedule counts in updates): each
 process's batch of a step is fed as that many micro-batches.
 
-Checkpoints: every model variable (dropout's random state included) and
-every optimizer variable, in order, in `checkpoints/ckpt-<step>.npz`, written
-to a temporary name and renamed, the last three kept.
+Checkpoints: Orbax's `CheckpointManager` (what JAX and TPU users restore
+from), `checkpoints/<step>/`: every model variable (dropout's random state
+included) and every optimizer variable, sharded as they are, written in the
+background while training goes on, by every process together, committed
+atomically; the newest three kept.
+
+After each loop the state it leaves is checked before it may be saved: every
+variable finite, and the loss it gives on the loop's last batch (training
+mode, nothing updated) finite.
 """
 
 import contextlib
-import io
 import math
 import os
-import re
 import warnings
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from . import checkpoints
 from . import input_pipeline
 from . import strategies
 from .runner import Evaluation
@@ -45,7 +50,6 @@ from .runner import LoopResult
 from .runner import Runner
 
 CHECKPOINTS_KEPT = 3
-CHECKPOINT_NAME = re.compile(r"^ckpt-(\d+)\.npz$")
 
 
 class JaxRunner(Runner):
@@ -90,53 +94,96 @@ class JaxRunner(Runner):
             self.description = (
                 f"DataParallel on {len(devices)} {platform} device(s), {self.processes} process(es)"
             )
+        self.bn_span = self._layer_bn_span(len(devices))
+        self.directory = os.path.join(config.model_dir, "checkpoints")
         self._previous_distribution = keras.distribution.distribution()
         keras.distribution.set_distribution(self.distribution)
         self.model = None
         self.optimizer = None
         self.plan = None
-        self.batches = None
+        self.manager = None
+        self.feed = None
         self.training = None
         self.latest = None
         self._non_finite = None
+        self._loss = None
+        self._final_loss = None
+
+    def _layer_bn_span(self, devices):
+        """`config.bn_span` as the layers read it: they see an update's whole
+        micro-batch, split over the devices (0: each device's share)."""
+        config = self.config
+        micro = config.global_batch_size // config.accumulation_steps
+        span = config.bn_span or micro // devices
+        if micro % span:
+            raise ValueError(
+                f"--bn_span={config.bn_span}: an update's micro-batch of {micro} images "
+                f"does not split evenly over {devices} devices"
+            )
+        return None if span == micro else span
 
     def scope(self):
         # The distribution is Keras's from __init__ to close(): fit needs it too.
         return contextlib.nullcontext()
 
     def build(self, model, optimizer, plan):
+        import jax
+        import orbax.checkpoint as ocp
+
         self.model, self.optimizer, self.plan = model, optimizer, plan
         self.optimizer.build(model.trainable_variables)  # before a restore
+        self._loss = _cross_entropy(plan.num_classes, self.config.label_smoothing)
+
+        def final_loss(trainable, non_trainable, images, labels):
+            logits, _ = model.stateless_call(trainable, non_trainable, images, training=True)
+            return keras.ops.mean(self._loss(labels, logits))
+
+        self._final_loss = jax.jit(final_loss)
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=CHECKPOINTS_KEPT,
+                enable_async_checkpointing=True,
+                cleanup_tmp_directories=True,  # what interrupted saves left
+            ),
+        )
 
     def restore(self):
-        directory = os.path.join(self.config.model_dir, "checkpoints")
-        steps = _checkpoint_steps(directory)
-        if not steps:
-            return 0
-        path = os.path.join(directory, f"ckpt-{steps[-1]}.npz")
-        with tf.io.gfile.GFile(path, "rb") as f:
-            saved = np.load(io.BytesIO(f.read()))
-            values = [saved[f"v{i}"] for i in range(len(saved.files))]
+        return checkpoints.restore_newest_intact(
+            self.directory, self.manager.all_steps(read=True), self._restore
+        )
+
+    def _restore(self, step):
+        import jax
+        import orbax.checkpoint as ocp
+
         variables = self._state()
-        if len(values) != len(variables) or any(
-            tuple(v.shape) != tuple(x.shape) for v, x in zip(variables, values)
-        ):
-            raise ValueError(f"{path} does not hold this model's and optimizer's variables")
-        for variable, value in zip(variables, values):
+        target = {
+            "variables": [
+                jax.ShapeDtypeStruct(v.shape, v.value.dtype, sharding=v.value.sharding)
+                for v in variables
+            ],
+            "step": jax.ShapeDtypeStruct((), np.int64),
+        }
+        try:
+            restored = self.manager.restore(step, args=ocp.args.StandardRestore(target))
+        except Exception as error:  # noqa: BLE001 - Orbax and TensorStore raise many kinds
+            raise checkpoints.DamagedCheckpoint(_first_line(error)) from None
+        if int(restored["step"]) != step:
+            raise checkpoints.DamagedCheckpoint(f"it holds step {int(restored['step'])}")
+        for variable, value in zip(variables, restored["variables"]):
             variable.assign(value)
-        self.latest = path
-        return steps[-1]
+        self.latest = os.path.join(self.directory, str(step))
 
     def start(self, start_step, training):
         """Compiles for the loops ahead and opens the input at `start_step`."""
         config, plan = self.config, self.plan
         k = config.accumulation_steps
         loop_gcd = math.gcd(plan.steps_per_loop, plan.eval_every_steps, plan.train_steps)
-        loss = _cross_entropy(plan.num_classes, config.label_smoothing)
-        self._non_finite = _FirstNonFiniteLoss(loss, k)
+        self._non_finite = _FirstNonFiniteLoss(self._loss, k)
         self.model.compile(
             optimizer=self.optimizer,
-            loss=loss,
+            loss=self._loss,
             metrics=[self._non_finite],
             # Weighted: in evaluation the padding's mask is the sample weight.
             weighted_metrics=[
@@ -152,31 +199,58 @@ class JaxRunner(Runner):
         self.training = training
         per_process = config.global_batch_size // self.processes
         if training is None:  # synthetic: one random batch, again and again
-            batch = input_pipeline.synthetic_batch(
-                per_process, config.image_size, plan.num_classes, config.dtype
-            )
-            self.batches = _repeat(tuple(x.numpy() for x in batch))
+            batch = input_pipeline.synthetic_batch(per_process, config.image_size, plan.num_classes)
+            batches = _repeat(tuple(x.numpy() for x in batch))
         else:
-            dataset = training.dataset_fn(self._input_context())
-            self.batches = dataset.as_numpy_iterator()
+            batches = training.dataset_fn(self._input_context()).as_numpy_iterator()
+        self.feed = _MicroBatches(batches, k)
 
     def train(self, steps):
         k = self.config.accumulation_steps
         with self.training.naming_bad_files() if self.training else contextlib.nullcontext():
             history = self.model.fit(
-                _micro_batches(self.batches, k),
+                self.feed.stream(),
                 steps_per_epoch=steps * k,
                 epochs=1,
                 shuffle=False,  # the stream is shuffled already
                 verbose=0,
             ).history
-        first = self._non_finite.first_step()
         return LoopResult(
             loss=history["loss"][-1],
             top1=history["top1"][-1],
             top5=history["top5"][-1],
-            first_non_finite_step=first,
+            first_non_finite_step=self._non_finite.first_step(),
+            state_finite=self._state_finite(),
         )
+
+    def _state_finite(self):
+        """Whether every variable is finite and so is the loss they give on
+        the last micro-batch trained on (training mode, nothing updated)."""
+        import jax.numpy as jnp
+
+        checked = [
+            v.value for v in self._state() if "float" in str(v.value.dtype) and "seed" not in v.path
+        ]
+        non_finite = sum(jnp.sum(~jnp.isfinite(value)) for value in checked)
+        images, labels = (self._global(x) for x in self.feed.last)
+        loss = self._final_loss(
+            [v.value for v in self.model.trainable_variables],
+            [v.value for v in self.model.non_trainable_variables],
+            images,
+            labels,
+        )
+        return int(non_finite) == 0 and bool(jnp.isfinite(loss))
+
+    def _global(self, local):
+        """This process's part of a batch as the global array the devices
+        hold (with DataParallel, sharded over them)."""
+        import jax
+
+        if self.distribution is None:
+            return jax.numpy.asarray(local)
+        shape = (local.shape[0] * self.processes, *local.shape[1:])
+        sharding = self.distribution.get_data_layout(shape).backend_layout
+        return jax.make_array_from_process_local_data(sharding, local, shape)
 
     def evaluate(self, evaluation):
         """Top-1 and top-5 over every validation image exactly once: the
@@ -194,27 +268,40 @@ class JaxRunner(Runner):
         )
 
     def save(self, step):
-        """ckpt-<step>.npz (chief only), then the oldest beyond three go."""
-        if not self.chief:
-            return
-        directory = os.path.join(self.config.model_dir, "checkpoints")
-        tf.io.gfile.makedirs(directory)
-        buffer = io.BytesIO()
-        values = {f"v{i}": keras.ops.convert_to_numpy(v) for i, v in enumerate(self._state())}
-        np.savez(buffer, **values)
-        path = os.path.join(directory, f"ckpt-{step}.npz")
-        with tf.io.gfile.GFile(path + ".partial", "wb") as f:
-            f.write(buffer.getvalue())
-        tf.io.gfile.rename(path + ".partial", path, overwrite=True)
-        self.latest = path
-        for old in _checkpoint_steps(directory)[:-CHECKPOINTS_KEPT]:
-            tf.io.gfile.remove(os.path.join(directory, f"ckpt-{old}.npz"))
+        """Starts writing checkpoint `step` in the background (after the
+        previous one is written); `CheckpointNotSaved` if this one or the
+        previous cannot be."""
+        import orbax.checkpoint as ocp
+
+        state = {"variables": [v.value for v in self._state()], "step": np.int64(step)}
+        try:
+            self.manager.save(step, args=ocp.args.StandardSave(state))
+        except Exception as error:  # noqa: BLE001 - Orbax and TensorStore raise many kinds
+            raise checkpoints.CheckpointNotSaved(
+                f"Could not save checkpoint {step} (or the one before it, written in the "
+                f"background) in {self.directory}: {_first_line(error)}"
+            ) from None
+        self.latest = os.path.join(self.directory, str(step))
+
+    def wait(self):
+        """Blocks until every checkpoint saved so far is written."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception as error:  # noqa: BLE001 - Orbax and TensorStore raise many kinds
+            raise checkpoints.CheckpointNotSaved(
+                f"Could not write checkpoint {self.latest}: {_first_line(error)}"
+            ) from None
 
     def latest_checkpoint(self):
         return self.latest
 
     def close(self):
         keras.distribution.set_distribution(self._previous_distribution)
+        if self.manager is not None:
+            try:
+                self.wait()
+            finally:
+                self.manager.close()
 
     def _state(self):
         """Every variable a resumed run needs, in a fixed order."""
@@ -298,24 +385,28 @@ def _cross_entropy(num_classes, label_smoothing):
     return cross_entropy
 
 
-def _checkpoint_steps(directory):
-    if not tf.io.gfile.isdir(directory):
-        return []
-    names = (CHECKPOINT_NAME.match(n) for n in tf.io.gfile.listdir(directory))
-    return sorted(int(m[1]) for m in names if m)
+class _MicroBatches:
+    """The training stream as `fit` takes it: each batch of a shared
+    iterator as `k` consecutive micro-batches (one `fit` step each),
+    remembering the last one given."""
+
+    def __init__(self, batches, k):
+        self.batches, self.k = batches, k
+        self.last = None
+
+    def stream(self):
+        """A fresh generator per `fit` call, so that each call takes the next
+        batches: none is read twice or skipped."""
+        for batch in self.batches:  # a loop, not `yield from`: see _stream
+            size = len(batch[0]) // self.k
+            for i in range(self.k):
+                self.last = tuple(x[i * size : (i + 1) * size] for x in batch)
+                yield self.last
 
 
-def _micro_batches(iterator, k):
-    """Each batch of a shared iterator, as `k` consecutive micro-batches (one
-    `fit` step each). A fresh generator per `fit` call, so that each call takes
-    the next batches: none is read twice or skipped."""
-    for batch in iterator:
-        if k == 1:
-            yield batch
-            continue
-        size = len(batch[0]) // k
-        for i in range(k):
-            yield tuple(x[i * size : (i + 1) * size] for x in batch)
+def _first_line(error):
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
 
 
 def _stream(iterator):

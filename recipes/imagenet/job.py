@@ -3,22 +3,26 @@
     run(config)
 
 1. Sets up the devices through the runner of the Keras backend in use
-   (`recipes/imagenet/tf_runner.py`: a tf.distribute strategy;
-   `recipes/imagenet/jax_runner.py`: keras.distribution) and checks
-   everything that can be checked before any file is written: the batch split
-   over replicas and accumulation steps, the data.
-2. Writes `model_dir/config.json` (the settings, the Keras backend and the
-   derived step counts); a rerun with other training settings, or under the
-   other backend, in the same `model_dir` is refused.
-3. Builds the model, `keras_lars.LARS` and its `PolynomialWarmup` schedule,
-   and resumes from the latest checkpoint if there is one.
-4. Trains loop by loop (`steps_per_loop` steps per host call), checkpointing
-   after each, evaluating every `eval_every_epochs` and at the end, with
-   TensorBoard scalars in `model_dir/train` and `model_dir/eval` and a
-   progress bar; writes `summary.json`.
+   (`tf_runner.py`: a tf.distribute strategy; `jax_runner.py`:
+   keras.distribution) and checks everything that can be checked before any
+   file is written: the batch split over replicas and accumulation steps, the
+   data, and, on a rerun, that `model_dir` holds this same run
+   (`model_dir.py`).
+2. Builds the model, `keras_lars.LARS` and its `PolynomialWarmup` schedule,
+   and resumes from the newest intact checkpoint if there is one
+   (`checkpoints.py`); then writes `model_dir/config.json`, once.
+3. Trains loop by loop (`steps_per_loop` steps per host call), evaluating at
+   `eval_offset_epochs` and every `eval_every_epochs` after, and at the end,
+   stopping early at the first evaluation that reaches `target_accuracy`;
+   TensorBoard scalars in `model_dir/train` and `model_dir/eval`, a progress
+   bar, and `summary.json`.
 
-A loop whose loss is not finite stops the run (`TrainingDiverged`, naming the
-step) without saving: the last checkpoint is the last good state.
+Checkpoints. After a loop whose state is fit to keep (every step's loss
+finite, every variable finite, and the loss the final state gives finite) a
+checkpoint is saved if `checkpoint_every_minutes` have passed since the last
+(0: after every loop), and always at the end. A loop that fails stops the run
+(`TrainingDiverged`, naming the step) without saving: the last checkpoint is
+the last good state.
 
 Resuming. The optimizer's `iterations` is saved with the weights, so the
 schedule continues where it was, and the input stream is reopened where it
@@ -26,7 +30,6 @@ stopped (`input_pipeline.resume_position`): exactly, with `deterministic=True`.
 """
 
 import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -42,6 +45,7 @@ from .. import faults
 from .. import optimization
 from . import config as config_lib
 from . import input_pipeline
+from . import model_dir
 from . import models
 from .config import Plan
 from .runner import Input
@@ -62,10 +66,20 @@ def run(config):
     try:
         train_source, eval_source = _sources(config)
         plan = _plan(config, runner.replicas, train_source, eval_source)
-        _write_config(config, plan, backend, write=runner.chief)
+        plan = model_dir.plan_to_run(config, plan, backend)
         print(f"{runner.description}; {_describe(plan)}")
         with _precision(config.dtype):
-            return _train(config, plan, runner, train_source, eval_source)
+            keras.utils.set_random_seed(config.seed)  # initialisation and dropout
+            model, lars = _build(config, plan, runner)
+            start_step = runner.restore()
+            if runner.chief:
+                model_dir.write_once(config, plan, backend)
+            print("Settings:", json.dumps(config.to_dict(), sort_keys=True))
+            summary = _train(
+                config, plan, runner, model, lars, start_step, eval_source, train_source
+            )
+            runner.wait()
+            return summary
     finally:
         runner.close()
 
@@ -130,6 +144,11 @@ def _plan(config, replicas, train_source, eval_source):
             print("Counting the training images (--train_images skips this)...")
         train_images = config.train_images or train_source.count()
         eval_images = eval_source.count()
+    eval_batch = config.eval_batch_size or config.global_batch_size
+    if eval_batch % replicas:
+        raise ValueError(
+            f"--eval_batch_size={eval_batch} does not divide into {replicas} replica(s)"
+        )
     steps_per_epoch = math.ceil(train_images / config.global_batch_size)
     train_steps = config.train_steps or math.ceil(config.train_epochs * steps_per_epoch)
     warmup_steps = round(config.warmup_epochs * steps_per_epoch)
@@ -149,6 +168,7 @@ def _plan(config, replicas, train_source, eval_source):
         warmup_steps=warmup_steps,
         steps_per_loop=config.steps_per_loop or min(steps_per_epoch, train_steps),
         eval_every_steps=round(config.eval_every_epochs * steps_per_epoch),
+        eval_offset_steps=round(config.eval_offset_epochs * steps_per_epoch),
     )
 
 
@@ -157,41 +177,6 @@ def _describe(plan):
         f"{plan.train_steps} steps ({plan.steps_per_epoch} an epoch, {plan.warmup_steps} of "
         f"warm-up), {plan.steps_per_loop} per loop, {plan.num_classes} classes"
     )
-
-
-def _write_config(config, plan, backend, write):
-    """config.json in model_dir (if `write`); refuses a model_dir holding a
-    run with other training settings or of the other backend."""
-    path = os.path.join(config.model_dir, "config.json")
-    settings = {"backend": backend, "config": config.to_dict(), "plan": dataclasses.asdict(plan)}
-    if tf.io.gfile.exists(path):
-        with tf.io.gfile.GFile(path) as f:
-            saved = json.load(f)
-        if saved.get("backend", "tensorflow") != backend:
-            raise ValueError(
-                f"--model_dir={config.model_dir} holds a run of the {saved['backend']} "
-                f"backend; this is {backend} (KERAS_BACKEND), whose checkpoints are not "
-                "interchangeable: rerun with KERAS_BACKEND="
-                f"{saved['backend']}, or use a new --model_dir"
-            )
-        saved = saved["config"]
-        changed = {
-            k: (saved.get(k), v)
-            for k, v in config.to_dict().items()
-            if saved.get(k) != v and k not in config_lib.MAY_CHANGE_ON_RESUME
-        }
-        if changed:
-            detail = ", ".join(f"--{k}: {a} -> {b}" for k, (a, b) in sorted(changed.items()))
-            raise ValueError(
-                f"--model_dir={config.model_dir} holds a run with other settings ({detail}); "
-                "use a new --model_dir"
-            )
-    print("Settings:", json.dumps(settings["config"], sort_keys=True))
-    if write:  # whole, then renamed: other workers may be reading it
-        tf.io.gfile.makedirs(config.model_dir)
-        with tf.io.gfile.GFile(path + ".partial", "w") as f:
-            json.dump(settings, f, indent=1)
-        tf.io.gfile.rename(path + ".partial", path, overwrite=True)
 
 
 def training_input(config, source, start_step):
@@ -210,7 +195,7 @@ def training_input(config, source, start_step):
             global_batch_size=config.global_batch_size,
             input_context=context,
             image_size=config.image_size,
-            dtype=config.dtype,
+            preprocessing=config.preprocessing,
             deterministic=config.deterministic,
             seed=seed,
             skip=skip,
@@ -223,21 +208,20 @@ def training_input(config, source, start_step):
 def evaluation_input(config, plan, source):
     """Every validation image once, padded with masked ones to whole batches."""
 
+    batch = config.eval_batch_size or config.global_batch_size
+
     def dataset_fn(context):
         return input_pipeline.evaluation_batches(
             source,
-            global_batch_size=config.global_batch_size,
-            num_examples=plan.eval_images,
+            global_batch_size=batch,
             input_context=context,
             image_size=config.image_size,
-            dtype=config.dtype,
+            preprocessing=config.preprocessing,
             num_classes=source.num_classes,
         )
 
     def steps(num_input_pipelines):
-        return input_pipeline.evaluation_steps(
-            plan.eval_images, config.global_batch_size, num_input_pipelines
-        )
+        return input_pipeline.evaluation_steps(source, batch, num_input_pipelines)
 
     return Input(dataset_fn, steps, source.naming_bad_files)
 
@@ -246,7 +230,7 @@ def _build(config, plan, runner):
     """The model and LARS (in a LossScaleOptimizer for float16), built by the
     runner; returns (model, lars)."""
     with runner.scope():
-        model = models.build_for(config, plan.num_classes)
+        model = models.build_for(config, plan.num_classes, runner.bn_span)
         k = config.accumulation_steps
         lars = optimization.lars(
             config.learning_rate,
@@ -266,14 +250,11 @@ def _build(config, plan, runner):
         if config.dtype == "float16":
             optimizer = keras.optimizers.LossScaleOptimizer(lars)
     runner.build(model, optimizer, plan)
+    print(_describe_exclusions(lars.exclusions()))
     return model, lars
 
 
-def _train(config, plan, runner, train_source, eval_source):
-    keras.utils.set_random_seed(config.seed)  # initialisation and dropout
-    model, lars = _build(config, plan, runner)
-    print(_describe_exclusions(lars.exclusions()))
-    start_step = runner.restore()
+def _train(config, plan, runner, model, lars, start_step, eval_source, train_source):
     if start_step:
         print(
             f"Resumed from step {start_step} ({runner.latest_checkpoint()}); learning rate "
@@ -283,27 +264,20 @@ def _train(config, plan, runner, train_source, eval_source):
     runner.start(start_step, training)
     evaluation_stream = eval_source and evaluation_input(config, plan, eval_source)
     log = _Log(config, runner.chief, [v.path for v in model.trainable_variables])
-    step, evaluation = start_step, None
-    images, seconds = 0, 0.0  # after the first loop, which also compiles
-    started = time.time()
+    step, evaluation, reached = start_step, None, None
+    training_images, training_seconds = 0, 0.0  # after the first loop, which also compiles
+    started = last_save = time.time()
     with tqdm(total=plan.train_steps, initial=step, unit="step", desc="training") as bar:
-        while step < plan.train_steps:
+        while step < plan.train_steps and not reached:
             steps = _loop_length(step, plan)
             loop_started = time.time()
             result = runner.train(steps)
-            if result.first_non_finite_step is not None:
-                raise TrainingDiverged(
-                    f"The loss is not finite at step {step + result.first_non_finite_step}; "
-                    "stopped without saving. The last good checkpoint: "
-                    f"{runner.latest_checkpoint()}"
-                )
+            _check_loop(result, step, steps, runner)
             loop_seconds = time.time() - loop_started
             if step > start_step:
-                images += steps * config.global_batch_size
-                seconds += loop_seconds
+                training_images += steps * config.global_batch_size
+                training_seconds += loop_seconds
             step += steps
-            runner.save(step)
-            faults.kill_if_asked(step)
             throughput = steps * config.global_batch_size / loop_seconds
             log.training(step, result, lars, throughput)
             bar.set_postfix(loss=f"{result.loss:.3f}", img_s=f"{throughput:.0f}")
@@ -315,9 +289,21 @@ def _train(config, plan, runner, train_source, eval_source):
                     f"step {step}: top-1 {100 * evaluation.top1:.2f}%, top-5 "
                     f"{100 * evaluation.top5:.2f}% on {evaluation.examples} images"
                 )
+                if config.target_accuracy and evaluation.top1 >= config.target_accuracy:
+                    reached = dict(step=step, epoch=round(step / plan.steps_per_epoch, 3))
+                    reached["wall_seconds"] = round(time.time() - started, 1)
+                    bar.write(f"Reached the target top-1 {config.target_accuracy:.2%}.")
+            minutes = (time.time() - last_save) / 60
+            if minutes >= config.checkpoint_every_minutes or step == plan.train_steps or reached:
+                runner.save(step)
+                last_save = time.time()
+                if faults.KILL_AFTER in os.environ:  # tests: the checkpoint whole first
+                    runner.wait()
+                    faults.kill_if_asked(step)
     if evaluation is None and evaluation_stream:  # a finished run started again: no loop ran
         evaluation = runner.evaluate(evaluation_stream)
     log.flush()
+    seconds = time.time() - started
     summary = dict(
         model=config.model,
         preset=config.preset,
@@ -329,14 +315,38 @@ def _train(config, plan, runner, train_source, eval_source):
         top1=evaluation and evaluation.top1,
         top5=evaluation and evaluation.top5,
         eval_images=evaluation and evaluation.examples,
-        wall_seconds=round(time.time() - started, 1),
-        images_per_second=round(images / seconds, 1) if seconds else None,
+        target_accuracy=config.target_accuracy,
+        target_reached=reached,
+        wall_seconds=round(seconds, 1),
+        # Training alone (after the first loop, which compiles), and the whole
+        # run's wall clock: checkpoints, evaluation and start-up included.
+        images_per_second=round(training_images / training_seconds, 1)
+        if training_seconds
+        else None,
+        wall_images_per_second=round((step - start_step) * config.global_batch_size / seconds, 1),
     )
     if runner.chief:
         with tf.io.gfile.GFile(os.path.join(config.model_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=1)
     print("Summary:", json.dumps(summary))
     return summary
+
+
+def _check_loop(result, step, steps, runner):
+    """`TrainingDiverged` unless the loop starting at `step` ended in a state
+    fit to keep; nothing of it is saved then."""
+    last_good = runner.latest_checkpoint() or "none (the run has saved none)"
+    if result.first_non_finite_step is not None:
+        raise TrainingDiverged(
+            f"The loss is not finite at step {step + result.first_non_finite_step}; "
+            f"stopped without saving. The last good checkpoint: {last_good}"
+        )
+    if not result.state_finite:
+        raise TrainingDiverged(
+            f"The state after step {step + steps} is not finite (a variable, or the loss "
+            "it gives on the last batch); stopped without saving. The last good "
+            f"checkpoint: {last_good}"
+        )
 
 
 def _describe_exclusions(table):
@@ -397,15 +407,21 @@ class _Log:
 def _loop_length(step, plan):
     """Steps until the next loop boundary: the loop size, an evaluation, the end."""
     stop = min(step + plan.steps_per_loop, plan.train_steps)
-    if plan.eval_every_steps:
-        stop = min(stop, (step // plan.eval_every_steps + 1) * plan.eval_every_steps)
-    return stop - step
+    later = [s for s in _evaluation_steps(plan) if s > step]
+    return min([stop, *later[:1]]) - step
+
+
+def _evaluation_steps(plan):
+    """The steps after which a run evaluates, besides its last: the offset,
+    then every `eval_every_steps` (none if both are 0)."""
+    first = plan.eval_offset_steps or plan.eval_every_steps
+    if not first:
+        return range(0)
+    return range(first, plan.train_steps, plan.eval_every_steps or plan.train_steps)
 
 
 def _evaluate_now(step, plan):
-    if step == plan.train_steps:
-        return True
-    return bool(plan.eval_every_steps) and step % plan.eval_every_steps == 0
+    return step == plan.train_steps or step in _evaluation_steps(plan)
 
 
 def _tracked_kernels(paths):

@@ -10,8 +10,9 @@ the results it returns.
     step = runner.restore()               # the latest checkpoint's step, or 0
     runner.start(step, training_input)    # training input opened at `step`
     result = runner.train(steps)          # a LoopResult
-    runner.save(step)
+    runner.save(step)                     # only a state the loop found finite
     evaluation = runner.evaluate(evaluation_input)  # an Evaluation
+    runner.wait()                         # every checkpoint written
     runner.close()
 
 The job builds the input streams (`Input`) once for both backends; a runner
@@ -46,9 +47,11 @@ class LoopResult:
     loss: float  # mean training loss over the loop's steps
     top1: float  # training-mode accuracy over the loop's examples
     top5: float
-    # The first step of the loop (0-based) whose loss was not finite, or
-    # None; the loop's other results then cover the steps up to it.
+    # The first step of the loop (0-based) whose loss was not finite, or None.
     first_non_finite_step: int | None
+    # Whether the state after the loop's last update is fit to checkpoint:
+    # every variable finite, and the loss it gives on the loop's last batch.
+    state_finite: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +94,9 @@ class Runner(abc.ABC):
 
     @abc.abstractmethod
     def restore(self):
-        """Restores the latest checkpoint, if any; returns its step (0 if none)."""
+        """Restores the newest checkpoint that is intact and returns its step
+        (0 if there is none); skips damaged ones, saying which and why, and
+        raises `checkpoints.NoIntactCheckpoint` if none of several is intact."""
 
     @abc.abstractmethod
     def start(self, start_step, training):
@@ -109,7 +114,13 @@ class Runner(abc.ABC):
 
     @abc.abstractmethod
     def save(self, step):
-        """Checkpoints the model, the optimizer and the random states at `step`."""
+        """Checkpoints the model, the optimizer and the random states at
+        `step` (perhaps in the background), keeping the newest few; raises if
+        it cannot, leaving the previous checkpoint intact."""
+
+    @abc.abstractmethod
+    def wait(self):
+        """Returns once every checkpoint saved so far is written whole."""
 
     @abc.abstractmethod
     def latest_checkpoint(self):

@@ -1,21 +1,32 @@
 """The TensorFlow side of an ImageNet run: a tf.distribute strategy, the
-compiled loop of `train_loop.Trainer`, and `tf.train.Checkpoint`."""
+compiled loop of `train_loop.Trainer`, and `tf.train.Checkpoint`.
 
-import contextlib
+Checkpoints are `checkpoints/ckpt-<step>.index` and `.data-*` files, written
+with `tf.train.Checkpoint.write` (no `checkpoint` index file: the files
+themselves say which checkpoints exist, see `checkpoints.py`), the newest
+three kept.
+"""
+
 import os
+import re
 
 import tensorflow as tf
 
+from . import checkpoints
 from . import strategies
 from .runner import Runner
 from .train_loop import Trainer
 
 CHECKPOINTS_KEPT = 3
+CHECKPOINT_FILE = re.compile(r"^ckpt-(\d+)\.(index|data-\d+-of-\d+)$")
+# What an interrupted `Checkpoint.write` leaves: its shards' temporary folder.
+TEMPORARY = re.compile(r"^ckpt-\d+_temp")
 
 
 class TensorFlowRunner(Runner):
     """Creates the strategy named by `config.strategy` (after splitting the
-    CPU if asked); `StrategyError` if it cannot."""
+    CPU if asked); `StrategyError` if it cannot. XLA compiles each replica's
+    forward and backward pass by default where there are GPUs or TPUs."""
 
     backend = "tensorflow"
     accumulates_in_optimizer = False  # Trainer splits each replica's batch itself
@@ -27,17 +38,35 @@ class TensorFlowRunner(Runner):
         self.strategy = strategies.create(config.strategy, config.tpu)
         self.replicas = self.strategy.num_replicas_in_sync
         self.chief = _is_chief(self.strategy)
-        self.description = strategies.describe(self.strategy)
-        if config.jit_compile and self.replicas > 1 and config.strategy != "tpu":
-            raise ValueError(
-                "--jit_compile needs a single replica: XLA with several MirroredStrategy "
-                f"replicas fails in Keras 3 (keras #19005); {self.replicas} replicas here"
-            )
+        accelerators = bool(tf.config.list_logical_devices("GPU")) or config.strategy == "tpu"
+        self.jit_compile = accelerators if config.jit_compile is None else config.jit_compile
+        self.description = strategies.describe(self.strategy) + (
+            ", XLA per replica" if self.jit_compile else ""
+        )
+        self.bn_span = self._layer_bn_span()
+        self.directory = self._checkpoint_dir()
         self.trainer = None
         self.checkpoint = None
-        self.manager = None
+        self.step = None
+        self.latest = None
         self.training = None
         self.iterator = None
+
+    def _layer_bn_span(self):
+        """`config.bn_span` as the layers read it: each replica normalises its
+        own micro-batch, in groups of the span."""
+        config = self.config
+        micro = config.global_batch_size // (self.replicas * config.accumulation_steps)
+        if config.bn_span in (0, micro):
+            return None
+        if micro % config.bn_span:
+            raise ValueError(
+                f"--bn_span={config.bn_span}: on TensorFlow each replica normalises its own "
+                f"micro-batch, here {micro} images, and the span must divide it (combining "
+                "statistics over replicas needs KERAS_BACKEND=jax, whose device mesh does "
+                "it); --bn_span=0 normalises over each replica's whole micro-batch"
+            )
+        return config.bn_span
 
     def scope(self):
         return self.strategy.scope()
@@ -53,30 +82,45 @@ class TensorFlowRunner(Runner):
                 global_batch_size=config.global_batch_size,
                 label_smoothing=config.label_smoothing,
                 accumulation_steps=config.accumulation_steps,
-                jit_compile=config.jit_compile,
-                synthetic=(config.image_size, plan.num_classes, config.dtype)
-                if config.synthetic
-                else None,
+                jit_compile=self.jit_compile,
+                synthetic=(config.image_size, plan.num_classes) if config.synthetic else None,
             )
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self.checkpoint = tf.train.Checkpoint(
             model=model,
             optimizer=optimizer,
             # Dropout's random state, which tf.train.Checkpoint does not reach
             # through the model (tests/test_tensorflow.py pins this).
             random_states=[v for v in model.non_trainable_variables if "seed_generator" in v.path],
-        )
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint, self._checkpoint_dir(), max_to_keep=CHECKPOINTS_KEPT
+            step=self.step,
         )
 
     def restore(self):
-        latest = tf.train.latest_checkpoint(os.path.join(self.config.model_dir, "checkpoints"))
-        if not latest:
-            return 0
-        self.checkpoint.restore(latest).assert_existing_objects_matched()
-        # The checkpoint's number is its step. (Under float16 the optimizer's
-        # `iterations` is the inner LARS's, which skips overflowed steps.)
-        return int(latest.rsplit("-", 1)[1])
+        removed = checkpoints.remove_temporary(self.directory, TEMPORARY.match)
+        if removed:
+            print(f"Removed what interrupted saves left in {self.directory}: {', '.join(removed)}")
+        return checkpoints.restore_newest_intact(self.directory, self._steps(), self._restore)
+
+    def _restore(self, step):
+        prefix = self._prefix(step)
+        if not tf.io.gfile.exists(prefix + ".index"):
+            raise checkpoints.DamagedCheckpoint("its .index file is missing")
+        try:
+            reader = tf.train.load_checkpoint(prefix)
+            for name in reader.get_variable_to_shape_map():  # reads every value: checksums
+                reader.get_tensor(name)
+            saved_step = reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")
+        except (tf.errors.OpError, ValueError, IndexError, KeyError) as error:
+            raise checkpoints.DamagedCheckpoint(_first_line(error)) from None
+        if saved_step != step:
+            raise checkpoints.DamagedCheckpoint(f"it holds step {saved_step}, not {step}")
+        try:
+            self.checkpoint.restore(prefix).assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.OpError) as error:
+            raise checkpoints.DamagedCheckpoint(
+                f"it does not hold this model's variables ({_first_line(error)})"
+            ) from None
+        self.latest = prefix
 
     def start(self, start_step, training):
         self.training = training
@@ -86,7 +130,9 @@ class TensorFlowRunner(Runner):
             self.iterator = iter(datasets)
 
     def train(self, steps):
-        with self.training.naming_bad_files() if self.training else contextlib.nullcontext():
+        if self.training is None:
+            return self.trainer.train(self.iterator, steps)
+        with self.training.naming_bad_files():
             return self.trainer.train(self.iterator, steps)
 
     def evaluate(self, evaluation):
@@ -102,13 +148,44 @@ class TensorFlowRunner(Runner):
             return self.trainer.evaluate(iterator, steps)
 
     def save(self, step):
-        self.manager.save(checkpoint_number=step)
+        """Writes checkpoint `step`, then removes those beyond the newest
+        three; `CheckpointNotSaved` (after removing its remains) if it cannot."""
+        self.step.assign(step)
+        prefix = self._prefix(step)
+        try:
+            self.checkpoint.write(prefix)
+        except (tf.errors.OpError, OSError) as error:
+            self._remove(step)
+            checkpoints.remove_temporary(self.directory, TEMPORARY.match)
+            kept = f"; {self.latest} is intact" if self.latest else ""
+            raise checkpoints.CheckpointNotSaved(
+                f"Could not save checkpoint {step} in {self.directory}: {_first_line(error)}{kept}"
+            ) from None
+        self.latest = prefix
+        for old in sorted(self._steps())[:-CHECKPOINTS_KEPT]:
+            self._remove(old)
+
+    def wait(self):
+        """Nothing to wait for: `save` writes synchronously."""
 
     def latest_checkpoint(self):
-        return self.manager.latest_checkpoint
+        return self.latest
 
     def close(self):
         """Nothing to undo: the strategy stays the process's (see strategies.py)."""
+
+    def _steps(self):
+        if not tf.io.gfile.isdir(self.directory):
+            return set()
+        names = (CHECKPOINT_FILE.match(n) for n in tf.io.gfile.listdir(self.directory))
+        return {int(m[1]) for m in names if m}
+
+    def _prefix(self, step):
+        return os.path.join(self.directory, f"ckpt-{step}")
+
+    def _remove(self, step):
+        for path in tf.io.gfile.glob(self._prefix(step) + ".*"):
+            tf.io.gfile.remove(path)
 
     def _checkpoint_dir(self):
         """model_dir/checkpoints; other workers save their copy aside, since
@@ -122,6 +199,11 @@ class TensorFlowRunner(Runner):
             f"{resolver.task_type}{resolver.task_id}",
             "checkpoints",
         )
+
+
+def _first_line(error):
+    text = getattr(error, "message", None) or str(error) or type(error).__name__
+    return text.strip().splitlines()[0]
 
 
 def _is_chief(strategy):

@@ -5,9 +5,17 @@ with `steps_per_execution > 1` (keras #19246) and under
 MultiWorkerMirroredStrategy it fails outright (keras #20585). Like the MLPerf
 TF2 reference, `Trainer.train(iterator, steps)` runs `steps` steps in one
 `tf.function` call (a `tf.range` loop of `strategy.run`), which is what keeps
-TPUs busy. The replica step has static shapes, no Python branch on a tensor
-and no summaries, so XLA compiles it (`jit_compile=True` on one device; a
-TPUStrategy compiles it anyway).
+TPUs busy, and the host reads the loop's results once, after it:
+
+- nothing in the loop depends on a value read back from the devices: each
+  replica sums its loss and accuracy counts into variables of its own
+  (synchronised on read), and the first step whose loss is not finite is
+  found on the devices (the loss is all-reduced, so every replica agrees);
+- with `jit_compile=True`, each replica's forward and backward pass (every
+  micro-batch of it) is one XLA computation, as in the MLPerf TF2 reference
+  on GPUs; the all-reduce and the LARS update run outside it (TensorFlow
+  cannot compile the cross-replica part on GPUs and CPUs; a TPUStrategy
+  compiles all of it anyway).
 
 The loss is the sum of the per-example cross-entropies divided by the global
 batch, so the all-reduced (summed) gradient is the global batch's mean
@@ -15,6 +23,16 @@ gradient whatever the number of replicas. There is no L2 term: LARS decays
 inside its update. With `accumulation_steps=k`, each replica splits its batch
 into k micro-batches and sums their gradients before the single update, so the
 optimizer (and its schedule) counts updates, not micro-batches.
+
+After a loop's last update the state it leaves is checked on the devices:
+every variable finite, and the loss it gives on the loop's last batch finite
+(training mode, nothing updated). A state that fails is never checkpointed.
+
+float16. Keras's LossScaleOptimizer decides whether to skip a step from
+replica 0's local gradients (`loss_scale_optimizer.py`: it assumes they are
+all-reduced already). Here an overflow on any replica makes every replica's
+gradients non-finite first, so the step is skipped and the scale lowered
+everywhere.
 """
 
 import keras
@@ -24,13 +42,16 @@ from . import input_pipeline
 from .runner import Evaluation
 from .runner import LoopResult
 
+SUM = tf.distribute.ReduceOp.SUM
+ON_READ = tf.VariableSynchronization.ON_READ
+
 
 class Trainer:
     """Compiled training and evaluation loops for a model under a strategy.
 
     Create it, like the model and optimizer, inside `strategy.scope()`.
-    `synthetic=(image_size, num_classes, dtype)` makes each replica draw
-    random batches on its device instead of reading an iterator.
+    `synthetic=(image_size, num_classes)` makes each replica draw random
+    batches on its device instead of reading an iterator.
     """
 
     def __init__(
@@ -52,6 +73,7 @@ class Trainer:
         self.synthetic = synthetic
         self.num_classes = model.output.shape[-1]
         self.per_replica_batch = global_batch_size // strategy.num_replicas_in_sync
+        self.loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
         if not optimizer.built:  # its variables must not be created inside the loop
             optimizer.build(model.trainable_variables)
         # Keras 3 creates BN moving statistics with aggregation "none": each
@@ -63,14 +85,33 @@ class Trainer:
         self._float_non_trainables = [
             v for v in model.non_trainable_variables if "float" in str(v.dtype)
         ]
-        self._replica_train_step = tf.function(self._replica_train_step, jit_compile=jit_compile)
-        self._replica_eval_step = tf.function(self._replica_eval_step, jit_compile=jit_compile)
+        self._checked_state = [
+            v
+            for v in [*model.variables, *optimizer.variables]
+            if "float" in str(v.dtype) and "seed" not in v.path
+        ]
+        # Each replica's own running sums for the current loop; reading one
+        # outside the replicas sums it over all of them. [loss, top-1 hits,
+        # top-5 hits, examples] and [the last batch's loss under the final
+        # state, non-finite variables].
+        self._totals = _replica_sums([4])
+        self._final_state = _replica_sums([2])
+        # The loop's first step whose (all-reduced) loss is not finite, or
+        # -1: the same on every replica, read from the first.
+        self._first_non_finite = tf.Variable(
+            -1,
+            trainable=False,
+            synchronization=ON_READ,
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        )
+        self._gradients = tf.function(self._gradients, jit_compile=jit_compile)
+        self._final_loss = tf.function(self._final_loss, jit_compile=jit_compile)
+        self._eval_counts = tf.function(self._eval_counts, jit_compile=jit_compile)
 
     # --- Inside one replica --------------------------------------------------
 
-    def _loss_and_counts(self, images, labels, training):
+    def _loss_and_counts(self, logits, labels):
         """Summed cross-entropy (/ global batch) and top-1 / top-5 hits."""
-        logits = self.model(images, training=training)
         one_hot = tf.one_hot(labels, self.num_classes)
         per_example = keras.losses.categorical_crossentropy(
             one_hot, logits, from_logits=True, label_smoothing=self.label_smoothing
@@ -80,39 +121,103 @@ class Trainer:
         top5 = tf.cast(tf.math.in_top_k(labels, logits, min(5, self.num_classes)), tf.float32)
         return loss, top1, top5
 
-    def _gradients(self, images, labels):
+    def _micro_batch_gradients(self, images, labels):
         variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
-            loss, top1, top5 = self._loss_and_counts(images, labels, training=True)
+            logits = self.model(images, training=True)
+            loss, top1, top5 = self._loss_and_counts(logits, labels)
             scaled = self.optimizer.scale_loss(loss)  # float16: loss scaling
         gradients = tape.gradient(scaled, variables)
-        counts = tf.stack([loss, tf.reduce_sum(top1), tf.reduce_sum(top5)])
-        return gradients, counts
+        return gradients, tf.stack([loss, tf.reduce_sum(top1), tf.reduce_sum(top5)])
 
-    def _replica_train_step(self, images=None, labels=None):
-        if self.synthetic:
-            size, classes, dtype = self.synthetic
-            images, labels = input_pipeline.synthetic_batch(
-                self.per_replica_batch, size, classes, dtype
-            )
+    def _gradients(self, images, labels):
+        """The replica's gradients and [loss, top-1 hits, top-5 hits] over its
+        batch, micro-batch by micro-batch: with `jit_compile`, one XLA
+        computation."""
         k = self.accumulation_steps
         if k == 1:
-            gradients, counts = self._gradients(images, labels)
-        else:
-            micro = self.per_replica_batch // k
-            images = tf.reshape(images, [k, micro, *images.shape[1:]])
-            labels = tf.reshape(labels, [k, micro])
-            gradients = [tf.zeros_like(v) for v in self.model.trainable_variables]
-            counts = tf.zeros([3])
-            for i in tf.range(k):
-                micro_gradients, micro_counts = self._gradients(images[i], labels[i])
-                gradients = [a + b for a, b in zip(gradients, micro_gradients)]
-                counts += micro_counts
+            return self._micro_batch_gradients(images, labels)
+        micro = self.per_replica_batch // k
+        images = tf.reshape(images, [k, micro, *images.shape[1:]])
+        labels = tf.reshape(labels, [k, micro])
+        gradients = [tf.zeros_like(v) for v in self.model.trainable_variables]
+        counts = tf.zeros([3])
+        for i in tf.range(k):
+            micro_gradients, micro_counts = self._micro_batch_gradients(images[i], labels[i])
+            gradients = [a + b for a, b in zip(gradients, micro_gradients)]
+            counts += micro_counts
+        return gradients, counts
+
+    def _final_loss(self, images, labels):
+        """The loss the current variables give on a batch, in training mode
+        (batch statistics, dropout), with nothing updated."""
+        logits, _ = self.model.stateless_call(
+            [v.value for v in self.model.trainable_variables],
+            [v.value for v in self.model.non_trainable_variables],
+            images,
+            training=True,
+        )
+        return self._loss_and_counts(logits, labels)[0]
+
+    def _non_finite_variables(self):
+        return tf.add_n(
+            [
+                tf.reduce_sum(tf.cast(~tf.math.is_finite(v.value), tf.float32))
+                for v in self._checked_state
+            ]
+        )
+
+    def _finite_everywhere(self, gradients):
+        """The gradients, or, if any replica's are not finite, non-finite
+        gradients on every replica (so that the LossScaleOptimizer, which
+        looks at one replica's, skips the step everywhere)."""
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients])
+        replica = tf.distribute.get_replica_context()
+        any_non_finite = replica.all_reduce(SUM, 1.0 - tf.cast(finite, tf.float32)) > 0
+        return tf.cond(
+            any_non_finite,
+            lambda: [g * tf.constant(float("nan"), g.dtype) for g in gradients],
+            lambda: list(gradients),
+        )
+
+    def _replica_train_step(self, step, last, images=None, labels=None):
+        if self.synthetic:
+            size, classes = self.synthetic
+            images, labels = input_pipeline.synthetic_batch(self.per_replica_batch, size, classes)
+        gradients, counts = self._gradients(images, labels)
+        if self.loss_scaled and self.strategy.num_replicas_in_sync > 1:
+            gradients = self._finite_everywhere(gradients)
         self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
-        return tf.concat([counts, [tf.cast(self.per_replica_batch, tf.float32)]], 0)
+        loss = tf.distribute.get_replica_context().all_reduce(SUM, counts[0])
+        first = self._first_non_finite.read_value()
+        self._first_non_finite.assign(
+            tf.where(tf.logical_and(first < 0, ~tf.math.is_finite(loss)), step, first)
+        )
+        examples = tf.cast(self.per_replica_batch, tf.float32)
+        self._totals.assign_add(tf.concat([counts, [examples]], 0))
+
+        def check_final_state():
+            self._final_state.assign(
+                tf.stack([self._final_loss(images, labels), self._non_finite_variables()])
+            )
+            return tf.constant(True)
+
+        tf.cond(last, check_final_state, lambda: tf.constant(False))
+
+    def _reset_loop_state(self):
+        self._totals.assign(tf.zeros([4]))
+        self._final_state.assign(tf.zeros([2]))
+        self._first_non_finite.assign(-1)
 
     def _replica_eval_step(self, images, labels, mask):
-        _, top1, top5 = self._loss_and_counts(images, labels, training=False)
+        # The compiled part is called from the replica's function, not handed
+        # to strategy.run: XLA there would read other replicas' variables
+        # from the wrong device (keras #19005's failure).
+        return self._eval_counts(images, labels, mask)
+
+    def _eval_counts(self, images, labels, mask):
+        logits = self.model(images, training=False)
+        _, top1, top5 = self._loss_and_counts(logits, labels)
         return tf.stack(
             [tf.reduce_sum(top1 * mask), tf.reduce_sum(top5 * mask), tf.reduce_sum(mask)]
         )
@@ -121,19 +226,10 @@ class Trainer:
 
     @tf.function
     def _train_loop(self, iterator, steps):
-        """[loss sum, top-1 hits, top-5 hits, examples, the loop's first step
-        with a non-finite loss (counted from 0) or -1]."""
-        totals = tf.zeros([4])
-        first_non_finite = tf.constant(-1)
+        self.strategy.run(self._reset_loop_state)
         for i in tf.range(steps):
             inputs = next(iterator) if iterator is not None else ()
-            per_replica = self.strategy.run(self._replica_train_step, args=inputs)
-            counts = self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-            totals += counts
-            if not tf.math.is_finite(counts[0]):
-                first_non_finite = i
-                break
-        return tf.concat([totals, [tf.cast(first_non_finite, tf.float32)]], 0)
+            self.strategy.run(self._replica_train_step, args=(i, tf.equal(i, steps - 1), *inputs))
 
     @tf.function
     def _average_moving_statistics(self):
@@ -153,24 +249,36 @@ class Trainer:
         totals = tf.zeros([3])
         for _ in tf.range(steps):
             per_replica = self.strategy.run(self._replica_eval_step, args=next(iterator))
-            totals += self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+            totals += self.strategy.reduce(SUM, per_replica, axis=None)
         return totals
 
     def train(self, iterator, steps):
-        """Runs `steps` updates; returns a `LoopResult` (the loop stops at a
-        step whose loss is not finite)."""
-        loss, top1, top5, examples, bad = self._train_loop(iterator, tf.constant(steps)).numpy()
+        """Runs `steps` updates; returns a `LoopResult`."""
+        self._train_loop(iterator, tf.constant(steps))
+        loss, top1, top5, examples = self._totals.read_value().numpy()
+        final_loss, non_finite_variables = self._final_state.read_value().numpy()
+        first = int(self._first_non_finite.read_value())
         if self.strategy.num_replicas_in_sync > 1 and self._float_non_trainables:
             self._average_moving_statistics()
-        steps_run = examples / self.global_batch_size
         return LoopResult(
-            loss=float(loss / steps_run),
+            loss=float(loss * self.global_batch_size / examples),
             top1=float(top1 / examples),
             top5=float(top5 / examples),
-            first_non_finite_step=None if bad < 0 else int(bad),
+            first_non_finite_step=None if first < 0 else first,
+            state_finite=bool(tf.math.is_finite(final_loss)) and non_finite_variables == 0,
         )
 
     def evaluate(self, iterator, steps):
         """Top-1 and top-5 over the masked examples of `steps` batches."""
         top1, top5, count = self._eval_loop(iterator, tf.constant(steps)).numpy()
         return Evaluation(top1=float(top1 / count), top5=float(top5 / count), examples=int(count))
+
+
+def _replica_sums(shape):
+    """A float variable each replica adds to, summed over replicas on read."""
+    return tf.Variable(
+        tf.zeros(shape),
+        trainable=False,
+        synchronization=ON_READ,
+        aggregation=tf.VariableAggregation.SUM,
+    )

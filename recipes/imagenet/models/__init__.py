@@ -4,11 +4,22 @@ Their names, input sizes and options are listed in `recipes/imagenet/config.py`.
 """
 
 from ..config import MODELS
+from ..preprocessing import PREPROCESSING
 from .alexnet import alexnet
 from .alexnet import alexnet_bn
+from .normalization import GhostBatchNormalization
+from .normalization import ImageNormalization
 from .resnet import resnet50
 
-__all__ = ["alexnet", "alexnet_bn", "build", "build_for", "resnet50"]
+__all__ = [
+    "GhostBatchNormalization",
+    "ImageNormalization",
+    "alexnet",
+    "alexnet_bn",
+    "build",
+    "build_for",
+    "resnet50",
+]
 
 
 def build(
@@ -20,12 +31,29 @@ def build(
     zero_init_residual=True,
     alexnet_groups="split",
     alexnet_bn_variant="authors",
+    bn_span=None,
+    preprocessing=None,
 ):
-    """The named model; options that do not apply to it are ignored."""
+    """The named model, taking uint8 images that it normalises as
+    `preprocessing` (a name in `preprocessing.PREPROCESSING`; None: the
+    model's own source's) says, with batch statistics over `bn_span` images
+    (None: the whole batch). Options that do not apply to it are ignored."""
+    normalization = {}
+    if preprocessing is not None:
+        chosen = PREPROCESSING[preprocessing]
+        normalization = dict(mean=chosen.mean, stddev=chosen.stddev)
     if name == "resnet50":
-        return resnet50(num_classes, image_size, zero_init_residual=zero_init_residual)
+        return resnet50(
+            num_classes,
+            image_size,
+            zero_init_residual=zero_init_residual,
+            bn_span=bn_span,
+            **normalization,
+        )
     if name == "alexnet":
-        return alexnet(num_classes, image_size, dropout=dropout, groups=alexnet_groups)
+        return alexnet(
+            num_classes, image_size, dropout=dropout, groups=alexnet_groups, **normalization
+        )
     if name == "alexnet_bn":
         return alexnet_bn(
             num_classes,
@@ -33,12 +61,16 @@ def build(
             dropout=dropout,
             groups=alexnet_groups,
             variant=alexnet_bn_variant,
+            bn_span=bn_span,
+            **normalization,
         )
     raise ValueError(f"`model` must be one of {MODELS}. Received: model={name!r}")
 
 
-def build_for(config, num_classes):
-    """The model a `recipes.imagenet.config.TrainConfig` asks for."""
+def build_for(config, num_classes, bn_span=None):
+    """The model a `recipes.imagenet.config.TrainConfig` asks for, with batch
+    statistics over `bn_span` images of the batch each layer sees (the
+    runner's reading of `config.bn_span`)."""
     return build(
         config.model,
         num_classes,
@@ -47,4 +79,6 @@ def build_for(config, num_classes):
         zero_init_residual=config.zero_init_residual,
         alexnet_groups=config.alexnet_groups,
         alexnet_bn_variant=config.alexnet_bn_variant,
+        bn_span=bn_span,
+        preprocessing=config.preprocessing,
     )

@@ -31,8 +31,12 @@ from keras import ops
 from ..config import ALEXNET_BN_VARIANTS as BN_VARIANTS
 from ..config import ALEXNET_GROUPS as GROUPS
 from ..config import MIN_IMAGE_SIZE
+from .normalization import GhostBatchNormalization
+from .normalization import ImageNormalization
 
 LRN = dict(size=5, alpha=1e-4, beta=0.75, bias=1.0)  # BVLC's norm1 / norm2
+# BVLC's data layer subtracts the mean (its ilsvrc_2012_mean, per channel here).
+CAFFE_MEAN_RGB = (122.68, 116.67, 104.01)
 AUTHORS_BN = dict(epsilon=1e-4, momentum=0.9, center=False, scale=False)
 CONV_BN_RELU_BN = dict(epsilon=1e-5, momentum=0.9)
 
@@ -178,12 +182,25 @@ def _check(image_size, groups):
         raise ValueError(f"`groups` must be one of {GROUPS}. Received: groups={groups!r}")
 
 
-def alexnet(num_classes=1000, image_size=227, dropout=0.5, groups="split"):
-    """BVLC AlexNet with LRN."""
+def _normalized_input(image_size, mean, stddev):
+    inputs = keras.Input((image_size, image_size, 3), dtype="uint8", name="images")
+    return inputs, ImageNormalization(mean, stddev, name="normalize")(inputs)
+
+
+def alexnet(
+    num_classes=1000,
+    image_size=227,
+    dropout=0.5,
+    groups="split",
+    mean=CAFFE_MEAN_RGB,
+    stddev=(1.0, 1.0, 1.0),
+):
+    """BVLC AlexNet with LRN, taking `image_size`² uint8 RGB images
+    (normalised by the model with `mean` and `stddev`)."""
     _check(image_size, groups)
     pool = dict(pool_size=3, strides=2)
-    inputs = keras.Input((image_size, image_size, 3), name="images")
-    x = _conv(inputs, 96, 11, "conv1", strides=4)
+    inputs, x = _normalized_input(image_size, mean, stddev)
+    x = _conv(x, 96, 11, "conv1", strides=4)
     x = LocalResponseNormalization(**LRN, name="norm1")(layers.ReLU(name="relu1")(x))
     x = layers.MaxPooling2D(**pool, name="pool1")(x)
     x = _conv(x, 256, 5, "conv2", groups=groups, bias=0.1)
@@ -197,8 +214,19 @@ def alexnet(num_classes=1000, image_size=227, dropout=0.5, groups="split"):
     return keras.Model(inputs, logits, name="alexnet")
 
 
-def alexnet_bn(num_classes=1000, image_size=227, dropout=0.5, groups="split", variant="authors"):
-    """AlexNet with batch normalisation; see the module docstring for the variants."""
+def alexnet_bn(
+    num_classes=1000,
+    image_size=227,
+    dropout=0.5,
+    groups="split",
+    variant="authors",
+    bn_span=None,
+    mean=CAFFE_MEAN_RGB,
+    stddev=(256.0, 256.0, 256.0),
+):
+    """AlexNet with batch normalisation over `bn_span` images (None: the
+    whole batch); see the module docstring for the variants. The authors'
+    data layer subtracts the mean and scales by 1/256."""
     _check(image_size, groups)
     if variant not in BN_VARIANTS:
         raise ValueError(f"`variant` must be one of {BN_VARIANTS}. Received: variant={variant!r}")
@@ -209,15 +237,15 @@ def alexnet_bn(num_classes=1000, image_size=227, dropout=0.5, groups="split", va
         """authors: BN(no affine) -> conv -> ReLU; else conv -> BN -> ReLU."""
         if authors:
             if name != "conv1":
-                x = layers.BatchNormalization(**AUTHORS_BN, name=name + "_input_bn")(x)
+                x = GhostBatchNormalization(bn_span, **AUTHORS_BN, name=name + "_input_bn")(x)
             x = _conv(x, filters, kernel_size, name, bias=0.01, **kwargs)
         else:
             x = _conv(x, filters, kernel_size, name, use_bias=False, **kwargs)
-            x = layers.BatchNormalization(**CONV_BN_RELU_BN, name=name + "_bn")(x)
+            x = GhostBatchNormalization(bn_span, **CONV_BN_RELU_BN, name=name + "_bn")(x)
         return layers.ReLU(name=name + "_relu")(x)
 
-    inputs = keras.Input((image_size, image_size, 3), name="images")
-    x = conv_block(inputs, 96, 11, "conv1", strides=4)
+    inputs, x = _normalized_input(image_size, mean, stddev)
+    x = conv_block(x, 96, 11, "conv1", strides=4)
     x = layers.MaxPooling2D(**pool, name="pool1")(x)
     x = conv_block(x, 256, 5, "conv2", groups=groups)
     x = layers.MaxPooling2D(**pool, name="pool2")(x)

@@ -11,7 +11,10 @@ tensorflow/tpu `resnet_model.py` and the Google MLPerf submissions build it:
 - the last BN gamma of every residual branch initialised to zero (on by
   default; Goyal et al. 2017 found it helps large batches);
 - convolution kernels He-normal (fan-in), the classifier N(0, 0.01);
-- float32 logits under a mixed-precision policy.
+- float32 logits under a mixed-precision policy;
+- uint8 images in, normalised by the model (`ImageNormalization`), and batch
+  statistics over `bn_span` images (`GhostBatchNormalization`; None: the
+  whole batch a replica sees).
 
 25,557,032 trainable parameters at 1000 classes (torchvision's count too).
 """
@@ -19,10 +22,17 @@ tensorflow/tpu `resnet_model.py` and the Google MLPerf submissions build it:
 import keras
 from keras import layers
 
+from .normalization import GhostBatchNormalization
+from .normalization import ImageNormalization
+
 STAGES = ((64, 3), (128, 4), (256, 6), (512, 3))  # (bottleneck width, blocks)
 EXPANSION = 4
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
+# ImageNet's per-channel statistics on [0, 255] (input_pipeline.PREPROCESSING
+# holds each source's; these are the ResNet references').
+IMAGENET_MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STDDEV_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
 
 def _conv(x, filters, kernel_size, strides, name):
@@ -39,8 +49,9 @@ def _conv(x, filters, kernel_size, strides, name):
     )(x)
 
 
-def _batch_norm(x, name, zero_gamma=False):
-    return layers.BatchNormalization(
+def _batch_norm(x, name, bn_span, zero_gamma=False):
+    return GhostBatchNormalization(
+        span=bn_span,
         momentum=BN_MOMENTUM,
         epsilon=BN_EPSILON,
         gamma_initializer="zeros" if zero_gamma else "ones",
@@ -48,26 +59,34 @@ def _batch_norm(x, name, zero_gamma=False):
     )(x)
 
 
-def _bottleneck(x, width, strides, project, zero_init_residual, name):
+def _bottleneck(x, width, strides, project, zero_init_residual, bn_span, name):
     shortcut = x
     if project:
         shortcut = _conv(x, width * EXPANSION, 1, strides, name + "_proj")
-        shortcut = _batch_norm(shortcut, name + "_proj_bn")
+        shortcut = _batch_norm(shortcut, name + "_proj_bn", bn_span)
     x = _conv(x, width, 1, 1, name + "_conv1")
-    x = layers.ReLU(name=name + "_relu1")(_batch_norm(x, name + "_bn1"))
+    x = layers.ReLU(name=name + "_relu1")(_batch_norm(x, name + "_bn1", bn_span))
     x = _conv(x, width, 3, strides, name + "_conv2")  # v1.5: the stride is here
-    x = layers.ReLU(name=name + "_relu2")(_batch_norm(x, name + "_bn2"))
+    x = layers.ReLU(name=name + "_relu2")(_batch_norm(x, name + "_bn2", bn_span))
     x = _conv(x, width * EXPANSION, 1, 1, name + "_conv3")
-    x = _batch_norm(x, name + "_bn3", zero_gamma=zero_init_residual)
+    x = _batch_norm(x, name + "_bn3", bn_span, zero_gamma=zero_init_residual)
     x = layers.Add(name=name + "_add")([x, shortcut])
     return layers.ReLU(name=name + "_out")(x)
 
 
-def resnet50(num_classes=1000, image_size=224, zero_init_residual=True):
-    """A Keras functional ResNet-50 v1.5 taking `image_size`² RGB images."""
-    inputs = keras.Input((image_size, image_size, 3), name="images")
-    x = _conv(inputs, 64, 7, 2, "conv1")
-    x = layers.ReLU(name="conv1_relu")(_batch_norm(x, "conv1_bn"))
+def resnet50(
+    num_classes=1000,
+    image_size=224,
+    zero_init_residual=True,
+    bn_span=None,
+    mean=IMAGENET_MEAN_RGB,
+    stddev=IMAGENET_STDDEV_RGB,
+):
+    """A Keras functional ResNet-50 v1.5 taking `image_size`² uint8 RGB images."""
+    inputs = keras.Input((image_size, image_size, 3), dtype="uint8", name="images")
+    x = ImageNormalization(mean, stddev, name="normalize")(inputs)
+    x = _conv(x, 64, 7, 2, "conv1")
+    x = layers.ReLU(name="conv1_relu")(_batch_norm(x, "conv1_bn", bn_span))
     x = layers.MaxPooling2D(3, strides=2, padding="same", name="pool1")(x)
     for stage, (width, blocks) in enumerate(STAGES, start=2):
         for block in range(blocks):
@@ -77,6 +96,7 @@ def resnet50(num_classes=1000, image_size=224, zero_init_residual=True):
                 strides=2 if block == 0 and stage > 2 else 1,
                 project=block == 0,
                 zero_init_residual=zero_init_residual,
+                bn_span=bn_span,
                 name=f"stage{stage}_block{block + 1}",
             )
     x = layers.GlobalAveragePooling2D(name="pool5")(x)

@@ -1,0 +1,118 @@
+"""`model_dir/config.json`: the settings, Keras backend and plan a run was
+started with, written once, and what a rerun is checked against.
+
+A rerun in the same `--model_dir` resumes only the same run: the same
+backend (each backend's checkpoints are its own), the same training settings
+(where and how it runs may change: `config.MAY_CHANGE_ON_RESUME`) and the
+same data (image and class counts: the plan is fixed at the first start).
+Anything else is refused with one line naming what differs. Checkpoints
+without a readable config.json beside them are refused too: their settings
+are unknown.
+"""
+
+import dataclasses
+import json
+import os
+
+import tensorflow as tf
+
+from . import config as config_lib
+from .config import Plan
+
+FILE = "config.json"
+# What the data decides; a rerun on other data is another run.
+DATA_FIELDS = ("num_classes", "train_images", "eval_images")
+# How each differs from the run's own: the devices, and how often the host looks.
+MAY_CHANGE_IN_PLAN = ("replicas", "steps_per_loop")
+
+
+def path(config):
+    return os.path.join(config.model_dir, FILE)
+
+
+def plan_to_run(config, plan, backend):
+    """`plan` on a first start; on a rerun the saved plan (with this run's
+    replicas and loop length), once the rerun is found to be the same run.
+    `ValueError` naming what differs, or the file that cannot be read."""
+    record = path(config)
+    if not tf.io.gfile.exists(record):
+        checkpoints = os.path.join(config.model_dir, "checkpoints")
+        if tf.io.gfile.isdir(checkpoints) and tf.io.gfile.listdir(checkpoints):
+            raise ValueError(
+                f"{record} is missing, but {checkpoints} holds checkpoints: the settings "
+                "they were trained with are unknown, so they are not resumed; put the "
+                "run's config.json back, or use a new --model_dir"
+            )
+        return plan
+    saved = _read(record)
+    if saved["backend"] != backend:
+        raise ValueError(
+            f"--model_dir={config.model_dir} holds a run of the {saved['backend']} backend; "
+            f"this is {backend} (KERAS_BACKEND), whose checkpoints are not interchangeable: "
+            f"rerun with KERAS_BACKEND={saved['backend']}, or use a new --model_dir"
+        )
+    changed = {
+        name: (saved["config"].get(name), value)
+        for name, value in config.to_dict().items()
+        if saved["config"].get(name) != value and name not in config_lib.MAY_CHANGE_ON_RESUME
+    }
+    if changed:
+        detail = ", ".join(f"--{k}: {a} -> {b}" for k, (a, b) in sorted(changed.items()))
+        raise ValueError(
+            f"--model_dir={config.model_dir} holds a run with other settings ({detail}); "
+            "use a new --model_dir"
+        )
+    saved_plan = saved["plan"]
+    new_plan = dataclasses.asdict(plan)
+    differs = {
+        name: (saved_plan[name], new_plan[name])
+        for name in new_plan
+        if name not in MAY_CHANGE_IN_PLAN and saved_plan[name] != new_plan[name]
+    }
+    if differs:
+        detail = ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in sorted(differs.items()))
+        what = "data" if set(differs) & set(DATA_FIELDS) else "plan"
+        raise ValueError(
+            f"--model_dir={config.model_dir} holds a run on other {what} ({detail}); "
+            "point --data_dir at the run's data, or use a new --model_dir"
+        )
+    return dataclasses.replace(
+        Plan(**saved_plan), **{name: new_plan[name] for name in MAY_CHANGE_IN_PLAN}
+    )
+
+
+def write_once(config, plan, backend):
+    """Writes config.json unless it exists: whole, then renamed (other
+    workers may be reading it)."""
+    record = path(config)
+    if tf.io.gfile.exists(record):
+        return
+    settings = {"backend": backend, "config": config.to_dict(), "plan": dataclasses.asdict(plan)}
+    tf.io.gfile.makedirs(config.model_dir)
+    with tf.io.gfile.GFile(record + ".partial", "w") as f:
+        json.dump(settings, f, indent=1)
+    tf.io.gfile.rename(record + ".partial", record, overwrite=True)
+
+
+def _read(record):
+    try:
+        with tf.io.gfile.GFile(record) as f:
+            saved = json.load(f)
+    except (OSError, ValueError, tf.errors.OpError) as error:
+        raise ValueError(
+            f"{record} cannot be read ({_first_line(error)}); restore it, or use a new --model_dir"
+        ) from None
+    if not isinstance(saved, dict) or not {"config", "plan"} <= saved.keys():
+        raise ValueError(
+            f"{record} is not a run's config.json (it lacks its settings or plan); "
+            "restore it, or use a new --model_dir"
+        )
+    if set(saved["plan"]) != {f.name for f in dataclasses.fields(Plan)}:
+        raise ValueError(f"{record} holds a plan this version cannot read; use a new --model_dir")
+    saved.setdefault("backend", "tensorflow")  # written before backends were recorded
+    return saved
+
+
+def _first_line(error):
+    text = getattr(error, "message", None) or str(error) or type(error).__name__
+    return text.strip().splitlines()[0]

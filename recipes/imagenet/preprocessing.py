@@ -1,0 +1,84 @@
+"""How each source turned ImageNet's JPEGs into model inputs, as plain data.
+
+`recipes/imagenet/input_pipeline.py` does the cropping and resizing on the
+host; the model does the normalisation on the device
+(`models.ImageNormalization`, with `mean` and `stddev`). Each preset names
+the preprocessing of its source (`presets.py`). No TensorFlow here.
+"""
+
+import dataclasses
+
+# ImageNet's per-channel RGB statistics (on [0, 255]), and the mean of Caffe's
+# ilsvrc_2012_mean.binaryproto (BGR 104.01, 116.67, 122.68), in RGB.
+IMAGENET_MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STDDEV_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+CAFFE_MEAN_RGB = (122.68, 116.67, 104.01)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """How one source turns a JPEG into a model input.
+
+    crop: "inception", a random crop of `area_range` of the image and 3/4..4/3
+        aspect ratio (Szegedy et al. 2015), decoded straight from the JPEG and
+        resized to the input size; the evaluation crop is the centre
+        `eval_crop_fraction` of the short side, resized. "caffe": the image
+        squashed to `caffe_resize`/227 of the input size, then a random crop
+        of the input size (the centre one in evaluation), as BVLC's and the
+        LARS authors' AlexNet data layers do.
+    """
+
+    source: str  # where it comes from, for --help and config.json
+    crop: str = "inception"
+    area_range: tuple = (0.08, 1.0)
+    min_object_covered: float = 0.1
+    max_attempts: int = 10
+    resize_method: str = "bilinear"
+    eval_crop_fraction: float = 0.875
+    caffe_resize: int = 256
+    mean: tuple = IMAGENET_MEAN_RGB
+    stddev: tuple = IMAGENET_STDDEV_RGB
+
+    def describe(self):
+        if self.crop == "caffe":
+            return (
+                f"{self.source}: {self.caffe_resize}² resize, random crop, mirror, mean "
+                "subtraction; centre crop for evaluation"
+            )
+        low = self.area_range[0]
+        return (
+            f"{self.source}: random crop of {low:g}-1 of the area "
+            f"(min_object_covered {self.min_object_covered:g}, {self.max_attempts} attempts), "
+            f"{self.resize_method}, mirror; centre {self.eval_crop_fraction:g} crop for "
+            "evaluation; mean/std"
+        )
+
+
+PREPROCESSING = {
+    # tensorflow/tpu resnet_preprocessing.py, and Google's MLPerf ResNet-50
+    # submissions: bicubic, min_object_covered 0.1.
+    "tensorflow_tpu": Preprocessing(
+        "tensorflow/tpu and Google's MLPerf submissions", resize_method="bicubic"
+    ),
+    # The MLPerf Training ResNet-50 TF2 reference (imagenet_preprocessing.py):
+    # area from 0.05, 100 attempts, bilinear.
+    "mlperf_tf2": Preprocessing(
+        "the MLPerf TF2 reference", area_range=(0.05, 1.0), max_attempts=100
+    ),
+    # TF Model Garden official/vision: bilinear, min_object_covered 0.08.
+    "model_garden": Preprocessing("TF Model Garden", min_object_covered=0.08),
+    # BVLC Caffe's AlexNet data layer (models/bvlc_alexnet/train_val.prototxt):
+    # 256² images, random 227² crops, mirror, the mean subtracted.
+    "caffe": Preprocessing(
+        "BVLC Caffe's AlexNet", crop="caffe", mean=CAFFE_MEAN_RGB, stddev=(1.0, 1.0, 1.0)
+    ),
+    # The LARS authors' AlexNet-BN (NVCaffe models/alexnet_bn/train_val2.prototxt):
+    # the same, then scaled by 1/256 (`scale: 0.00390625`).
+    "nvcaffe_alexnet_bn": Preprocessing(
+        "the LARS authors' NVCaffe AlexNet-BN",
+        crop="caffe",
+        mean=CAFFE_MEAN_RGB,
+        stddev=(256.0, 256.0, 256.0),
+    ),
+}
+DEFAULT_PREPROCESSING = "model_garden"
