@@ -44,7 +44,8 @@ setup(
         # `tensorflow` and `tensorflow-cpu` are separate distributions: pick one.
         "tensorflow": ["tensorflow>=2.21"],
         "tensorflow-cpu": ["tensorflow-cpu>=2.21"],
-        "jax": ["jax>=0.4.30"],
+        # With Orbax, which the recipes' JAX route checkpoints with.
+        "jax": ["jax>=0.4.30", "orbax-checkpoint>=0.11"],
         "torch": ["torch>=2.1"],
         # What the recipes (the ImageNet recipe, the study) and the ImageNet
         # tools need besides a backend; recipes/scripts.py lists the same. scipy

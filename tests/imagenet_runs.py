@@ -23,17 +23,36 @@ LEARNS = dict(
     dropout=0.0,
     trust_coefficient=0.01,
     learning_rate=0.5,
+    preprocessing="model_garden",
 )
 # AlexNet at its smallest input, without dropout or batch norm: the same
 # numbers on one device and on several replicas.
 ALEXNET = dict(model="alexnet", image_size=67, dropout=0.0, learning_rate=2.0)
-SMALL = dict(global_batch_size=8, warmup_epochs=0.25, eval_every_epochs=0, steps_per_loop=2)
+# The command-line flags of SMALL.
+SMALL_FLAGS = [
+    "--global_batch_size=8",
+    "--warmup_epochs=0.25",
+    "--eval_every_epochs=0",
+    "--steps_per_loop=2",
+    "--bn_span=0",
+    "--checkpoint_every_minutes=0",
+]
+# Batch norm over each replica's whole micro-batch, a checkpoint after every loop.
+SMALL = dict(
+    global_batch_size=8,
+    warmup_epochs=0.25,
+    eval_every_epochs=0,
+    steps_per_loop=2,
+    bn_span=0,
+    checkpoint_every_minutes=0,
+)
 
 
-def make_tfrecords(root):
+def make_tfrecords(root, classes=CLASSES, train_per_class=TRAIN_PER_CLASS):
     """A generated ImageNet under `root`, converted; returns the TFRecords' directory."""
+    os.makedirs(root, exist_ok=True)
     make_fake_imagenet.make(
-        str(root), CLASSES, TRAIN_PER_CLASS, VALIDATION_PER_CLASS, size=(40, 56)
+        str(root), classes, train_per_class, VALIDATION_PER_CLASS, size=(40, 56)
     )
     output = root / "tfrecords"
     imagenet_to_tfrecords.convert(
@@ -92,6 +111,51 @@ def assert_arrays_close(a, b, rtol, atol):
     assert a.keys() == b.keys() and a
     for key in a:
         np.testing.assert_allclose(a[key], b[key], rtol=rtol, atol=atol, err_msg=key)
+
+
+def checkpoint_steps(model_dir):
+    """The steps of the checkpoints in model_dir, either backend's, sorted."""
+    directory = os.path.join(model_dir, "checkpoints")
+    if not os.path.isdir(directory):
+        return []
+    steps = set()
+    for name in os.listdir(directory):
+        if name.isdigit():  # Orbax: <step>/
+            steps.add(int(name))
+        elif name.startswith("ckpt-") and name.endswith(".index"):  # TensorFlow
+            steps.add(int(name[len("ckpt-") : -len(".index")]))
+    return sorted(steps)
+
+
+def checkpoint_arrays(model_dir, step=None):
+    """({name: array} of every saved variable, step) of the newest (or the
+    given) checkpoint, read with the library that wrote it."""
+    step = step if step is not None else checkpoint_steps(model_dir)[-1]
+    directory = os.path.join(model_dir, "checkpoints")
+    if os.path.isdir(os.path.join(directory, str(step))):
+        import jax
+        import orbax.checkpoint as ocp
+
+        path = os.path.join(directory, str(step), "default")
+        reader = ocp.PyTreeCheckpointer()
+        tree = reader.metadata(path).item_metadata.tree
+        numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+        saved = reader.restore(path, restore_args=numpy)
+        arrays = {f"v{i}": value for i, value in enumerate(saved["variables"])}
+        return arrays, int(saved["step"])
+    reader = tf.train.load_checkpoint(os.path.join(directory, f"ckpt-{step}"))
+    arrays = {
+        key: reader.get_tensor(key)
+        for key in reader.get_variable_to_shape_map()
+        if key.endswith("VARIABLE_VALUE") and not key.startswith("step/")
+    }
+    return arrays, int(reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE"))
+
+
+def assert_finite(arrays):
+    for key, value in arrays.items():
+        if value.dtype.kind == "f":
+            assert np.all(np.isfinite(value)), key
 
 
 def train_command(model_dir, data_dir, *flags):

@@ -1,5 +1,7 @@
-"""The ImageNet recipes end to end on a generated ImageNet: every strategy,
-XLA, resume after SIGKILL, exact evaluation, accumulation, bad input."""
+"""The ImageNet recipe on TensorFlow, end to end on a generated ImageNet:
+every strategy, XLA per replica, batch-norm spans, float16 on several
+replicas, resume after SIGKILL, exact evaluation, accumulation, bad input.
+(Checkpoint and settings faults: tests/test_faults_recipe.py.)"""
 
 import json
 import os
@@ -23,9 +25,13 @@ from imagenet_runs import ALEXNET  # noqa: E402
 from imagenet_runs import CLASSES  # noqa: E402
 from imagenet_runs import LEARNS  # noqa: E402
 from imagenet_runs import SMALL  # noqa: E402
+from imagenet_runs import SMALL_FLAGS  # noqa: E402
 from imagenet_runs import VALIDATION_PER_CLASS  # noqa: E402
 from imagenet_runs import assert_arrays_close  # noqa: E402
+from imagenet_runs import assert_finite  # noqa: E402
 from imagenet_runs import assert_loss_falls  # noqa: E402
+from imagenet_runs import checkpoint_arrays  # noqa: E402
+from imagenet_runs import checkpoint_steps  # noqa: E402
 from imagenet_runs import run  # noqa: E402
 from imagenet_runs import scalars  # noqa: E402
 from imagenet_runs import train_command  # noqa: E402
@@ -38,19 +44,13 @@ from recipes.imagenet.train_loop import Trainer  # noqa: E402
 
 
 def checkpoint_weights(model_dir):
-    """Every variable in the latest checkpoint (weights, BN statistics,
-    momentum, step), by checkpoint key."""
-    reader = tf.train.load_checkpoint(os.path.join(model_dir, "checkpoints"))
-    return {
-        key: reader.get_tensor(key)
-        for key in reader.get_variable_to_shape_map()
-        if key.endswith("VARIABLE_VALUE")
-    }
+    """Every variable in the newest checkpoint (weights, BN statistics,
+    momentum), by checkpoint key."""
+    return checkpoint_arrays(model_dir)[0]
 
 
 def checkpoint_step(model_dir):
-    reader = tf.train.load_checkpoint(os.path.join(model_dir, "checkpoints"))
-    return int(reader.get_tensor("optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"))
+    return checkpoint_arrays(model_dir)[1]
 
 
 def expected_rate(model_dir, step):
@@ -149,6 +149,122 @@ def test_mirrored_on_four_cpus_equals_one_device(data_dir, tmp_path):
     )
 
 
+def fixed_batches(batch, image_size, classes, batches=8, seed=0):
+    """`batches` batches of random uint8 images and labels, in a fixed order
+    (the same whatever a test takes of them)."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(batches * batch, image_size, image_size, 3), dtype=np.uint8)
+    labels = rng.integers(0, classes, size=batches * batch).astype(np.int32)
+    return tf.data.Dataset.from_tensor_slices((images, labels))
+
+
+def train_fixed(
+    strategy, build, steps, global_batch_size, image_size, trainer_class=Trainer, skip=None
+):
+    """The model's weights after `steps` updates on `fixed_batches` (without
+    the global batch at `skip`). Each replica's share of a global batch is a
+    consecutive slice of it, as on one device (one input pipeline deals its
+    per-replica batches to the replicas in order)."""
+    keras.utils.set_random_seed(0)
+    examples = fixed_batches(global_batch_size, image_size, 4)
+    if skip is not None:
+        batches = examples.batch(global_batch_size)
+        examples = batches.take(skip).concatenate(batches.skip(skip + 1)).unbatch()
+    with strategy.scope():
+        model, optimizer = build()
+        trainer = trainer_class(strategy, model, optimizer, global_batch_size=global_batch_size)
+    dataset = strategy.distribute_datasets_from_function(
+        lambda context: examples.batch(
+            context.get_per_replica_batch_size(global_batch_size), drop_remainder=True
+        )
+    )
+    result = trainer.train(iter(dataset), steps)
+    assert result.first_non_finite_step is None and result.state_finite
+    return model, optimizer
+
+
+def test_resnet50_batch_norm_span_on_four_replicas_equals_one_device():
+    """Batch norm over 4 images: each of four replicas normalises its 4
+    images; one device splits its 16 into groups of 4 (ghost batch norm). At
+    32 px stage 5's maps are 1x1, so a statistic there covers just 4 values
+    and the order of float sums shows at the 1e-3 level after three LARS
+    steps (measured: 5e-3 of a variable's largest value at most); batch norm
+    over the whole 16 on one device differs by more than the values
+    themselves (measured: 1.8 times)."""
+
+    def build(span):
+        def model_and_optimizer():
+            model = models.build("resnet50", 4, 32, bn_span=span)
+            return model, keras_lars.LARS(0.1, trust_coefficient=0.01)
+
+        return model_and_optimizer
+
+    four, _ = train_fixed(strategies.create("mirrored"), build(4), 3, 16, 32)
+    one, _ = train_fixed(tf.distribute.get_strategy(), build(4), 3, 16, 32)
+    whole, _ = train_fixed(tf.distribute.get_strategy(), build(None), 3, 16, 32)
+
+    def difference(a, b):
+        """The largest difference of any variable, relative to its largest value."""
+        return max(
+            np.max(np.abs(x.numpy() - y.numpy())) / np.max(np.abs(y.numpy()))
+            for x, y in zip(a.variables, b.variables)
+            if np.max(np.abs(y.numpy())) > 0
+        )
+
+    assert difference(four, one) < 2e-2
+    assert difference(whole, one) > 0.5
+
+
+class OverflowOnReplica1(Trainer):
+    """Replica 1's gradients are infinite in its third step (a float16
+    overflow there alone)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = tf.Variable(
+            0,
+            synchronization=tf.VariableSynchronization.ON_READ,
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        )
+
+    def _micro_batch_gradients(self, images, labels):
+        gradients, counts = super()._micro_batch_gradients(images, labels)
+        calls = self.calls.assign_add(1)
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        overflow = tf.logical_and(tf.equal(replica, 1), tf.equal(calls, 3))
+        factor = tf.where(overflow, float("inf"), 1.0)
+        return [g * tf.cast(factor, g.dtype) for g in gradients], counts
+
+
+def test_float16_overflow_on_one_replica_skips_the_step_on_every_replica():
+    """LossScaleOptimizer looks at replica 0's gradients only; the loop makes
+    an overflow anywhere skip the step everywhere: the scale halves, the
+    update count does not move, and training continues as if that batch had
+    never come."""
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+
+        def build():
+            model = models.build("alexnet", 4, 67, dropout=0.0)
+            lars = keras_lars.LARS(0.5, trust_coefficient=0.01)
+            return model, keras.optimizers.LossScaleOptimizer(lars)
+
+        strategy = strategies.create("mirrored")
+        injected, scaled = train_fixed(strategy, build, 5, 8, 67, trainer_class=OverflowOnReplica1)
+        skipped, reference_optimizer = train_fixed(strategy, build, 4, 8, 67, skip=2)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    initial_scale = float(reference_optimizer.dynamic_scale.numpy())
+    assert float(scaled.dynamic_scale.numpy()) == initial_scale / 2
+    assert int(scaled.inner_optimizer.iterations.numpy()) == 4  # 5 steps, one skipped
+    # The same updates; float16's rounding differs a little at half the scale.
+    # (Had the step been taken, the weights would differ by the step itself,
+    # ~1e-2 here; had it been taken with the infinite gradient, they'd be NaN.)
+    for a, b in zip(injected.trainable_variables, skipped.trainable_variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=1e-4, err_msg=a.path)
+
+
 def test_batch_norm_statistics_become_their_mean_over_replicas_after_a_loop():
     """Each replica's moving statistics drift apart in a loop (each sees its
     own images); after the loop every copy is their mean."""
@@ -156,7 +272,7 @@ def test_batch_norm_statistics_become_their_mean_over_replicas_after_a_loop():
     with strategy.scope():
         model = models.build("alexnet_bn", 4, 67)
         trainer = Trainer(
-            strategy, model, keras_lars.LARS(), global_batch_size=8, synthetic=(67, 4, "float32")
+            strategy, model, keras_lars.LARS(), global_batch_size=8, synthetic=(67, 4)
         )
     moving = [v for v in model.non_trainable_variables if "moving" in v.path]
     assert moving
@@ -179,11 +295,8 @@ def test_multi_worker_with_two_localhost_workers(data_dir, tmp_path):
     flags = [
         "--strategy=multi_worker",
         *(f"--{name}={value}" for name, value in LEARNS.items()),
-        "--global_batch_size=8",
+        *SMALL_FLAGS,
         "--train_steps=16",
-        "--steps_per_loop=2",
-        "--warmup_epochs=0.25",
-        "--eval_every_epochs=0",
         "--deterministic",
     ]
     with reserved_ports(2) as ports:
@@ -207,18 +320,55 @@ def test_multi_worker_with_two_localhost_workers(data_dir, tmp_path):
     )
 
 
-def test_xla_compiled_step_on_one_device(data_dir, tmp_path):
-    """What a TPUStrategy compiles: the replica step under XLA."""
-    run(
-        **LEARNS,
-        jit_compile=True,
-        data_dir=str(data_dir),
-        model_dir=str(tmp_path),
-        train_steps=16,
-        deterministic=True,
-        **SMALL,
+def test_xla_per_replica_on_two_cpus_equals_the_uncompiled_loop(data_dir, tmp_path):
+    """MirroredStrategy on 2 logical CPUs, each replica's forward and backward
+    pass one XLA computation, against the same run without XLA: XLA fuses and
+    reorders float32 sums, so the weights agree to 1e-4 (relative), not
+    bit for bit."""
+    flags = [
+        "--strategy=mirrored",
+        "--logical_cpus=2",
+        *(f"--{name}={value}" for name, value in ALEXNET.items()),
+        *SMALL_FLAGS,
+        "--train_steps=4",
+        "--deterministic",
+    ]
+    for compiled in ("--jit_compile", "--nojit_compile"):
+        out = tmp_path / compiled.strip("-")
+        code, output = commands.run(
+            train_command(out, data_dir, *flags, compiled), out.with_suffix(".log")
+        )
+        assert code == 0, output[-3000:]
+    assert "2 replica(s), XLA per replica" in (tmp_path / "jit_compile.log").read_text()
+    assert_arrays_close(
+        checkpoint_weights(tmp_path / "jit_compile"),
+        checkpoint_weights(tmp_path / "nojit_compile"),
+        rtol=1e-4,
+        atol=1e-6,
     )
-    assert_loss_falls(tmp_path)
+
+
+def test_the_compiled_replica_step_is_one_xla_computation_holding_the_batch_norms():
+    """ResNet-50's 53 batch norms each normalise with one rsqrt, forward; the
+    replica's gradient function is one HLO module holding them all."""
+    with tf.distribute.get_strategy().scope():
+        model = models.build("resnet50", 4, 32, bn_span=None)
+        trainer = Trainer(
+            tf.distribute.get_strategy(),
+            model,
+            keras_lars.LARS(),
+            global_batch_size=4,
+            jit_compile=True,
+        )
+    images = tf.zeros([4, 32, 32, 3], tf.uint8)
+    labels = tf.zeros([4], tf.int32)
+    hlo = trainer._gradients.experimental_get_compiler_ir(images, labels)(stage="hlo")
+    assert hlo.count("HloModule") == 1
+    batch_norms = [
+        layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    assert len(batch_norms) == 53
+    assert hlo.count(" rsqrt(") >= len(batch_norms), hlo.count(" rsqrt(")
 
 
 def test_synthetic_data_needs_no_files(tmp_path):
@@ -229,6 +379,7 @@ def test_synthetic_data_needs_no_files(tmp_path):
         global_batch_size=4,
         train_steps=4,
         steps_per_loop=2,
+        bn_span=0,
     )
     assert summary["top1"] is None and summary["images_per_second"] > 0
 
@@ -273,11 +424,8 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(data_dir, tmp_path):
     flags = [
         "--model=alexnet_bn",  # batch norm and dropout: both must resume exactly
         "--image_size=67",
-        "--global_batch_size=8",
+        *SMALL_FLAGS,
         "--train_steps=14",
-        "--steps_per_loop=2",
-        "--warmup_epochs=0.5",
-        "--eval_every_epochs=0",
         "--deterministic",
     ]
     code, output = commands.run(
@@ -306,14 +454,25 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(data_dir, tmp_path):
         assert rate == pytest.approx(expected_rate(tmp_path / "killed", step), rel=1e-6)
 
 
-def test_non_finite_loss_stops_without_saving_it(data_dir, tmp_path):
-    settings = {**ALEXNET, **SMALL, "learning_rate": 1e30, "steps_per_loop": 1, "warmup_epochs": 0}
-    with pytest.raises(job.TrainingDiverged, match=r"not finite at step (\d+)") as info:
+def test_a_diverging_run_saves_no_state_it_has_not_checked(data_dir, tmp_path):
+    """A peak rate of 1e30 after one warm-up step at rate 0, a checkpoint after
+    every step: the state after step 1 is the last whose loss and variables
+    are finite; the next update makes it blow up, its loss still finite (1e28
+    weights), so only the check of the state's own loss stops it before
+    that state is saved."""
+    settings = {
+        **ALEXNET,
+        **SMALL,
+        "learning_rate": 1e30,
+        "warmup_epochs": 0.25,  # 2 steps: rates 0, then 5e29
+        "steps_per_loop": 1,
+    }
+    with pytest.raises(job.TrainingDiverged, match="stopped without saving") as info:
         run(**settings, data_dir=str(data_dir), model_dir=str(tmp_path), train_steps=8)
-    bad_step = int(info.value.args[0].split("at step ")[1].split(";")[0])
-    assert checkpoint_step(tmp_path) <= bad_step
-    for key, value in checkpoint_weights(tmp_path).items():
-        assert np.all(np.isfinite(value)), key
+    assert checkpoint_steps(tmp_path) == [1]
+    assert str(tmp_path / "checkpoints" / "ckpt-1") in str(info.value)
+    assert "after step 2" in str(info.value) or "at step 2" in str(info.value), info.value
+    assert_finite(checkpoint_weights(tmp_path))
 
 
 # --- Evaluation ------------------------------------------------------------------
@@ -331,11 +490,11 @@ def test_evaluation_sees_37_images_exactly_once_on_four_replicas(tmp_path):
         model = models.build("alexnet", 10, 67)
         optimizer = keras_lars.LARS()
         trainer = Trainer(strategy, model, optimizer, global_batch_size=8)
-    steps = input_pipeline.evaluation_steps(37, 8)
+    steps = input_pipeline.evaluation_steps(source, 8)
     assert steps == 5  # 40 places: the last step holds 5 images, a replica none
     dataset = strategy.distribute_datasets_from_function(
         lambda context: input_pipeline.evaluation_batches(
-            source, global_batch_size=8, num_examples=37, input_context=context, image_size=67
+            source, global_batch_size=8, input_context=context, image_size=67
         )
     )
     result = trainer.evaluate(iter(dataset), steps)
@@ -356,8 +515,8 @@ def test_evaluation_sees_37_images_exactly_once_on_four_replicas(tmp_path):
 
 def test_evaluation_preprocessing_by_hand(tmp_path):
     """A 40x60 image: the centre crop is 0.875 * 40 = 35 pixels square, from
-    row (40 - 35 + 1) // 2 = 3 and column (60 - 35 + 1) // 2 = 13; then
-    (pixel - mean) / std with ImageNet's RGB statistics x 255."""
+    row (40 - 35 + 1) // 2 = 3 and column (60 - 35 + 1) // 2 = 13, resized to
+    35 (no change), shipped as uint8; the model normalises it."""
     from PIL import Image
 
     rng = np.random.default_rng(1)
@@ -367,12 +526,9 @@ def test_evaluation_preprocessing_by_hand(tmp_path):
     image_bytes = path.read_bytes()
     decoded = tf.io.decode_jpeg(image_bytes).numpy().astype(np.float64)
 
-    got = input_pipeline.preprocess(tf.constant(image_bytes), False, image_size=35).numpy()
-
-    mean = np.array([123.675, 116.28, 103.53])
-    std = np.array([58.395, 57.12, 57.375])
-    expected = (decoded[3:38, 13:48] - mean) / std
-    np.testing.assert_allclose(got, expected, atol=1e-4)
+    got = input_pipeline.preprocess(tf.constant(image_bytes), False, image_size=35)
+    assert got.dtype == tf.uint8
+    np.testing.assert_array_equal(got.numpy(), decoded[3:38, 13:48])
 
 
 # --- Bad input ------------------------------------------------------------------
@@ -385,7 +541,7 @@ def test_evaluation_preprocessing_by_hand(tmp_path):
         (dict(data_dir="{empty}"), FileNotFoundError, "--data_dir=.*no train-"),
         (dict(strategy="mirrored", global_batch_size=6), ValueError, "--global_batch_size=6"),
         (dict(accumulation_steps=3), ValueError, "--accumulation_steps=3"),
-        (dict(strategy="mirrored", jit_compile=True), ValueError, "--jit_compile.*keras #19005"),
+        (dict(strategy="mirrored", bn_span=4), ValueError, "--bn_span=4: on TensorFlow"),
         (dict(strategy="tpu"), strategies.StrategyError, "needs --tpu"),
         (dict(strategy="tpu", tpu="local"), strategies.StrategyError, "no TPU reachable"),
     ],
@@ -420,7 +576,9 @@ def test_command_line_errors_are_one_line_with_exit_1(data_dir, tmp_path):
     ]
     for flags, message in cases:
         code, output = commands.run(
-            train_command(tmp_path / "run", data_dir, "--global_batch_size=8", *flags),
+            train_command(
+                tmp_path / "run", data_dir, "--global_batch_size=8", "--bn_span=0", *flags
+            ),
             tmp_path / "error.log",
         )
         assert code == 1, (flags, output[-2000:])

@@ -2,9 +2,7 @@
 four forced host devices (conftest.py), resume after SIGKILL, exact
 evaluation, accumulation, refusals."""
 
-import glob
 import json
-import os
 import signal
 
 import keras
@@ -22,8 +20,12 @@ from imagenet_runs import ALEXNET  # noqa: E402
 from imagenet_runs import CLASSES  # noqa: E402
 from imagenet_runs import LEARNS  # noqa: E402
 from imagenet_runs import SMALL  # noqa: E402
+from imagenet_runs import SMALL_FLAGS  # noqa: E402
 from imagenet_runs import VALIDATION_PER_CLASS  # noqa: E402
 from imagenet_runs import assert_arrays_close  # noqa: E402
+from imagenet_runs import assert_finite  # noqa: E402
+from imagenet_runs import checkpoint_arrays  # noqa: E402
+from imagenet_runs import checkpoint_steps  # noqa: E402
 from imagenet_runs import jax_environment  # noqa: E402
 from imagenet_runs import losses  # noqa: E402
 from imagenet_runs import run  # noqa: E402
@@ -37,23 +39,21 @@ from recipes.imagenet import models  # noqa: E402
 from recipes.imagenet.jax_runner import JaxRunner  # noqa: E402
 
 
-def checkpoint(model_dir):
-    """The arrays of the latest checkpoint, and its step."""
-    paths = glob.glob(os.path.join(model_dir, "checkpoints", "ckpt-*.npz"))
-    path = max(paths, key=lambda p: int(p.rsplit("-", 1)[1][: -len(".npz")]))
-    with np.load(path) as saved:
-        return {key: saved[key] for key in saved.files}, int(path.rsplit("-", 1)[1][:-4])
-
-
-def test_data_parallel_on_four_devices_equals_one_device(data_dir, tmp_path):
-    """JAX's data parallelism computes on the global batch (batch norm's
-    statistics included), so four devices give one device's numbers."""
-    settings = dict(LEARNS, **SMALL, data_dir=str(data_dir), train_steps=4, deterministic=True)
+def test_data_parallel_on_four_devices_equals_one_device_for_the_same_span(data_dir, tmp_path):
+    """Batch norm over 2 images: on four devices each normalises its own 2 of
+    the 8 (no communication), on one device the 8 are split into groups of 2.
+    The same numbers."""
+    settings = dict(
+        LEARNS, **{**SMALL, "bn_span": 2}, data_dir=str(data_dir), train_steps=4, deterministic=True
+    )
     one = run(**settings, model_dir=str(tmp_path / "one"))
     four = run(**settings, model_dir=str(tmp_path / "four"), strategy="data_parallel")
     assert four["strategy"].startswith("DataParallel on 4 CPU device(s)")
     assert one["strategy"] == "one CPU device"
-    (a, step_a), (b, step_b) = checkpoint(tmp_path / "four"), checkpoint(tmp_path / "one")
+    (a, step_a), (b, step_b) = (
+        checkpoint_arrays(tmp_path / "four"),
+        checkpoint_arrays(tmp_path / "one"),
+    )
     assert step_a == step_b == 4
     assert_arrays_close(a, b, rtol=1e-5, atol=1e-5)
 
@@ -81,8 +81,8 @@ def test_accumulation_equals_the_whole_batch_and_counts_updates(data_dir, tmp_pa
     settings = dict(ALEXNET, **SMALL, data_dir=str(data_dir), train_steps=4, deterministic=True)
     run(**settings, model_dir=str(tmp_path / "whole"), strategy="data_parallel")
     run(**settings, model_dir=str(tmp_path / "k2"), strategy="data_parallel", accumulation_steps=2)
-    whole, _ = checkpoint(tmp_path / "whole")
-    accumulated, _ = checkpoint(tmp_path / "k2")
+    whole, _ = checkpoint_arrays(tmp_path / "whole")
+    accumulated, _ = checkpoint_arrays(tmp_path / "k2")
     # The checkpoints list the model's variables first; the optimizer's differ
     # (the accumulated run also holds its gradient accumulators).
     model_variables = len(models.build("alexnet", CLASSES, 67, dropout=0.0).variables)
@@ -109,11 +109,8 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(data_dir, tmp_path):
         "--strategy=data_parallel",
         "--model=alexnet_bn",  # batch norm and dropout: both must resume exactly
         "--image_size=67",
-        "--global_batch_size=8",
+        *SMALL_FLAGS,
         "--train_steps=12",
-        "--steps_per_loop=2",
-        "--warmup_epochs=0.5",
-        "--eval_every_epochs=0",
         "--deterministic",
     ]
     code, output = commands.run(
@@ -127,24 +124,53 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(data_dir, tmp_path):
         killed, tmp_path / "killed.log", env=jax_environment(**{commands.KILL_AFTER: "6"})
     )
     assert code == -signal.SIGKILL, output[-3000:]
-    assert checkpoint(tmp_path / "killed")[1] == 6
+    assert checkpoint_arrays(tmp_path / "killed")[1] == 6
 
     code, output = commands.run(killed, tmp_path / "resumed.log", env=jax_environment())
     assert code == 0, output[-3000:]
     assert "Resumed from step 6" in output
     assert_arrays_close(
-        checkpoint(tmp_path / "killed")[0], checkpoint(tmp_path / "whole")[0], 1e-6, 1e-7
+        checkpoint_arrays(tmp_path / "killed")[0],
+        checkpoint_arrays(tmp_path / "whole")[0],
+        1e-6,
+        1e-7,
     )
 
 
-def test_non_finite_loss_stops_without_saving_it(data_dir, tmp_path):
-    settings = {**LEARNS, **SMALL, "learning_rate": 1e30, "warmup_epochs": 0}
-    with pytest.raises(job.TrainingDiverged, match="not finite at step"):
+def test_a_diverging_run_saves_no_state_it_has_not_checked(data_dir, tmp_path):
+    """As on TensorFlow (tests/test_imagenet_train.py): the state after step 1
+    is saved, the next, whose own loss blows up, is not."""
+    settings = {
+        **ALEXNET,
+        **SMALL,
+        "learning_rate": 1e30,
+        "warmup_epochs": 0.25,  # 2 steps: rates 0, then 5e29
+        "steps_per_loop": 1,
+    }
+    with pytest.raises(job.TrainingDiverged, match="stopped without saving") as info:
         run(**settings, data_dir=str(data_dir), model_dir=str(tmp_path), train_steps=8)
-    arrays, _ = checkpoint(tmp_path)
-    for key, value in arrays.items():
-        if value.dtype.kind == "f":
-            assert np.all(np.isfinite(value)), key
+    assert checkpoint_steps(tmp_path) == [1]
+    assert str(tmp_path / "checkpoints" / "1") in str(info.value)
+    assert "after step 2" in str(info.value) or "at step 2" in str(info.value), info.value
+    assert_finite(checkpoint_arrays(tmp_path)[0])
+
+
+def test_the_default_span_keeps_batch_norm_on_each_device():
+    """--bn_span=0: each device normalises its own share of the batch, with no
+    all-reduce over the global batch (DataParallel's own batch norm)."""
+    config = config_lib.resolve(
+        model="alexnet_bn",
+        synthetic=True,
+        strategy="data_parallel",
+        model_dir="/unused",
+        global_batch_size=8,
+        bn_span=0,
+    )
+    runner = JaxRunner(config)
+    try:
+        assert runner.replicas == 4 and runner.bn_span == 2
+    finally:
+        runner.close()
 
 
 def test_evaluation_sees_37_images_exactly_once_on_four_devices(tmp_path):
@@ -162,6 +188,7 @@ def test_evaluation_sees_37_images_exactly_once_on_four_devices(tmp_path):
         model_dir=str(tmp_path / "run"),
         global_batch_size=8,
         train_steps=1,
+        preprocessing="model_garden",
     )
     source = input_pipeline.TFRecordSource(str(tmp_path / "validation-*"))
     plan = config_lib.Plan(
@@ -174,6 +201,7 @@ def test_evaluation_sees_37_images_exactly_once_on_four_devices(tmp_path):
         warmup_steps=0,
         steps_per_loop=1,
         eval_every_steps=0,
+        eval_offset_steps=0,
     )
     runner = JaxRunner(config)
     try:
@@ -209,6 +237,7 @@ def test_synthetic_bfloat16_run(tmp_path):
         global_batch_size=8,
         train_steps=2,
         steps_per_loop=1,
+        bn_span=0,
     )
     assert summary["top1"] is None and summary["images_per_second"] > 0
     assert keras.mixed_precision.global_policy().name == "float32"

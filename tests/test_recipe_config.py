@@ -47,6 +47,38 @@ def test_mlperf_presets_use_label_smoothing_and_end_rate():
         assert preset["eval_every_epochs"] == 4
 
 
+# (batch-norm span, preprocessing, target top-1, first evaluation epoch), from
+# each source: Google's MLPerf logs (model_bn_span: 128 a replica at 8K,
+# groups of replicas to 64 at 32K and 64K), tensorflow/tpu's v3-128 preset
+# (16384 / 128 cores), the MLPerf reference's evaluation at epoch 2 then every
+# 4 until 75.9%, the LARS authors' NVCaffe AlexNet-BN (512 a GPU, mean and
+# 1/256), BVLC's AlexNet data layer.
+REFERENCE_RUNS = {
+    "mlperf_4k": (128, "mlperf_tf2", 0.759, 2),
+    "mlperf_8k": (128, "tensorflow_tpu", 0.759, 2),
+    "tpu_16k": (128, "tensorflow_tpu", None, 0),
+    "mlperf_32k": (64, "tensorflow_tpu", 0.759, 2),
+    "mlperf_64k": (64, "tensorflow_tpu", 0.759, 2),
+    "paper_resnet_8k": (32, "model_garden", None, 0),
+    "paper_alexnet_8k": (0, "caffe", None, 0),
+    "paper_alexnet_bn_8k": (512, "nvcaffe_alexnet_bn", None, 0),
+}
+
+
+@pytest.mark.parametrize("name", REFERENCE_RUNS)
+def test_presets_run_as_their_sources_ran(name):
+    config = config_lib.resolve(name, model_dir="/m", synthetic=True)
+    fields = (config.bn_span, config.preprocessing, config.target_accuracy)
+    assert (*fields, config.eval_offset_epochs) == REFERENCE_RUNS[name]
+
+
+def test_a_span_that_does_not_divide_the_micro_batch_is_refused():
+    with pytest.raises(ValueError, match="--bn_span=48 does not divide the 1024 images"):
+        config_lib.resolve(
+            "mlperf_8k", model_dir="/m", synthetic=True, bn_span=48, accumulation_steps=8
+        )
+
+
 def test_every_preset_resolves_to_a_complete_config():
     for name, preset in presets.PRESETS.items():
         config = config_lib.resolve(name, model_dir="/tmp/x", synthetic=True)

@@ -1,5 +1,6 @@
 """The recipes' models: parameter counts by hand, ResNet-50 v1.5 details,
-AlexNet's LRN and split grouped convolution, on every backend."""
+AlexNet's LRN and split grouped convolution, ghost batch norm against NumPy,
+the input's normalisation, on every backend."""
 
 import keras
 import numpy as np
@@ -9,6 +10,8 @@ from recipes.imagenet import config as config_lib
 from recipes.imagenet import models
 from recipes.imagenet.models.alexnet import LocalResponseNormalization
 from recipes.imagenet.models.alexnet import SplitGroupConv2D
+from recipes.imagenet.models.normalization import GhostBatchNormalization
+from recipes.imagenet.models.normalization import ImageNormalization
 
 
 def parameters(variables):
@@ -131,8 +134,9 @@ def test_logits_are_float32_under_mixed_precision(name):
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
         model = models.build(name, 5, config_lib.MIN_IMAGE_SIZE[name], dropout=0.0)
-        assert model.layers[1].compute_dtype == "bfloat16"
-        logits = model(np.zeros((1, *model.input.shape[1:]), "float32"))
+        normalize, first_conv = model.layers[1], model.layers[2]
+        assert normalize.compute_dtype == "float32" and first_conv.compute_dtype == "bfloat16"
+        logits = model(np.zeros((1, *model.input.shape[1:]), "uint8"))
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert keras.backend.standardize_dtype(logits.dtype) == "float32"
@@ -142,7 +146,7 @@ def test_models_save_and_load(tmp_path):
     model = models.build("alexnet", 3, 67)
     model.save(tmp_path / "alexnet.keras")
     restored = keras.models.load_model(tmp_path / "alexnet.keras")
-    x = np.random.default_rng(0).normal(size=(1, 67, 67, 3)).astype("float32")
+    x = np.random.default_rng(0).integers(0, 256, size=(1, 67, 67, 3)).astype("uint8")
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(restored(x)), keras.ops.convert_to_numpy(model(x)), rtol=1e-5
     )
@@ -160,3 +164,55 @@ def test_models_save_and_load(tmp_path):
 def test_bad_model_arguments_are_named(call, argument):
     with pytest.raises(ValueError, match=f"`{argument}`"):
         call()
+
+
+def ghost_batch_norm(x, span, gamma, beta, epsilon):
+    """NumPy: each group of `span` consecutive examples normalised with its own
+    mean and biased variance over (batch, height, width); the groups' mean
+    statistics."""
+    groups = x.astype(np.float64).reshape(-1, span, *x.shape[1:])
+    mean = groups.mean(axis=(1, 2, 3), keepdims=True)
+    variance = ((groups - mean) ** 2).mean(axis=(1, 2, 3), keepdims=True)
+    y = (groups - mean) / np.sqrt(variance + epsilon) * gamma + beta
+    return (
+        y.reshape(x.shape),
+        mean.reshape(-1, x.shape[-1]).mean(0),
+        variance.reshape(-1, x.shape[-1]).mean(0),
+    )
+
+
+@pytest.mark.parametrize("span", [2, 3, 6])
+def test_ghost_batch_norm_matches_numpy(span):
+    rng = np.random.default_rng(0)
+    x = rng.normal(loc=2.0, scale=3.0, size=(6, 4, 5, 3)).astype("float32")
+    gamma = rng.normal(size=3).astype("float32")
+    beta = rng.normal(size=3).astype("float32")
+    layer = GhostBatchNormalization(span, momentum=0.75, epsilon=1e-3)
+    layer.build(x.shape)
+    layer.gamma.assign(gamma)
+    layer.beta.assign(beta)
+    y = keras.ops.convert_to_numpy(layer(x, training=True))
+    expected, mean, variance = ghost_batch_norm(x, span, gamma, beta, 1e-3)
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4)
+    moving_mean = keras.ops.convert_to_numpy(layer.moving_mean)
+    moving_variance = keras.ops.convert_to_numpy(layer.moving_variance)
+    np.testing.assert_allclose(moving_mean, 0.25 * mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(moving_variance, 0.75 + 0.25 * variance, rtol=1e-5, atol=1e-6)
+    # Inference: the moving statistics, as BatchNormalization.
+    inferred = keras.ops.convert_to_numpy(layer(x, training=False))
+    by_hand = (x - moving_mean) / np.sqrt(moving_variance + 1e-3) * gamma + beta
+    np.testing.assert_allclose(inferred, by_hand, rtol=1e-4, atol=1e-4)
+
+
+def test_ghost_batch_norm_refuses_a_batch_it_cannot_split():
+    layer = GhostBatchNormalization(4)
+    with pytest.raises(ValueError, match="does not split into groups of span=4"):
+        layer(np.zeros((6, 2, 2, 3), "float32"), training=True)
+
+
+def test_image_normalization_by_hand():
+    pixels = np.array([[[[0, 128, 255]]]], "uint8")
+    layer = ImageNormalization(mean=(10.0, 20.0, 30.0), stddev=(2.0, 4.0, 5.0))
+    got = keras.ops.convert_to_numpy(layer(pixels))
+    np.testing.assert_allclose(got, [[[[-5.0, 27.0, 45.0]]]])
+    assert layer.compute_dtype == "float32"

@@ -225,10 +225,18 @@ DESCRIPTIVE = ("source", "reported")  # in a preset, but not training settings
 def describe():
     """One line per preset, for --help and the README."""
     return "\n".join(
-        f"  {name}: {p['model']}, batch {p['global_batch_size']}, rate {p['learning_rate']:g}, "
-        f"{p['train_epochs']:g} epochs ({p['warmup_epochs']:g} of warm-up), "
-        f"batch norm over {p['bn_span'] or 'a replica’s'} images, {p['preprocessing']} "
-        f"preprocessing; "
-        f"{p['source']}: {p['reported']}"
-        for name, p in PRESETS.items()
+        f"  {name}: {_summary(p)}; {p['source']}: {p['reported']}" for name, p in PRESETS.items()
+    )
+
+
+def _summary(preset):
+    normalisation = "no batch norm"
+    if preset["model"] != "alexnet":
+        span = preset["bn_span"]
+        normalisation = f"batch norm over {span} images" if span else "batch norm per replica"
+    return (
+        f"{preset['model']}, batch {preset['global_batch_size']}, rate "
+        f"{preset['learning_rate']:g}, {preset['train_epochs']:g} epochs "
+        f"({preset['warmup_epochs']:g} of warm-up), {normalisation}, "
+        f"{preset['preprocessing']} preprocessing"
     )

@@ -94,6 +94,9 @@ class TensorFlowRunner(Runner):
             random_states=[v for v in model.non_trainable_variables if "seed_generator" in v.path],
             step=self.step,
         )
+        # Created now, so that `write` saves it: a restore creates it and
+        # would find it unmatched.
+        self.checkpoint.save_counter  # noqa: B018
 
     def restore(self):
         removed = checkpoints.remove_temporary(self.directory, TEMPORARY.match)

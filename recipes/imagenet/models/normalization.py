@@ -57,13 +57,13 @@ class GhostBatchNormalization(layers.BatchNormalization):
             or self.renorm
         ):
             return super().call(inputs, training=training, mask=mask)
-        if batch is None or batch % self.span:
+        if batch is not None and batch % self.span:  # unknown: checked when it runs
             raise ValueError(
                 f"{self.name}: a batch of {batch} images does not split into groups of "
                 f"span={self.span}"
             )
         x = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
-        groups = ops.reshape(x, (batch // self.span, self.span, *x.shape[1:]))
+        groups = ops.reshape(x, (-1, self.span, *x.shape[1:]))
         # The layer's reduction axes, one further in: the groups come first.
         axes = [axis + 1 for axis in self._reduction_axes]
         mean = ops.mean(groups, axis=axes, keepdims=True)
