@@ -164,7 +164,9 @@ def write_shard(job):
             example = make_example(
                 tf, ref, jpeg, height, width, job.labels[ref.synset], job.names.get(ref.synset)
             )
-            writer.write(example.SerializeToString())
+            # Protobuf orders a map's entries differently in each process
+            # unless asked not to: the feature map would differ across runs.
+            writer.write(example.SerializeToString(deterministic=True))
             stats["count"] += 1
             stats["class_counts"][ref.synset] += 1
     _write_json_atomically(stats_path(job.output_dir, job.name), stats)
