@@ -1,8 +1,10 @@
-"""The converter under faults: every run reproducible across processes, and
-every bad input, flag or output directory answered in one line that names it,
-with nothing lost."""
+"""The converter under faults: shards reproducible across processes, and every
+bad input, flag or output directory answered in one line that names it and
+what is wrong, exit status 1, no traceback, nothing lost.
+"""
 
 import os
+import sys
 
 import keras
 import pytest
@@ -20,6 +22,16 @@ from tools import make_fake_imagenet  # noqa: E402
 CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS = 4, 6, 2
 SHARDS = dict(train_shards=3, validation_shards=2)
 ERROR = "imagenet_to_tfrecords: error:"
+# Runs a module as `python -m` would, then says whether TensorFlow was imported.
+TENSORFLOW_IMPORTED = "tensorflow imported:"
+WITHOUT_TENSORFLOW = (
+    "import runpy, sys\n"
+    "sys.argv = sys.argv[1:]\n"
+    "try:\n"
+    "    runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)\n"
+    "finally:\n"
+    f"    print({TENSORFLOW_IMPORTED!r}, 'tensorflow' in sys.modules)\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +50,17 @@ def shard_bytes(directory):
     }
 
 
+def convert(raw, output, **kwargs):
+    """Converts a tree in this process, as the command line does."""
+    return converter.convert(
+        str(raw),
+        str(output),
+        validation_labels=str(raw / "validation_labels.txt"),
+        synset_names=str(raw / "synsets.txt"),
+        **{**SHARDS, **kwargs},
+    )
+
+
 def converter_command(raw, output, *flags):
     return commands.module(
         "tools.imagenet_to_tfrecords",
@@ -48,7 +71,6 @@ def converter_command(raw, output, *flags):
         f"--train_shards={SHARDS['train_shards']}",
         f"--validation_shards={SHARDS['validation_shards']}",
         "--num_workers=1",
-        "--allow_skips",
         *flags,
     )
 
@@ -61,7 +83,8 @@ def error_lines(output):
 def by_a_process(fake, tmp_path_factory):
     """The fake set converted by a converter process: its output directory."""
     root = tmp_path_factory.mktemp("by_a_process")
-    code, output = commands.run(converter_command(fake / "raw", root / "out"), root / "convert.log")
+    command = converter_command(fake / "raw", root / "out", "--allow_skips")
+    code, output = commands.run(command, root / "convert.log")
     assert code == 0, output[-3000:]
     return root / "out"
 
@@ -69,21 +92,9 @@ def by_a_process(fake, tmp_path_factory):
 # --- Reproducible shards -----------------------------------------------------
 
 
-def convert(raw, output, **kwargs):
-    """Converts in this process, as the command line does."""
-    return converter.convert(
-        str(raw),
-        str(output),
-        validation_labels=str(raw / "validation_labels.txt"),
-        synset_names=str(raw / "synsets.txt"),
-        **{**SHARDS, **kwargs},
-    )
-
-
 def test_two_processes_write_byte_identical_shards(fake, by_a_process, tmp_path):
-    code, output = commands.run(
-        converter_command(fake / "raw", tmp_path / "out"), tmp_path / "convert.log"
-    )
+    command = converter_command(fake / "raw", tmp_path / "out", "--allow_skips")
+    code, output = commands.run(command, tmp_path / "convert.log")
     assert code == 0, output[-3000:]
     first, second = shard_bytes(by_a_process), shard_bytes(tmp_path / "out")
     assert len(first) == SHARDS["train_shards"] + SHARDS["validation_shards"]
@@ -92,3 +103,99 @@ def test_two_processes_write_byte_identical_shards(fake, by_a_process, tmp_path)
         assert second[name] == first[name], f"{name} differs between two processes"
     convert(fake / "raw", tmp_path / "here")
     assert shard_bytes(tmp_path / "here") == first
+
+
+# --- Splits and classes without images ---------------------------------------
+
+
+# --- Files that cannot be read -------------------------------------------------
+
+
+# --- The output directory --------------------------------------------------------
+
+
+# --- A full disk ----------------------------------------------------------------
+
+
+# --- The command line --------------------------------------------------------------
+
+
+def without_tensorflow(name, *flags):
+    return [sys.executable, "-c", WITHOUT_TENSORFLOW, name, *map(str, flags)]
+
+
+CONVERTER_FLAG_ERRORS = {
+    "no output_dir": ([], "--output_dir is required (see --help)"),
+    "no raw_data_dir": (["--output_dir={out}"], "--raw_data_dir is required (see --help)"),
+    "missing raw_data_dir": (
+        ["--output_dir={out}", "--raw_data_dir={tmp}/missing"],
+        "--raw_data_dir={tmp}/missing does not exist (see --help)",
+    ),
+    "no train shards": (
+        ["--output_dir={out}", "--raw_data_dir={raw}", "--train_shards=0"],
+        "--train_shards=0: must be at least 1 (see --help)",
+    ),
+    "negative validation shards": (
+        ["--output_dir={out}", "--raw_data_dir={raw}", "--validation_shards=-1"],
+        "--validation_shards=-1: must be at least 1 (see --help)",
+    ),
+    "unknown split": (
+        ["--output_dir={out}", "--raw_data_dir={raw}", "--splits=train,val"],
+        "--splits=train,val: must be one or both of train,validation (see --help)",
+    ),
+    "an argument": (
+        ["--output_dir={out}", "--raw_data_dir={raw}", "train"],
+        "unexpected arguments: train (see --help)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONVERTER_FLAG_ERRORS))
+def test_converter_flag_errors_are_one_line_before_tensorflow(fake, tmp_path, case):
+    flags, message = CONVERTER_FLAG_ERRORS[case]
+    names = dict(out=tmp_path / "out", tmp=tmp_path, raw=fake / "raw")
+    command = without_tensorflow("tools.imagenet_to_tfrecords", *(f.format(**names) for f in flags))
+    code, output = commands.run(command, tmp_path / "log")
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert code == 1, output
+    assert lines == [f"{ERROR} {message.format(**names)}", f"{TENSORFLOW_IMPORTED} False"]
+    assert not (tmp_path / "out").exists()
+
+
+MAKE_FAKE_FLAG_ERRORS = {
+    "no output_dir": ([], "--output_dir is required (see --help)"),
+    "no classes": (
+        ["--output_dir={out}", "--classes=0"],
+        "--classes=0: must be at least 1 (see --help)",
+    ),
+    "one size": (
+        ["--output_dir={out}", "--size=48"],
+        "--size=48: must be two positive integers, height,width (see --help)",
+    ),
+    "words for a size": (
+        ["--output_dir={out}", "--size=a,b"],
+        "--size=a,b: must be two positive integers, height,width (see --help)",
+    ),
+    "output_dir a file": (
+        ["--output_dir={file}"],
+        "--output_dir={file} is a file, not a directory",
+    ),
+    "output_dir under a file": (
+        ["--output_dir={file}/out"],
+        "--output_dir={file}/out: {file} is a file, not a directory",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MAKE_FAKE_FLAG_ERRORS))
+def test_make_fake_imagenet_flag_errors_are_one_line(tmp_path, case):
+    flags, message = MAKE_FAKE_FLAG_ERRORS[case]
+    (tmp_path / "a_file").write_text("")
+    names = dict(out=tmp_path / "out", file=tmp_path / "a_file")
+    command = without_tensorflow("tools.make_fake_imagenet", *(f.format(**names) for f in flags))
+    code, output = commands.run(command, tmp_path / "log")
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert code == 1, output
+    assert lines[0] == f"make_fake_imagenet: error: {message.format(**names)}"
+    assert lines[1:] == [f"{TENSORFLOW_IMPORTED} False"]
+    assert not (tmp_path / "out").exists()

@@ -20,6 +20,9 @@ The devkit numbers its classes by ILSVRC2012_ID (1..1000, not in wnid order);
 `data/meta.mat` maps them to wnids and `data/ILSVRC2012_validation_ground_truth.txt`
 gives one ID per validation image, in file-number order. Labels in the output
 are always 1..1000 by sorted wnid.
+
+What cannot be used is refused with a `ConversionError` naming the path or
+flag and what is wrong.
 """
 
 import csv
@@ -38,6 +41,11 @@ KAGGLE_IMAGES = os.path.join("ILSVRC", "Data", "CLS-LOC")
 KAGGLE_SOLUTION = "LOC_val_solution.csv"
 KAGGLE_SYNSETS = "LOC_synset_mapping.txt"
 VALIDATION_NUMBER = re.compile(r"ILSVRC2012_val_(\d+)")
+
+
+class ConversionError(ValueError):
+    """Inputs, flags or an output directory that the converter cannot use;
+    the message is one line naming the path or flag and what is wrong."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +93,7 @@ def find_inputs(raw_dir, splits=("train", "validation"), validation_labels=None,
 
 def detect_layout(raw_dir):
     if not os.path.isdir(raw_dir):
-        raise FileNotFoundError(f"--raw_data_dir={raw_dir} does not exist")
+        raise ConversionError(f"--raw_data_dir={raw_dir} does not exist")
     found = {
         "tree": [n for n in ("train", "validation") if os.path.isdir(os.path.join(raw_dir, n))],
         "official": [
@@ -102,12 +110,12 @@ def detect_layout(raw_dir):
     present = [layout for layout, names in found.items() if names]
     if len(present) > 1:
         listing = "; ".join(f"{layout}: {', '.join(found[layout])}" for layout in present)
-        raise ValueError(
+        raise ConversionError(
             f"--raw_data_dir={raw_dir} mixes ImageNet layouts ({listing}): point it at a "
             "directory holding one"
         )
     if not present:
-        raise FileNotFoundError(
+        raise ConversionError(
             f"--raw_data_dir={raw_dir} holds no ImageNet layout: expected train/ (extracted), "
             f"{TRAIN_ARCHIVE} (official) or {KAGGLE_IMAGES}/ (Kaggle)"
         )
@@ -117,7 +125,7 @@ def detect_layout(raw_dir):
 def _require(raw_dir, *names):
     missing = [n for n in names if not os.path.exists(os.path.join(raw_dir, n))]
     if missing:
-        raise FileNotFoundError(
+        raise ConversionError(
             f"--raw_data_dir={raw_dir} is incomplete: {', '.join(missing)} missing"
         )
 
@@ -202,7 +210,7 @@ def _labelled(raw_dir, refs, labels_file):
         wnids = read_validation_labels(labels_file, len(refs))
         return [dataclasses.replace(r, synset=w) for r, w in zip(refs, wnids)], labels_file
     if not os.path.isfile(os.path.join(raw_dir, DEVKIT)):
-        raise ValueError(
+        raise ConversionError(
             "A flat validation set needs its labels: --validation_labels (one wnid per "
             f"line, in sorted-filename order) or {DEVKIT} in --raw_data_dir"
         )
@@ -221,7 +229,7 @@ def _with_wnids(refs, wnid_of, key, source):
     for ref in refs:
         wnid = wnid_of.get(key(ref.filename))
         if wnid is None:
-            raise ValueError(f"{source} has no label for validation image {ref.filename}")
+            raise ConversionError(f"{source} has no label for validation image {ref.filename}")
         labelled.append(dataclasses.replace(ref, synset=wnid))
     return labelled
 
@@ -247,7 +255,9 @@ def _devkit(raw_dir):
             meta = tar.extractfile(DEVKIT_META).read()
             truth = tar.extractfile(DEVKIT_GROUND_TRUTH).read().decode()
         except KeyError as error:
-            raise ValueError(f"{path} lacks {error.args[0]}: not the ILSVRC-2012 devkit?") from None
+            raise ConversionError(
+                f"{path} lacks {error.args[0]}: not the ILSVRC-2012 devkit?"
+            ) from None
     synsets = scipy_io.loadmat(io.BytesIO(meta), squeeze_me=True)["synsets"]
     wnid_of_id, names = {}, {}
     for synset in synsets:
@@ -264,12 +274,12 @@ def _kaggle_solution(path):
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows or not {"ImageId", "PredictionString"} <= set(rows[0]):
-        raise ValueError(f"{path}: expected the columns ImageId,PredictionString")
+        raise ConversionError(f"{path}: expected the columns ImageId,PredictionString")
     solution = {}
     for line, row in enumerate(rows, start=2):
         boxes = (row["PredictionString"] or "").split()
         if not boxes:
-            raise ValueError(f"{path}, line {line}: no class for {row['ImageId']}")
+            raise ConversionError(f"{path}, line {line}: no class for {row['ImageId']}")
         solution[row["ImageId"]] = boxes[0]
     return solution
 
@@ -278,7 +288,7 @@ def read_validation_labels(labels_file, expected):
     with open(labels_file) as f:
         wnids = [line.split()[0] for line in f if line.strip()]
     if len(wnids) != expected:
-        raise ValueError(
+        raise ConversionError(
             f"--validation_labels={labels_file} has {len(wnids)} labels for {expected} "
             "validation images"
         )

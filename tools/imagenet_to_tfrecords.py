@@ -44,6 +44,7 @@ from PIL import UnidentifiedImageError
 from tqdm import tqdm
 
 from . import imagenet_layouts
+from .imagenet_layouts import ConversionError
 
 SPLITS = ("train", "validation")
 JPEG_QUALITY = 95  # for re-encoded images only; RGB JPEGs are kept as is
@@ -205,7 +206,9 @@ def convert(
     synsets = sorted({r.synset for r in refs["train"]})
     unknown = {r.synset for r in refs.get("validation", [])} - set(synsets)
     if unknown:
-        raise ValueError(f"Validation wnids not among the training classes: {sorted(unknown)[:5]}")
+        raise ConversionError(
+            f"Validation wnids not among the training classes: {sorted(unknown)[:5]}"
+        )
     labels = {wnid: i + 1 for i, wnid in enumerate(synsets)}  # 0 stays unused
     names = inputs.names
     os.makedirs(os.path.join(output_dir, WORK_DIR), exist_ok=True)
@@ -285,14 +288,14 @@ def check_inputs(output_dir, record):
             saved = json.load(f)
         differ = sorted(k for k in record if k in saved and saved[k] != record[k])
         if differ:
-            raise ValueError(
+            raise ConversionError(
                 f"--output_dir={output_dir} holds shards written from other inputs "
                 f"({', '.join(differ)} differ): use a new --output_dir, or the same "
                 "--raw_data_dir, --validation_labels and --synset_names as before"
             )
         record = {**saved, **record}
     elif has_shards:
-        raise ValueError(
+        raise ConversionError(
             f"--output_dir={output_dir} holds shards but no record of their inputs "
             f"({INPUTS_RECORD}): use a new --output_dir"
         )
@@ -420,23 +423,47 @@ def define_flags():
 
 
 def main(argv):
-    del argv
-    if not FLAGS.output_dir:
-        raise app.UsageError("--output_dir is required")
+    problem = flag_problem(argv[1:])
+    if problem:
+        return _error(f"{problem} (see --help)")
     if FLAGS.verify:
         problems = verify(FLAGS.output_dir)
         for problem in problems:
             print("PROBLEM", problem)
         print(f"verify: {len(problems)} problem(s) in {FLAGS.output_dir}")
         return 1 if problems else 0
-    if not FLAGS.raw_data_dir:
-        raise app.UsageError("--raw_data_dir is required")
     try:
         summary = _convert_from_flags()
-    except (ValueError, FileNotFoundError) as error:
-        print(f"imagenet_to_tfrecords: error: {error}", file=sys.stderr)
-        return 1
+    except ConversionError as error:
+        return _error(str(error))
     return _report(summary)
+
+
+def flag_problem(arguments):
+    """What is wrong with the command line, or None; checked before anything
+    is listed, written or imported (TensorFlow)."""
+    if arguments:
+        return f"unexpected arguments: {' '.join(arguments)}"
+    if not FLAGS.output_dir:
+        return "--output_dir is required"
+    if FLAGS.verify:
+        return None
+    if not FLAGS.raw_data_dir:
+        return "--raw_data_dir is required"
+    if not os.path.isdir(FLAGS.raw_data_dir):
+        what = "is not a directory" if os.path.exists(FLAGS.raw_data_dir) else "does not exist"
+        return f"--raw_data_dir={FLAGS.raw_data_dir} {what}"
+    for name in ("train_shards", "validation_shards", "num_workers"):
+        if FLAGS[name].value < 1:
+            return f"--{name}={FLAGS[name].value}: must be at least 1"
+    if not FLAGS.splits or set(FLAGS.splits) - set(SPLITS):
+        return f"--splits={','.join(FLAGS.splits)}: must be one or both of {','.join(SPLITS)}"
+    return None
+
+
+def _error(message):
+    print(f"imagenet_to_tfrecords: error: {message}", file=sys.stderr)
+    return 1
 
 
 def _convert_from_flags():
