@@ -3,8 +3,12 @@ bad input, flag or output directory answered in one line that names it and
 what is wrong, exit status 1, no traceback, nothing lost.
 """
 
+import io
 import os
+import re
+import shutil
 import sys
+import tarfile
 
 import keras
 import pytest
@@ -18,10 +22,12 @@ tf = pytest.importorskip("tensorflow")
 
 from tools import imagenet_to_tfrecords as converter  # noqa: E402
 from tools import make_fake_imagenet  # noqa: E402
+from tools.make_fake_imagenet import wnid  # noqa: E402
 
 CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS = 4, 6, 2
 SHARDS = dict(train_shards=3, validation_shards=2)
 ERROR = "imagenet_to_tfrecords: error:"
+TRAIN_ARCHIVE = "ILSVRC2012_img_train.tar"
 # Runs a module as `python -m` would, then says whether TensorFlow was imported.
 TENSORFLOW_IMPORTED = "tensorflow imported:"
 WITHOUT_TENSORFLOW = (
@@ -42,6 +48,16 @@ def fake(tmp_path_factory):
     return root
 
 
+def copy_raw(fake, tmp_path):
+    shutil.copytree(fake / "raw", tmp_path / "raw")
+    return tmp_path / "raw"
+
+
+def copy_archives(fake, tmp_path):
+    shutil.copytree(fake / "archives", tmp_path / "archives")
+    return tmp_path / "archives"
+
+
 def shard_bytes(directory):
     return {
         name: (directory / name).read_bytes()
@@ -59,6 +75,16 @@ def convert(raw, output, **kwargs):
         synset_names=str(raw / "synsets.txt"),
         **{**SHARDS, **kwargs},
     )
+
+
+def refused(match, source, output, **kwargs):
+    """The one-line ConversionError that converting `source` raises; checks
+    that nothing was written."""
+    with pytest.raises(converter.ConversionError, match=match) as raised:
+        converter.convert(str(source), str(output), **{**SHARDS, **kwargs})
+    assert "\n" not in str(raised.value)
+    assert not output.is_dir() or not shard_bytes(output)
+    return str(raised.value)
 
 
 def converter_command(raw, output, *flags):
@@ -106,6 +132,92 @@ def test_two_processes_write_byte_identical_shards(fake, by_a_process, tmp_path)
 
 
 # --- Splits and classes without images ---------------------------------------
+
+
+def test_an_empty_train_folder_and_empty_labels_are_refused(tmp_path):
+    raw = tmp_path / "raw"
+    (raw / "train").mkdir(parents=True)
+    (raw / "validation").mkdir()
+    (raw / "validation_labels.txt").write_text("")
+    (raw / "synsets.txt").write_text("")
+    code, output = commands.run(converter_command(raw, tmp_path / "out"), tmp_path / "log")
+    assert code == 1 and "Traceback" not in output, output[-3000:]
+    assert error_lines(output) == [f"{ERROR} train: no images in {raw / 'train'}"]
+    assert not (tmp_path / "out").exists()
+
+
+def empty_tar():
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w"):
+        pass
+    return buffer.getvalue()
+
+
+def test_a_split_without_images_is_refused_naming_it(fake, tmp_path):
+    raw = copy_raw(fake, tmp_path)
+    shutil.rmtree(raw / "validation")
+    (raw / "validation").mkdir()
+    refused(
+        f"^validation: no images in {re.escape(str(raw / 'validation'))}$",
+        raw,
+        tmp_path / "out",
+        validation_labels=str(raw / "validation_labels.txt"),
+    )
+    archives = copy_archives(fake, tmp_path)
+    (archives / "ILSVRC2012_img_val.tar").write_bytes(empty_tar())
+    refused("^validation: no images in .*ILSVRC2012_img_val.tar$", archives, tmp_path / "out")
+    (archives / TRAIN_ARCHIVE).write_bytes(empty_tar())
+    refused(f"^train: no images in .*{TRAIN_ARCHIVE}", archives, tmp_path / "out")
+
+
+def test_a_class_without_images_is_refused_naming_it(fake, tmp_path):
+    raw = copy_raw(fake, tmp_path)
+    (raw / "train" / wnid(CLASSES)).mkdir()
+    refused(
+        f"^train: class {wnid(CLASSES)} has no images "
+        f"\\({re.escape(str(raw / 'train' / wnid(CLASSES)))} is empty\\)$",
+        raw,
+        tmp_path / "out",
+        validation_labels=str(raw / "validation_labels.txt"),
+    )
+
+    sorted_validation = tmp_path / "sorted"
+    shutil.copytree(fake / "raw" / "train", sorted_validation / "train")
+    for c in range(CLASSES):
+        (sorted_validation / "validation" / wnid(c)).mkdir(parents=True)
+    shutil.copy(
+        fake / "raw" / "validation" / "ILSVRC2012_val_00000001.JPEG",
+        sorted_validation / "validation" / wnid(0),
+    )
+    refused(f"^validation: class {wnid(1)} has no images", sorted_validation, tmp_path / "out")
+
+    archives = copy_archives(fake, tmp_path)
+    with tarfile.open(archives / TRAIN_ARCHIVE, "a") as outer:
+        info = tarfile.TarInfo(f"{wnid(CLASSES)}.tar")
+        info.size = len(empty_tar())
+        outer.addfile(info, io.BytesIO(empty_tar()))
+    refused(
+        f"^train: class {wnid(CLASSES)} has no images "
+        f"\\(.*{TRAIN_ARCHIVE}:{wnid(CLASSES)}.tar holds no files\\)$",
+        archives,
+        tmp_path / "out",
+    )
+
+
+def test_verify_names_an_empty_split_and_a_class_without_images(fake, tmp_path):
+    """Output that older converters wrote from such inputs fails --verify."""
+    convert(fake / "raw", tmp_path)
+    assert converter.verify(str(tmp_path)) == []
+    with (tmp_path / "labels.txt").open("a") as f:
+        f.write(f"{CLASSES + 1}\t{wnid(CLASSES)}\t\n")
+    for name in ("validation-00000-of-00002", "validation-00001-of-00002"):
+        with tf.io.TFRecordWriter(str(tmp_path / name)):
+            pass
+    problems = converter.verify(str(tmp_path))
+    assert "validation: no records in its 2 shard(s)" in problems, problems
+    assert f"train: no images of label(s) [{CLASSES + 1}] of the {CLASSES + 1} in labels.txt" in (
+        problems
+    )
 
 
 # --- Files that cannot be read -------------------------------------------------

@@ -22,7 +22,7 @@ gives one ID per validation image, in file-number order. Labels in the output
 are always 1..1000 by sorted wnid.
 
 What cannot be used is refused with a `ConversionError` naming the path or
-flag and what is wrong.
+flag and what is wrong, among them a split or a class without images.
 """
 
 import csv
@@ -135,15 +135,17 @@ def _require(raw_dir, *names):
 
 def _tree(raw_dir, with_validation, labels_file):
     _require(raw_dir, "train")
-    train = _class_folders(os.path.join(raw_dir, "train"))
+    train = _class_folders(os.path.join(raw_dir, "train"), "train")
     names = _devkit_names(raw_dir)
     validation = None
     if with_validation:
         _require(raw_dir, "validation")
         folder = os.path.join(raw_dir, "validation")
-        entries = sorted(os.listdir(folder))
-        if entries and all(os.path.isdir(os.path.join(folder, e)) for e in entries):
-            validation = _class_folders(folder)
+        entries = _listdir(folder)
+        if not entries:
+            raise ConversionError(f"validation: no images in {folder}")
+        if all(os.path.isdir(os.path.join(folder, e)) for e in entries):
+            validation = _class_folders(folder, "validation")
             source = "sorted into wnid folders"
         else:
             refs = [ImageRef(name, "", os.path.join(folder, name)) for name in entries]
@@ -177,7 +179,7 @@ def _official(raw_dir, with_validation, labels_file):
 def _kaggle(raw_dir, with_validation, labels_file):
     images = os.path.join(raw_dir, KAGGLE_IMAGES)
     _require(raw_dir, os.path.join(KAGGLE_IMAGES, "train"))
-    train = _class_folders(os.path.join(images, "train"))
+    train = _class_folders(os.path.join(images, "train"), "train")
     names = {}
     if os.path.isfile(os.path.join(raw_dir, KAGGLE_SYNSETS)):
         names = read_synset_names(os.path.join(raw_dir, KAGGLE_SYNSETS))
@@ -187,7 +189,9 @@ def _kaggle(raw_dir, with_validation, labels_file):
         if not labels_file:
             _require(raw_dir, KAGGLE_SOLUTION)
         folder = os.path.join(images, "val")
-        refs = [ImageRef(n, "", os.path.join(folder, n)) for n in sorted(os.listdir(folder))]
+        refs = [ImageRef(n, "", os.path.join(folder, n)) for n in _listdir(folder)]
+        if not refs:
+            raise ConversionError(f"validation: no images in {folder}")
         if labels_file:
             validation, source = _labelled(raw_dir, refs, labels_file)
         else:
@@ -304,13 +308,25 @@ def read_synset_names(path):
 # --- Listing images ---------------------------------------------------------------
 
 
-def _class_folders(root):
-    return [
-        ImageRef(name, wnid, os.path.join(root, wnid, name))
-        for wnid in sorted(os.listdir(root))
-        if os.path.isdir(os.path.join(root, wnid))
-        for name in sorted(os.listdir(os.path.join(root, wnid)))
-    ]
+def _listdir(folder):
+    return sorted(os.listdir(folder))
+
+
+def _class_folders(root, split):
+    """The images of each wnid folder under `root`; a split or a class
+    without any is refused."""
+    refs = []
+    for wnid in _listdir(root):
+        folder = os.path.join(root, wnid)
+        if not os.path.isdir(folder):
+            continue
+        names = _listdir(folder)
+        if not names:
+            raise ConversionError(f"{split}: class {wnid} has no images ({folder} is empty)")
+        refs += [ImageRef(name, wnid, os.path.join(folder, name)) for name in names]
+    if not refs:
+        raise ConversionError(f"{split}: no images in {root}")
+    return refs
 
 
 def _train_archive(archive):
@@ -322,18 +338,24 @@ def _train_archive(archive):
                 continue
             wnid = os.path.basename(member.name)[: -len(".tar")]
             with tarfile.open(fileobj=outer.extractfile(member)) as inner:
-                for image in sorted(inner.getmembers(), key=lambda m: m.name):
-                    if image.isfile():
-                        refs.append(
-                            ImageRef(
-                                os.path.basename(image.name),
-                                wnid,
-                                archive,
-                                member.offset_data + image.offset_data,
-                                image.size,
-                                f"{archive}:{member.name}/{image.name}",
-                            )
-                        )
+                images = sorted((m for m in inner.getmembers() if m.isfile()), key=lambda m: m.name)
+            if not images:
+                raise ConversionError(
+                    f"train: class {wnid} has no images ({archive}:{member.name} holds no files)"
+                )
+            refs += [
+                ImageRef(
+                    os.path.basename(image.name),
+                    wnid,
+                    archive,
+                    member.offset_data + image.offset_data,
+                    image.size,
+                    f"{archive}:{member.name}/{image.name}",
+                )
+                for image in images
+            ]
+    if not refs:
+        raise ConversionError(f"train: no images in {archive} (no per-class .tar inside)")
     return refs
 
 
@@ -342,6 +364,8 @@ def _validation_archive(archive):
         members = sorted(
             (m for m in tar.getmembers() if m.isfile()), key=lambda m: os.path.basename(m.name)
         )
+    if not members:
+        raise ConversionError(f"validation: no images in {archive}")
     return [
         ImageRef(
             os.path.basename(m.name), "", archive, m.offset_data, m.size, f"{archive}:{m.name}"

@@ -315,7 +315,8 @@ def _map(function, jobs, num_workers):
 
 
 def verify(output_dir):
-    """Reads every shard back; returns a list of problems (empty if none)."""
+    """Reads every shard back; returns a list of problems (empty if none),
+    among them a split without records and a training class without one."""
     labels_file = os.path.join(output_dir, "labels.txt")
     if not os.path.exists(labels_file):
         return [f"{labels_file}: missing; is {output_dir} the converter's output?"]
@@ -337,14 +338,24 @@ def verify(output_dir):
         missing = sorted(set(range(max(total))) - set(found))
         if missing:
             problems.append(f"{split}: missing shards {missing[:10]}")
+        labels = collections.Counter()
         for index in sorted(found):
-            problems += _verify_shard(output_dir, found[index][0], num_classes, seen)
+            problems += _verify_shard(output_dir, found[index][0], num_classes, seen, labels)
+        if not labels:
+            problems.append(f"{split}: no records in its {len(found)} shard(s)")
+        elif split == "train":
+            empty = sorted(set(range(1, num_classes + 1)) - set(labels))
+            if empty:
+                problems.append(
+                    f"train: no images of label(s) {empty[:10]} of the {num_classes} in labels.txt"
+                )
     return problems
 
 
-def _verify_shard(output_dir, name, num_classes, seen):
-    """Problems with one shard: labels, decoding, duplicates (updating `seen`),
-    and its record count against the statistics written with it."""
+def _verify_shard(output_dir, name, num_classes, seen, labels):
+    """Problems with one shard: labels (counted in `labels`), decoding,
+    duplicates (updating `seen`), and its record count against the statistics
+    written with it."""
     import tensorflow as tf
 
     feature_spec = {
@@ -360,6 +371,7 @@ def _verify_shard(output_dir, name, num_classes, seen):
             example = tf.io.parse_single_example(record, feature_spec)
             filename = example["image/filename"].numpy().decode()
             label = int(example["image/class/label"])
+            labels[label] += 1
             if not 1 <= label <= num_classes:
                 problems.append(f"{path}: {filename} has label {label}, outside 1..{num_classes}")
             try:
