@@ -1,8 +1,14 @@
 """The converter under faults: shards reproducible across processes, and every
 bad input, flag or output directory answered in one line that names it and
 what is wrong, exit status 1, no traceback, nothing lost.
+
+Root runs these tests and can read any file, so an unreadable file is made
+in ways that hold for root too: a dangling symbolic link and a symbolic link
+to itself (real), and a PermissionError raised in this process for one path
+(simulated).
 """
 
+import errno
 import io
 import os
 import re
@@ -20,6 +26,7 @@ pytestmark = pytest.mark.skipif(
 )
 tf = pytest.importorskip("tensorflow")
 
+from tools import imagenet_layouts  # noqa: E402
 from tools import imagenet_to_tfrecords as converter  # noqa: E402
 from tools import make_fake_imagenet  # noqa: E402
 from tools.make_fake_imagenet import wnid  # noqa: E402
@@ -221,6 +228,140 @@ def test_verify_names_an_empty_split_and_a_class_without_images(fake, tmp_path):
 
 
 # --- Files that cannot be read -------------------------------------------------
+
+
+def test_files_that_cannot_be_read_are_listed_and_skipped(fake, tmp_path, monkeypatch):
+    """A folder inside a class folder, a dangling symbolic link, a link to
+    itself and a file the system refuses to open are each listed with their
+    path and skipped, like an undecodable image; the run finishes."""
+    raw = copy_raw(fake, tmp_path)
+    folder = raw / "train" / wnid(1) / "more_images"
+    folder.mkdir()
+    shutil.copy(raw / "train" / wnid(1) / f"{wnid(1)}_0.JPEG", folder)
+    dangling = raw / "train" / wnid(2) / "dangling.JPEG"
+    dangling.symlink_to(tmp_path / "moved_away.JPEG")
+    loop = raw / "train" / wnid(2) / "loop.JPEG"
+    loop.symlink_to(loop)
+    denied = raw / "train" / wnid(3) / f"{wnid(3)}_0.JPEG"
+
+    def open_but_not_denied(path, *args, **kwargs):
+        if str(path) == str(denied):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return open(path, *args, **kwargs)
+
+    monkeypatch.setattr(imagenet_layouts, "open", open_but_not_denied, raising=False)
+    summary = convert(raw, tmp_path / "out")
+    skipped = summary["train"]["skipped"]
+    for line in (
+        f"{folder}: cannot be read: a folder, not an image",
+        f"{dangling}: cannot be read: a broken symbolic link to {tmp_path / 'moved_away.JPEG'}",
+        f"{loop}: cannot be read: Too many levels of symbolic links",
+        f"{denied}: cannot be read: Permission denied",
+    ):
+        assert line in skipped, skipped
+    assert len(skipped) == 2 + 4  # with the fake set's two undecodable files
+    assert summary["train"]["images"] == CLASSES * TRAIN_PER_CLASS + 3 - 1  # 3 re-encoded
+    assert converter.verify(str(tmp_path / "out")) == []
+
+    again = convert(raw, tmp_path / "out")  # the rerun finds every shard done
+    assert again["shards_already_done"] == 5 and again["train"]["skipped"] == skipped
+
+
+def test_skipped_files_are_listed_by_the_command_line(fake, tmp_path):
+    raw = copy_raw(fake, tmp_path)
+    (raw / "train" / wnid(0) / "a_folder").mkdir()
+    (raw / "train" / wnid(1) / "dangling.JPEG").symlink_to(tmp_path / "nowhere.JPEG")
+    code, output = commands.run(converter_command(raw, tmp_path / "out"), tmp_path / "first.log")
+    assert code == 1 and "Traceback" not in output, output[-3000:]
+    assert f"SKIPPED {raw / 'train' / wnid(0) / 'a_folder'}: cannot be read: a folder" in output
+    assert f"SKIPPED {raw / 'train' / wnid(1) / 'dangling.JPEG'}: cannot be read: a broken" in (
+        output
+    )
+    assert "4 file(s) could not be read or decoded" in output
+    command = converter_command(raw, tmp_path / "out", "--allow_skips")
+    code, output = commands.run(command, tmp_path / "again.log")
+    assert code == 0 and "0 shards written, 5 already done" in output, output[-3000:]
+
+
+def test_a_class_folder_that_cannot_be_listed_is_named(fake, tmp_path, monkeypatch):
+    raw = copy_raw(fake, tmp_path)
+    denied = str(raw / "train" / wnid(2))
+    listdir = os.listdir
+
+    def listdir_but_not_denied(path="."):
+        if str(path) == denied:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return listdir(path)
+
+    monkeypatch.setattr(os, "listdir", listdir_but_not_denied)
+    refused(
+        f"^{re.escape(denied)}: cannot be listed \\(Permission denied\\)$",
+        raw,
+        tmp_path / "out",
+        validation_labels=str(raw / "validation_labels.txt"),
+    )
+
+
+def truncations(archive):
+    """{where it stops: length}: inside a header, inside a class's tar, at a
+    class's boundary, and just before the end-of-archive marker."""
+    with tarfile.open(archive) as tar:
+        members = tar.getmembers()
+        end = tar.offset
+    return {
+        "in a header": 100,
+        "in a class": members[1].offset_data + 1000,
+        "at a class boundary": members[1].offset,
+        "before the end marker": end,
+    }
+
+
+@pytest.mark.parametrize(
+    "where", ["in a header", "in a class", "at a class boundary", "before the end marker"]
+)
+def test_a_truncated_archive_is_named(fake, tmp_path, where):
+    archives = copy_archives(fake, tmp_path)
+    archive = archives / TRAIN_ARCHIVE
+    data = archive.read_bytes()
+    archive.write_bytes(data[: truncations(archive)[where]])
+    message = refused(
+        f"^{re.escape(str(archive))}: truncated or damaged", archives, tmp_path / "out"
+    )
+    assert message.endswith("download it again")
+
+
+def test_a_truncated_validation_archive_and_devkit_are_named(fake, tmp_path):
+    archives = copy_archives(fake, tmp_path)
+    validation = archives / "ILSVRC2012_img_val.tar"
+    with tarfile.open(validation) as tar:
+        second = tar.getmembers()[1].offset
+    validation.write_bytes(validation.read_bytes()[:second])
+    refused(f"^{re.escape(str(validation))}: truncated or damaged", archives, tmp_path / "out")
+    shutil.copy(fake / "archives" / validation.name, validation)
+    devkit = archives / "ILSVRC2012_devkit_t12.tar.gz"
+    devkit.write_bytes(devkit.read_bytes()[: devkit.stat().st_size // 2])
+    refused(f"^{re.escape(str(devkit))}: truncated or damaged", archives, tmp_path / "out")
+
+
+def test_unreadable_labels_and_names_files_are_named(fake, tmp_path):
+    raw = copy_raw(fake, tmp_path)
+    refused(
+        f"^--validation_labels={re.escape(str(tmp_path))}: cannot be read as text "
+        "\\(Is a directory\\)$",
+        raw,
+        tmp_path / "out",
+        validation_labels=str(tmp_path),
+    )
+    names = raw / "synsets.txt"
+    lines = names.read_text().splitlines()
+    names.write_text("\n".join([lines[0], wnid(1), *lines[2:]]) + "\n")
+    refused(
+        f"^{re.escape(str(names))}, line 2: expected `wnid name`, found '{wnid(1)}'$",
+        raw,
+        tmp_path / "out",
+        validation_labels=str(raw / "validation_labels.txt"),
+        synset_names=str(names),
+    )
 
 
 # --- The output directory --------------------------------------------------------

@@ -22,15 +22,20 @@ gives one ID per validation image, in file-number order. Labels in the output
 are always 1..1000 by sorted wnid.
 
 What cannot be used is refused with a `ConversionError` naming the path or
-flag and what is wrong, among them a split or a class without images.
+flag and what is wrong: a split or a class without images, a folder that
+cannot be listed, a file of labels or names that cannot be read or parsed,
+an archive that is truncated or damaged.
 """
 
+import contextlib
 import csv
 import dataclasses
+import gzip
 import io
 import os
 import re
 import tarfile
+import zlib
 
 TRAIN_ARCHIVE = "ILSVRC2012_img_train.tar"
 VALIDATION_ARCHIVE = "ILSVRC2012_img_val.tar"
@@ -254,7 +259,7 @@ def _devkit(raw_dir):
     from scipy import io as scipy_io  # keras_lars[study]
 
     path = os.path.join(raw_dir, DEVKIT)
-    with tarfile.open(path, "r:gz") as tar:
+    with _reading_archive(path), tarfile.open(path, "r:gz") as tar:
         try:
             meta = tar.extractfile(DEVKIT_META).read()
             truth = tar.extractfile(DEVKIT_GROUND_TRUTH).read().decode()
@@ -262,21 +267,26 @@ def _devkit(raw_dir):
             raise ConversionError(
                 f"{path} lacks {error.args[0]}: not the ILSVRC-2012 devkit?"
             ) from None
-    synsets = scipy_io.loadmat(io.BytesIO(meta), squeeze_me=True)["synsets"]
-    wnid_of_id, names = {}, {}
-    for synset in synsets:
-        if int(synset["num_children"]) == 0:  # the 1000 leaf classes
-            wnid = str(synset["WNID"])
-            wnid_of_id[int(synset["ILSVRC2012_ID"])] = wnid
-            names[wnid] = str(synset["words"])
-    ids = [int(line) for line in truth.split()]
-    return {number: wnid_of_id[i] for number, i in enumerate(ids, start=1)}, names
+    try:
+        synsets = scipy_io.loadmat(io.BytesIO(meta), squeeze_me=True)["synsets"]
+        wnid_of_id, names = {}, {}
+        for synset in synsets:
+            if int(synset["num_children"]) == 0:  # the 1000 leaf classes
+                wnid = str(synset["WNID"])
+                wnid_of_id[int(synset["ILSVRC2012_ID"])] = wnid
+                names[wnid] = str(synset["words"])
+        ids = [int(line) for line in truth.split()]
+        return {number: wnid_of_id[i] for number, i in enumerate(ids, start=1)}, names
+    except (ValueError, KeyError, IndexError, TypeError) as error:
+        raise ConversionError(
+            f"{path}: {DEVKIT_META} or the ground truth does not parse "
+            f"({type(error).__name__}: {error}): not the ILSVRC-2012 devkit?"
+        ) from None
 
 
 def _kaggle_solution(path):
     """{image id: wnid} from LOC_val_solution.csv (the first box's class)."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = list(csv.DictReader(io.StringIO(read_text(path, path), newline="")))
     if not rows or not {"ImageId", "PredictionString"} <= set(rows[0]):
         raise ConversionError(f"{path}: expected the columns ImageId,PredictionString")
     solution = {}
@@ -289,8 +299,8 @@ def _kaggle_solution(path):
 
 
 def read_validation_labels(labels_file, expected):
-    with open(labels_file) as f:
-        wnids = [line.split()[0] for line in f if line.strip()]
+    lines = read_text(labels_file, f"--validation_labels={labels_file}").splitlines()
+    wnids = [line.split()[0] for line in lines if line.strip()]
     if len(wnids) != expected:
         raise ConversionError(
             f"--validation_labels={labels_file} has {len(wnids)} labels for {expected} "
@@ -301,20 +311,52 @@ def read_validation_labels(labels_file, expected):
 
 def read_synset_names(path):
     """`wnid name...` per line (LOC_synset_mapping.txt style) -> {wnid: name}."""
-    with open(path) as f:
-        return dict(line.rstrip("\n").split(maxsplit=1) for line in f if line.strip())
+    names = {}
+    for number, line in enumerate(read_text(path, path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split(maxsplit=1)
+        if len(fields) != 2:
+            raise ConversionError(
+                f"{path}, line {number}: expected `wnid name`, found {line.strip()!r}"
+            )
+        names[fields[0]] = fields[1].strip()
+    return names
+
+
+def read_text(path, what):
+    """The text of a file; a ConversionError naming `what` (the path, or the
+    flag that gave it) if it cannot be read as text."""
+    try:
+        with open(path, newline="") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConversionError(f"{what}: cannot be read as text ({reason(error)})") from None
+
+
+def reason(error):
+    """What an OSError (or a decoding error) says went wrong, in words."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error) or type(error).__name__
 
 
 # --- Listing images ---------------------------------------------------------------
 
 
 def _listdir(folder):
-    return sorted(os.listdir(folder))
+    """Sorted entries of `folder`; a ConversionError naming it if it cannot
+    be listed."""
+    try:
+        return sorted(os.listdir(folder))
+    except OSError as error:
+        raise ConversionError(f"{folder}: cannot be listed ({reason(error)})") from None
 
 
 def _class_folders(root, split):
-    """The images of each wnid folder under `root`; a split or a class
-    without any is refused."""
+    """The images of each wnid folder under `root`. Every entry of a class
+    folder is listed: one that is not an image is skipped, by name, when it is
+    read. A split or a class without any entry is refused."""
     refs = []
     for wnid in _listdir(root):
         folder = os.path.join(root, wnid)
@@ -329,15 +371,45 @@ def _class_folders(root, split):
     return refs
 
 
+@contextlib.contextmanager
+def _reading_archive(path):
+    """Turns a failure to read the archive at `path` into a ConversionError
+    naming it."""
+    try:
+        yield
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
+        words = " ".join(str(error).split())  # some of tarfile's span lines
+        raise ConversionError(
+            f"{path}: truncated or damaged ({words}); download it again"
+        ) from None
+    except OSError as error:
+        raise ConversionError(f"{path}: cannot be read ({reason(error)})") from None
+
+
+def _all_members(tar, path):
+    """The members of an uncompressed tar, refusing one that stops early:
+    tarfile ends its listing quietly where the data runs out at a member's
+    boundary, or a header is garbage, so the end-of-archive marker (two zero
+    blocks) must follow the last member."""
+    members = tar.getmembers()
+    tar.fileobj.seek(tar.offset)
+    if tar.fileobj.read(2 * tarfile.BLOCKSIZE) != bytes(2 * tarfile.BLOCKSIZE):
+        raise ConversionError(
+            f"{path}: truncated or damaged (no end-of-archive marker after its "
+            f"{len(members)} readable members); download it again"
+        )
+    return members
+
+
 def _train_archive(archive):
     """Indexes a tar of per-class tars; each image is a byte range of it."""
     refs = []
-    with tarfile.open(archive) as outer:
-        for member in sorted(outer.getmembers(), key=lambda m: m.name):
+    with _reading_archive(archive), tarfile.open(archive, "r:") as outer:
+        for member in sorted(_all_members(outer, archive), key=lambda m: m.name):
             if not member.name.endswith(".tar"):
                 continue
             wnid = os.path.basename(member.name)[: -len(".tar")]
-            with tarfile.open(fileobj=outer.extractfile(member)) as inner:
+            with tarfile.open(fileobj=outer.extractfile(member), mode="r:") as inner:
                 images = sorted((m for m in inner.getmembers() if m.isfile()), key=lambda m: m.name)
             if not images:
                 raise ConversionError(
@@ -360,9 +432,10 @@ def _train_archive(archive):
 
 
 def _validation_archive(archive):
-    with tarfile.open(archive) as tar:
+    with _reading_archive(archive), tarfile.open(archive, "r:") as tar:
         members = sorted(
-            (m for m in tar.getmembers() if m.isfile()), key=lambda m: os.path.basename(m.name)
+            (m for m in _all_members(tar, archive) if m.isfile()),
+            key=lambda m: os.path.basename(m.name),
         )
     if not members:
         raise ConversionError(f"validation: no images in {archive}")

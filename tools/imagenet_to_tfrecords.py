@@ -16,8 +16,9 @@ plus `labels.txt` (label, wnid, name) and `summary.json` (counts, skipped files)
     python -m tools.imagenet_to_tfrecords --raw_data_dir=RAW --output_dir=OUT
 
 Every image is decoded; CMYK, greyscale and PNG files are re-encoded as RGB
-JPEG. Undecodable files are listed with their paths and skipped, and the run
-exits non-zero unless --allow_skips. Shards are written under OUT/.conversion/
+JPEG. Files that cannot be read or decoded (a broken symbolic link, a folder
+inside a class folder, a truncated JPEG) are listed with their paths and
+skipped, and the run exits non-zero unless --allow_skips. Shards are written under OUT/.conversion/
 and renamed when complete, so a killed run leaves no partial shard under a final
 name and a rerun only writes the missing shards, byte-identical to an
 uninterrupted run. OUT/inputs.json records what the shards were written from
@@ -27,6 +28,7 @@ inputs is refused, naming what differs. --verify reads every shard back.
 
 import collections
 import dataclasses
+import errno
 import hashlib
 import io
 import json
@@ -62,6 +64,20 @@ class BadImage(Exception):
 
 
 # --- Encoding ----------------------------------------------------------------
+
+
+def read_image(ref):
+    """The bytes of one image; BadImage naming it if it cannot be read."""
+    try:
+        return ref.read()
+    except OSError as error:
+        if error.errno == errno.ENOENT and os.path.islink(ref.source):
+            why = f"a broken symbolic link to {os.readlink(ref.source)}"
+        elif error.errno == errno.EISDIR:
+            why = "a folder, not an image"
+        else:
+            why = imagenet_layouts.reason(error)
+        raise BadImage(f"{ref.where}: cannot be read: {why}") from None
 
 
 def rgb_jpeg(data, where):
@@ -156,7 +172,7 @@ def write_shard(job):
     with tf.io.TFRecordWriter(partial) as writer:
         for ref in job.refs:
             try:
-                jpeg, height, width, reencoded = rgb_jpeg(ref.read(), ref.where)
+                jpeg, height, width, reencoded = rgb_jpeg(read_image(ref), ref.where)
             except BadImage as error:
                 stats["skipped"].append(str(error))
                 continue
@@ -512,7 +528,7 @@ def _report(summary):
     )
     if skipped and not FLAGS.allow_skips:
         print(
-            f"{skipped} file(s) could not be decoded (listed above). The shards "
+            f"{skipped} file(s) could not be read or decoded (listed above). The shards "
             "are complete without them; rerun with --allow_skips to accept.",
             file=sys.stderr,
         )
