@@ -5,7 +5,9 @@ what is wrong, exit status 1, no traceback, nothing lost.
 Root runs these tests and can read any file, so an unreadable file is made
 in ways that hold for root too: a dangling symbolic link and a symbolic link
 to itself (real), and a PermissionError raised in this process for one path
-(simulated).
+(simulated). A full disk is a real file size limit (RLIMIT_FSIZE, with
+SIGXFSZ ignored so the write fails with EFBIG) on a converter process, and a
+simulated ENOSPC from TensorFlow's writer in this process.
 """
 
 import errno
@@ -44,6 +46,14 @@ WITHOUT_TENSORFLOW = (
     "    runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)\n"
     "finally:\n"
     f"    print({TENSORFLOW_IMPORTED!r}, 'tensorflow' in sys.modules)\n"
+)
+# Runs a command under a file size limit (bytes, the first argument).
+UNDER_A_FILE_SIZE_LIMIT = (
+    "import os, resource, signal, sys\n"
+    "limit = int(sys.argv[1])\n"
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))\n"
+    "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
 )
 
 
@@ -367,7 +377,114 @@ def test_unreadable_labels_and_names_files_are_named(fake, tmp_path):
 # --- The output directory --------------------------------------------------------
 
 
+def test_an_output_dir_that_cannot_be_written_is_named(fake, tmp_path, monkeypatch):
+    raw = fake / "raw"
+    labels = dict(validation_labels=str(raw / "validation_labels.txt"))
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    refused(
+        f"^--output_dir={re.escape(str(a_file))} is a file, not a directory$", raw, a_file, **labels
+    )
+    refused(
+        f"^--output_dir={re.escape(str(a_file / 'out'))}: {re.escape(str(a_file))} is a file",
+        raw,
+        a_file / "out",
+        **labels,
+    )
+    assert a_file.read_text() == "not a folder"
+
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda path, mode: path != str(read_only) and access(path, mode)
+    )
+    refused(
+        f"^--output_dir={re.escape(str(read_only / 'out'))}: {re.escape(str(read_only))} is not "
+        "writable$",
+        raw,
+        read_only / "out",
+        **labels,
+    )
+    monkeypatch.undo()
+
+    def makedirs_denied(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+
+    monkeypatch.setattr(os, "makedirs", makedirs_denied)
+    work = tmp_path / "out" / converter.WORK_DIR
+    refused(
+        f"^cannot write {re.escape(str(work))}: Permission denied$", raw, tmp_path / "out", **labels
+    )
+
+
 # --- A full disk ----------------------------------------------------------------
+
+
+def test_a_file_size_limit_stops_in_one_line_and_the_rerun_keeps_the_shards(
+    fake, by_a_process, tmp_path
+):
+    """Validation's shards first: they fit under the limit; the first
+    training shard does not. The rerun without the limit writes the rest."""
+    reference = shard_bytes(by_a_process)
+    sizes = {
+        split: [len(v) for k, v in reference.items() if k.startswith(split)]
+        for split in ("train", "validation")
+    }
+    assert max(sizes["validation"]) < min(sizes["train"])
+    limit = (max(sizes["validation"]) + min(sizes["train"])) // 2
+    command = converter_command(
+        fake / "raw", tmp_path / "out", "--allow_skips", "--splits=validation,train"
+    )
+    limited = [sys.executable, "-c", UNDER_A_FILE_SIZE_LIMIT, str(limit), *command]
+    code, output = commands.run(limited, tmp_path / "limited.log")
+    partial = tmp_path / "out" / converter.WORK_DIR / "train-00000-of-00003.partial"
+    assert code == 1 and "Traceback" not in output, output[-3000:]
+    assert error_lines(output) == [
+        f"{ERROR} cannot write {partial}: the file size limit (ulimit -f) was reached (File too "
+        "large); the shards already finished are complete, and a rerun keeps them"
+    ]
+    written = shard_bytes(tmp_path / "out")
+    assert sorted(written) == ["validation-00000-of-00002", "validation-00001-of-00002"]
+    assert all(written[name] == reference[name] for name in written)
+
+    code, output = commands.run(command, tmp_path / "rerun.log")
+    assert code == 0 and "3 shards written, 2 already done" in output, output[-3000:]
+    assert shard_bytes(tmp_path / "out") == reference
+
+
+def test_a_full_disk_stops_in_one_line_and_the_rerun_keeps_the_shards(
+    fake, by_a_process, tmp_path, monkeypatch
+):
+    """TensorFlow's writer reports ENOSPC while writing the third shard."""
+    real_writer = tf.io.TFRecordWriter
+    opened = []
+
+    class FillsUp(real_writer):
+        def __init__(self, path, *args, **kwargs):
+            super().__init__(path, *args, **kwargs)
+            opened.append(path)
+
+        def write(self, record):
+            if len(opened) == 3:
+                raise tf.errors.ResourceExhaustedError(
+                    None, None, f"{opened[-1]}; {os.strerror(errno.ENOSPC)}"
+                )
+            super().write(record)
+
+    monkeypatch.setattr(tf.io, "TFRecordWriter", FillsUp)
+    with pytest.raises(converter.ConversionError) as raised:
+        convert(fake / "raw", tmp_path)
+    partial = tmp_path / converter.WORK_DIR / "train-00002-of-00003.partial"
+    assert str(raised.value) == (
+        f"cannot write {partial}: the disk is full (No space left on device); the shards "
+        "already finished are complete, and a rerun keeps them"
+    )
+    monkeypatch.undo()
+    assert len(shard_bytes(tmp_path)) == 2
+    summary = convert(fake / "raw", tmp_path)
+    assert summary["shards_already_done"] == 2 and summary["shards_written_this_run"] == 3
+    assert shard_bytes(tmp_path) == shard_bytes(by_a_process)
 
 
 # --- The command line --------------------------------------------------------------
@@ -399,6 +516,10 @@ CONVERTER_FLAG_ERRORS = {
     "an argument": (
         ["--output_dir={out}", "--raw_data_dir={raw}", "train"],
         "unexpected arguments: train (see --help)",
+    ),
+    "output_dir a file": (
+        ["--output_dir={raw}/synsets.txt", "--raw_data_dir={raw}"],
+        "--output_dir={raw}/synsets.txt is a file, not a directory",
     ),
 }
 

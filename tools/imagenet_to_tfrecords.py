@@ -24,9 +24,15 @@ name and a rerun only writes the missing shards, byte-identical to an
 uninterrupted run. OUT/inputs.json records what the shards were written from
 (the layout, the file lists, label map and names): a rerun pointed at other
 inputs is refused, naming what differs. --verify reads every shard back.
+
+Everything a user can fix (a flag, an input, an output directory that is a
+file, a full disk) stops the run with one line naming the path or flag and
+what is wrong, and exit status 1; the shards already written are kept for the
+rerun.
 """
 
 import collections
+import contextlib
 import dataclasses
 import errno
 import hashlib
@@ -57,6 +63,12 @@ INPUTS_RECORD = "inputs.json"  # what the shards were written from
 # Each worker process imports TensorFlow (about 0.5 to 1 GB resident), so the
 # default does not follow a 96-core host's core count into tens of GB.
 MAX_DEFAULT_WORKERS = 8
+# Write failures that the disk, not the converter, caused: errno -> in words.
+FULL = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EFBIG: "the file size limit (ulimit -f) was reached",
+}
 
 
 class BadImage(Exception):
@@ -166,10 +178,20 @@ def write_shard(job):
     rename, so a shard under its final name is always complete."""
     import tensorflow as tf
 
-    work = os.path.join(job.output_dir, WORK_DIR)
-    partial = os.path.join(work, job.name + ".partial")
+    partial = os.path.join(job.output_dir, WORK_DIR, job.name + ".partial")
     stats = dict(count=0, class_counts=collections.Counter(), skipped=[], reencoded=[])
-    with tf.io.TFRecordWriter(partial) as writer:
+    with writing(partial, shard=True):
+        try:
+            _write_records(tf, job, partial, stats)
+        except tf.errors.OpError as error:
+            raise _as_os_error(error) from None
+        _write_json_atomically(stats_path(job.output_dir, job.name), stats)
+        os.replace(partial, os.path.join(job.output_dir, job.name))
+    return job.name, stats
+
+
+def _write_records(tf, job, path, stats):
+    with tf.io.TFRecordWriter(path) as writer:
         for ref in job.refs:
             try:
                 jpeg, height, width, reencoded = rgb_jpeg(read_image(ref), ref.where)
@@ -186,15 +208,35 @@ def write_shard(job):
             writer.write(example.SerializeToString(deterministic=True))
             stats["count"] += 1
             stats["class_counts"][ref.synset] += 1
-    _write_json_atomically(stats_path(job.output_dir, job.name), stats)
-    os.replace(partial, os.path.join(job.output_dir, job.name))
-    return job.name, stats
+
+
+def _as_os_error(error):
+    """A TensorFlow file error as the OSError it was: its message is
+    `path; the system's words`."""
+    words = error.message.rsplit("; ", 1)[-1]
+    code = next((c for c in errno.errorcode if os.strerror(c) == words), None)
+    return OSError(code, words)
+
+
+@contextlib.contextmanager
+def writing(path, shard=False):
+    """Turns a failed write of `path` into a ConversionError naming it and
+    what stopped it; for a shard, says that the finished ones are kept."""
+    try:
+        yield
+    except OSError as error:
+        why = imagenet_layouts.reason(error)
+        if error.errno in FULL:
+            why = f"{FULL[error.errno]} ({why})"
+        kept = "; the shards already finished are complete, and a rerun keeps them" if shard else ""
+        raise ConversionError(f"cannot write {path}: {why}{kept}") from None
 
 
 def _write_json_atomically(path, data):
-    with open(path + ".partial", "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-    os.replace(path + ".partial", path)
+    with writing(path):
+        with open(path + ".partial", "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+        os.replace(path + ".partial", path)
 
 
 def convert(
@@ -214,6 +256,7 @@ def convert(
     unknown_splits = set(splits) - set(SPLITS)
     if unknown_splits:
         raise ValueError(f"`splits` must be among {SPLITS}. Received: {sorted(unknown_splits)}")
+    check_output_dir(output_dir)
     inputs = imagenet_layouts.find_inputs(raw_dir, splits, validation_labels, synset_names)
     print(f"Found the {inputs.description}.")
     refs = {"train": inputs.train}
@@ -227,10 +270,11 @@ def convert(
         )
     labels = {wnid: i + 1 for i, wnid in enumerate(synsets)}  # 0 stays unused
     names = inputs.names
-    os.makedirs(os.path.join(output_dir, WORK_DIR), exist_ok=True)
+    make_output_dir(output_dir)
     shards = {"train": train_shards, "validation": validation_shards}
     check_inputs(output_dir, fingerprint(inputs.layout, refs, labels, names, shards))
-    with open(os.path.join(output_dir, "labels.txt"), "w") as f:
+    labels_file = os.path.join(output_dir, "labels.txt")
+    with writing(labels_file), open(labels_file, "w") as f:
         for wnid in synsets:
             f.write(f"{labels[wnid]}\t{wnid}\t{names.get(wnid, '')}\n")
 
@@ -273,6 +317,26 @@ def convert(
         }
     _write_json_atomically(os.path.join(output_dir, "summary.json"), summary)
     return summary
+
+
+def check_output_dir(output_dir):
+    """Refuses, before the inputs are listed, an --output_dir that is a file
+    or lies under one, or whose nearest existing folder is not writable."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ConversionError(f"--output_dir={output_dir} is a file, not a directory")
+    existing = os.path.abspath(output_dir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConversionError(f"--output_dir={output_dir}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConversionError(f"--output_dir={output_dir}: {existing} is not writable")
+
+
+def make_output_dir(output_dir):
+    work = os.path.join(output_dir, WORK_DIR)
+    with writing(work):
+        os.makedirs(work, exist_ok=True)
 
 
 def fingerprint(layout, refs, labels, names, shards):
