@@ -418,6 +418,61 @@ def test_an_output_dir_that_cannot_be_written_is_named(fake, tmp_path, monkeypat
     )
 
 
+def test_a_rerun_is_refused_only_where_shards_from_other_inputs_exist(
+    fake, by_a_process, tmp_path, monkeypatch
+):
+    """A run stopped before its first shard leaves a record of its inputs and
+    no shard: a rerun from other inputs replaces the record. Once a shard
+    exists, other inputs are refused."""
+    raw = copy_raw(fake, tmp_path)
+    (raw / "train" / wnid(0) / "a_folder").mkdir()
+    real_write_shard = converter.write_shard
+
+    def stopped(job):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(converter, "write_shard", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        convert(raw, tmp_path / "out")
+    assert (tmp_path / "out" / converter.INPUTS_RECORD).exists()
+    assert not shard_bytes(tmp_path / "out")
+    (raw / "train" / wnid(0) / "a_folder").rmdir()
+    calls = []
+
+    def stops_after_one(job):
+        calls.append(job.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_write_shard(job)
+
+    monkeypatch.setattr(converter, "write_shard", stops_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        convert(raw, tmp_path / "out")  # other inputs than the record's, and no shard
+    assert len(shard_bytes(tmp_path / "out")) == 1
+    monkeypatch.setattr(converter, "write_shard", real_write_shard)
+    (raw / "train" / wnid(0) / "a_folder").mkdir()
+    with pytest.raises(converter.ConversionError, match="holds shards written from other inputs"):
+        convert(raw, tmp_path / "out")
+    (raw / "train" / wnid(0) / "a_folder").rmdir()
+    summary = convert(raw, tmp_path / "out")
+    assert summary["shards_already_done"] == 1
+    assert shard_bytes(tmp_path / "out") == shard_bytes(by_a_process)
+
+
+def test_duplicate_file_names_are_refused_naming_both(fake, tmp_path):
+    raw = copy_raw(fake, tmp_path)
+    name = f"{wnid(0)}_0.JPEG"
+    shutil.copy(raw / "train" / wnid(0) / name, raw / "train" / wnid(1) / name)
+    first, second = raw / "train" / wnid(0) / name, raw / "train" / wnid(1) / name
+    refused(
+        f"^{re.escape(str(first))} and {re.escape(str(second))} have the same file name",
+        raw,
+        tmp_path / "out",
+        validation_labels=str(raw / "validation_labels.txt"),
+    )
+    assert not (tmp_path / "out").exists()
+
+
 # --- A full disk ----------------------------------------------------------------
 
 

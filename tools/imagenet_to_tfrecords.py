@@ -262,6 +262,7 @@ def convert(
     refs = {"train": inputs.train}
     if "validation" in splits:
         refs["validation"] = inputs.validation
+    refuse_duplicate_names(refs)
     synsets = sorted({r.synset for r in refs["train"]})
     unknown = {r.synset for r in refs.get("validation", [])} - set(synsets)
     if unknown:
@@ -319,6 +320,20 @@ def convert(
     return summary
 
 
+def refuse_duplicate_names(refs):
+    """Each image's file name identifies it in the shards (image/filename):
+    two files with one name are refused before anything is written."""
+    first = {}
+    for split_refs in refs.values():
+        for ref in split_refs:
+            other = first.setdefault(ref.filename, ref)
+            if other is not ref:
+                raise ConversionError(
+                    f"{other.where} and {ref.where} have the same file name; "
+                    "image/filename must identify one image: rename or remove one"
+                )
+
+
 def check_output_dir(output_dir):
     """Refuses, before the inputs are listed, an --output_dir that is a file
     or lies under one, or whose nearest existing folder is not writable."""
@@ -360,12 +375,20 @@ def fingerprint(layout, refs, labels, names, shards):
 
 def check_inputs(output_dir, record):
     """Refuses to add to shards written from other inputs, naming what
-    differs; records the inputs of a new (or partly converted) output."""
+    differs; records the inputs of a new (or partly converted) output. A
+    record with no shard beside it (a run stopped before its first shard)
+    holds nothing to protect: it is replaced."""
     path = os.path.join(output_dir, INPUTS_RECORD)
     has_shards = any(SHARD_NAME.match(n) for n in os.listdir(output_dir))
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
+    if has_shards and os.path.exists(path):
+        try:
+            with open(path) as f:
+                saved = json.load(f)
+        except (OSError, ValueError) as error:
+            raise ConversionError(
+                f"{path}: cannot be read ({imagenet_layouts.reason(error)}); it records "
+                "what the shards beside it were written from: use a new --output_dir"
+            ) from None
         differ = sorted(k for k in record if k in saved and saved[k] != record[k])
         if differ:
             raise ConversionError(
