@@ -28,7 +28,6 @@ from . import claims as claims_lib
 from . import fashion_mnist
 from . import plots
 from . import training
-from .config import Thresholds
 from .config import plan_runs
 
 # Whose source a saved run depends on (plots and claims are recomputed).
