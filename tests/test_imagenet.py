@@ -129,22 +129,24 @@ def test_mixed_and_incomplete_layouts_are_refused_by_name(fake, tmp_path):
     mixed = tmp_path / "mixed"
     shutil.copytree(fake / "raw" / "train", mixed / "train")
     shutil.copy(fake / "archives" / "ILSVRC2012_img_train.tar", mixed)
-    with pytest.raises(ValueError, match="mixes ImageNet layouts.*tree: train.*official"):
+    with pytest.raises(
+        converter.ConversionError, match="mixes ImageNet layouts.*tree: train.*official"
+    ):
         converter.convert(str(mixed), str(tmp_path / "out"), **SHARDS)
 
     kaggle = tmp_path / "kaggle"
     shutil.copytree(fake / "kaggle", kaggle)
     (kaggle / "LOC_val_solution.csv").unlink()
-    with pytest.raises(FileNotFoundError, match="incomplete: LOC_val_solution.csv missing"):
+    with pytest.raises(converter.ConversionError, match="incomplete: LOC_val_solution.csv missing"):
         converter.convert(str(kaggle), str(tmp_path / "out"), **SHARDS)
 
     official = tmp_path / "official"
     shutil.copytree(fake / "archives", official)
     (official / "ILSVRC2012_devkit_t12.tar.gz").unlink()
-    with pytest.raises(FileNotFoundError, match="ILSVRC2012_devkit_t12.tar.gz missing"):
+    with pytest.raises(converter.ConversionError, match="ILSVRC2012_devkit_t12.tar.gz missing"):
         converter.convert(str(official), str(tmp_path / "out"), **SHARDS)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="holds no ImageNet layout"):
+    with pytest.raises(converter.ConversionError, match="holds no ImageNet layout"):
         converter.convert(str(tmp_path / "empty"), str(tmp_path / "out"), **SHARDS)
     assert not (tmp_path / "out").exists()  # nothing written on a refusal
 

@@ -313,6 +313,45 @@ def test_command_line_rejects_bad_values_in_one_line(flags, message, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def study_errors(tmp_path, *flags):
+    """(exit status, the error lines, the output) of a study command."""
+    code, output = commands.run(
+        commands.module("recipes.large_batch_study", *flags), tmp_path / "study.log"
+    )
+    errors = [line for line in output.splitlines() if line.startswith("large_batch_study: error:")]
+    return code, errors, output
+
+
+def test_an_out_dir_that_is_a_file_stops_before_training(fashion_dir, tmp_path):
+    out = tmp_path / "a_file"
+    out.write_text("not a folder")
+    code, errors, output = study_errors(
+        tmp_path, f"--out_dir={out}", f"--data_dir={fashion_dir}", "--quick"
+    )
+    assert code == 1 and "Traceback" not in output, output[-2000:]
+    assert errors == [f"large_batch_study: error: --out_dir={out} is a file, not a directory"]
+    assert "Data:" not in output  # printed just before the first run trains
+    assert out.read_text() == "not a folder"
+
+
+def test_data_that_is_not_gzip_stops_before_training(fashion_dir, tmp_path):
+    """The four files gunzipped but still named .gz: the first one read is named."""
+    for name in fashion_mnist.FILES.values():
+        path = fashion_dir / name
+        path.write_bytes(gzip.decompress(path.read_bytes()))
+    out = tmp_path / "out"
+    code, errors, output = study_errors(
+        tmp_path, f"--out_dir={out}", f"--data_dir={fashion_dir}", "--quick"
+    )
+    assert code == 1 and "Traceback" not in output, output[-2000:]
+    first = fashion_dir / fashion_mnist.FILES["x_train"]
+    assert len(errors) == 1, output[-2000:]
+    assert errors[0].startswith(
+        f"large_batch_study: error: {first}: cannot read it as a gzipped idx file"
+    )
+    assert "Data:" not in output and not out.exists()
+
+
 # --- Resuming -------------------------------------------------------------------
 
 

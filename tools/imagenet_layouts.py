@@ -20,14 +20,22 @@ The devkit numbers its classes by ILSVRC2012_ID (1..1000, not in wnid order);
 `data/meta.mat` maps them to wnids and `data/ILSVRC2012_validation_ground_truth.txt`
 gives one ID per validation image, in file-number order. Labels in the output
 are always 1..1000 by sorted wnid.
+
+What cannot be used is refused with a `ConversionError` naming the path or
+flag and what is wrong: a split or a class without images, a folder that
+cannot be listed, a file of labels or names that cannot be read or parsed,
+an archive that is truncated or damaged.
 """
 
+import contextlib
 import csv
 import dataclasses
+import gzip
 import io
 import os
 import re
 import tarfile
+import zlib
 
 TRAIN_ARCHIVE = "ILSVRC2012_img_train.tar"
 VALIDATION_ARCHIVE = "ILSVRC2012_img_val.tar"
@@ -38,6 +46,11 @@ KAGGLE_IMAGES = os.path.join("ILSVRC", "Data", "CLS-LOC")
 KAGGLE_SOLUTION = "LOC_val_solution.csv"
 KAGGLE_SYNSETS = "LOC_synset_mapping.txt"
 VALIDATION_NUMBER = re.compile(r"ILSVRC2012_val_(\d+)")
+
+
+class ConversionError(ValueError):
+    """Inputs, flags or an output directory that the converter cannot use;
+    the message is one line naming the path or flag and what is wrong."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +98,7 @@ def find_inputs(raw_dir, splits=("train", "validation"), validation_labels=None,
 
 def detect_layout(raw_dir):
     if not os.path.isdir(raw_dir):
-        raise FileNotFoundError(f"--raw_data_dir={raw_dir} does not exist")
+        raise ConversionError(f"--raw_data_dir={raw_dir} does not exist")
     found = {
         "tree": [n for n in ("train", "validation") if os.path.isdir(os.path.join(raw_dir, n))],
         "official": [
@@ -102,12 +115,12 @@ def detect_layout(raw_dir):
     present = [layout for layout, names in found.items() if names]
     if len(present) > 1:
         listing = "; ".join(f"{layout}: {', '.join(found[layout])}" for layout in present)
-        raise ValueError(
+        raise ConversionError(
             f"--raw_data_dir={raw_dir} mixes ImageNet layouts ({listing}): point it at a "
             "directory holding one"
         )
     if not present:
-        raise FileNotFoundError(
+        raise ConversionError(
             f"--raw_data_dir={raw_dir} holds no ImageNet layout: expected train/ (extracted), "
             f"{TRAIN_ARCHIVE} (official) or {KAGGLE_IMAGES}/ (Kaggle)"
         )
@@ -117,7 +130,7 @@ def detect_layout(raw_dir):
 def _require(raw_dir, *names):
     missing = [n for n in names if not os.path.exists(os.path.join(raw_dir, n))]
     if missing:
-        raise FileNotFoundError(
+        raise ConversionError(
             f"--raw_data_dir={raw_dir} is incomplete: {', '.join(missing)} missing"
         )
 
@@ -127,15 +140,17 @@ def _require(raw_dir, *names):
 
 def _tree(raw_dir, with_validation, labels_file):
     _require(raw_dir, "train")
-    train = _class_folders(os.path.join(raw_dir, "train"))
+    train = _class_folders(os.path.join(raw_dir, "train"), "train")
     names = _devkit_names(raw_dir)
     validation = None
     if with_validation:
         _require(raw_dir, "validation")
         folder = os.path.join(raw_dir, "validation")
-        entries = sorted(os.listdir(folder))
-        if entries and all(os.path.isdir(os.path.join(folder, e)) for e in entries):
-            validation = _class_folders(folder)
+        entries = _listdir(folder)
+        if not entries:
+            raise ConversionError(f"validation: no images in {folder}")
+        if all(os.path.isdir(os.path.join(folder, e)) for e in entries):
+            validation = _class_folders(folder, "validation")
             source = "sorted into wnid folders"
         else:
             refs = [ImageRef(name, "", os.path.join(folder, name)) for name in entries]
@@ -169,7 +184,7 @@ def _official(raw_dir, with_validation, labels_file):
 def _kaggle(raw_dir, with_validation, labels_file):
     images = os.path.join(raw_dir, KAGGLE_IMAGES)
     _require(raw_dir, os.path.join(KAGGLE_IMAGES, "train"))
-    train = _class_folders(os.path.join(images, "train"))
+    train = _class_folders(os.path.join(images, "train"), "train")
     names = {}
     if os.path.isfile(os.path.join(raw_dir, KAGGLE_SYNSETS)):
         names = read_synset_names(os.path.join(raw_dir, KAGGLE_SYNSETS))
@@ -179,7 +194,9 @@ def _kaggle(raw_dir, with_validation, labels_file):
         if not labels_file:
             _require(raw_dir, KAGGLE_SOLUTION)
         folder = os.path.join(images, "val")
-        refs = [ImageRef(n, "", os.path.join(folder, n)) for n in sorted(os.listdir(folder))]
+        refs = [ImageRef(n, "", os.path.join(folder, n)) for n in _listdir(folder)]
+        if not refs:
+            raise ConversionError(f"validation: no images in {folder}")
         if labels_file:
             validation, source = _labelled(raw_dir, refs, labels_file)
         else:
@@ -202,7 +219,7 @@ def _labelled(raw_dir, refs, labels_file):
         wnids = read_validation_labels(labels_file, len(refs))
         return [dataclasses.replace(r, synset=w) for r, w in zip(refs, wnids)], labels_file
     if not os.path.isfile(os.path.join(raw_dir, DEVKIT)):
-        raise ValueError(
+        raise ConversionError(
             "A flat validation set needs its labels: --validation_labels (one wnid per "
             f"line, in sorted-filename order) or {DEVKIT} in --raw_data_dir"
         )
@@ -221,7 +238,7 @@ def _with_wnids(refs, wnid_of, key, source):
     for ref in refs:
         wnid = wnid_of.get(key(ref.filename))
         if wnid is None:
-            raise ValueError(f"{source} has no label for validation image {ref.filename}")
+            raise ConversionError(f"{source} has no label for validation image {ref.filename}")
         labelled.append(dataclasses.replace(ref, synset=wnid))
     return labelled
 
@@ -242,43 +259,50 @@ def _devkit(raw_dir):
     from scipy import io as scipy_io  # keras_lars[study]
 
     path = os.path.join(raw_dir, DEVKIT)
-    with tarfile.open(path, "r:gz") as tar:
+    with _reading_archive(path), tarfile.open(path, "r:gz") as tar:
         try:
             meta = tar.extractfile(DEVKIT_META).read()
             truth = tar.extractfile(DEVKIT_GROUND_TRUTH).read().decode()
         except KeyError as error:
-            raise ValueError(f"{path} lacks {error.args[0]}: not the ILSVRC-2012 devkit?") from None
-    synsets = scipy_io.loadmat(io.BytesIO(meta), squeeze_me=True)["synsets"]
-    wnid_of_id, names = {}, {}
-    for synset in synsets:
-        if int(synset["num_children"]) == 0:  # the 1000 leaf classes
-            wnid = str(synset["WNID"])
-            wnid_of_id[int(synset["ILSVRC2012_ID"])] = wnid
-            names[wnid] = str(synset["words"])
-    ids = [int(line) for line in truth.split()]
-    return {number: wnid_of_id[i] for number, i in enumerate(ids, start=1)}, names
+            raise ConversionError(
+                f"{path} lacks {error.args[0]}: not the ILSVRC-2012 devkit?"
+            ) from None
+    try:
+        synsets = scipy_io.loadmat(io.BytesIO(meta), squeeze_me=True)["synsets"]
+        wnid_of_id, names = {}, {}
+        for synset in synsets:
+            if int(synset["num_children"]) == 0:  # the 1000 leaf classes
+                wnid = str(synset["WNID"])
+                wnid_of_id[int(synset["ILSVRC2012_ID"])] = wnid
+                names[wnid] = str(synset["words"])
+        ids = [int(line) for line in truth.split()]
+        return {number: wnid_of_id[i] for number, i in enumerate(ids, start=1)}, names
+    except (ValueError, KeyError, IndexError, TypeError) as error:
+        raise ConversionError(
+            f"{path}: {DEVKIT_META} or the ground truth does not parse "
+            f"({type(error).__name__}: {error}): not the ILSVRC-2012 devkit?"
+        ) from None
 
 
 def _kaggle_solution(path):
     """{image id: wnid} from LOC_val_solution.csv (the first box's class)."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = list(csv.DictReader(io.StringIO(read_text(path, path), newline="")))
     if not rows or not {"ImageId", "PredictionString"} <= set(rows[0]):
-        raise ValueError(f"{path}: expected the columns ImageId,PredictionString")
+        raise ConversionError(f"{path}: expected the columns ImageId,PredictionString")
     solution = {}
     for line, row in enumerate(rows, start=2):
         boxes = (row["PredictionString"] or "").split()
         if not boxes:
-            raise ValueError(f"{path}, line {line}: no class for {row['ImageId']}")
+            raise ConversionError(f"{path}, line {line}: no class for {row['ImageId']}")
         solution[row["ImageId"]] = boxes[0]
     return solution
 
 
 def read_validation_labels(labels_file, expected):
-    with open(labels_file) as f:
-        wnids = [line.split()[0] for line in f if line.strip()]
+    lines = read_text(labels_file, f"--validation_labels={labels_file}").splitlines()
+    wnids = [line.split()[0] for line in lines if line.strip()]
     if len(wnids) != expected:
-        raise ValueError(
+        raise ConversionError(
             f"--validation_labels={labels_file} has {len(wnids)} labels for {expected} "
             "validation images"
         )
@@ -287,51 +311,134 @@ def read_validation_labels(labels_file, expected):
 
 def read_synset_names(path):
     """`wnid name...` per line (LOC_synset_mapping.txt style) -> {wnid: name}."""
-    with open(path) as f:
-        return dict(line.rstrip("\n").split(maxsplit=1) for line in f if line.strip())
+    names = {}
+    for number, line in enumerate(read_text(path, path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split(maxsplit=1)
+        if len(fields) != 2:
+            raise ConversionError(
+                f"{path}, line {number}: expected `wnid name`, found {line.strip()!r}"
+            )
+        names[fields[0]] = fields[1].strip()
+    return names
+
+
+def read_text(path, what):
+    """The text of a file; a ConversionError naming `what` (the path, or the
+    flag that gave it) if it cannot be read as text."""
+    try:
+        with open(path, newline="") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConversionError(f"{what}: cannot be read as text ({reason(error)})") from None
+
+
+def reason(error):
+    """What an OSError (or a decoding error) says went wrong, in words."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error) or type(error).__name__
 
 
 # --- Listing images ---------------------------------------------------------------
 
 
-def _class_folders(root):
-    return [
-        ImageRef(name, wnid, os.path.join(root, wnid, name))
-        for wnid in sorted(os.listdir(root))
-        if os.path.isdir(os.path.join(root, wnid))
-        for name in sorted(os.listdir(os.path.join(root, wnid)))
-    ]
+def _listdir(folder):
+    """Sorted entries of `folder`; a ConversionError naming it if it cannot
+    be listed."""
+    try:
+        return sorted(os.listdir(folder))
+    except OSError as error:
+        raise ConversionError(f"{folder}: cannot be listed ({reason(error)})") from None
+
+
+def _class_folders(root, split):
+    """The images of each wnid folder under `root`. Every entry of a class
+    folder is listed: one that is not an image is skipped, by name, when it is
+    read. A split or a class without any entry is refused."""
+    refs = []
+    for wnid in _listdir(root):
+        folder = os.path.join(root, wnid)
+        if not os.path.isdir(folder):
+            continue
+        names = _listdir(folder)
+        if not names:
+            raise ConversionError(f"{split}: class {wnid} has no images ({folder} is empty)")
+        refs += [ImageRef(name, wnid, os.path.join(folder, name)) for name in names]
+    if not refs:
+        raise ConversionError(f"{split}: no images in {root}")
+    return refs
+
+
+@contextlib.contextmanager
+def _reading_archive(path):
+    """Turns a failure to read the archive at `path` into a ConversionError
+    naming it."""
+    try:
+        yield
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
+        words = " ".join(str(error).split())  # some of tarfile's span lines
+        raise ConversionError(
+            f"{path}: truncated or damaged ({words}); download it again"
+        ) from None
+    except OSError as error:
+        raise ConversionError(f"{path}: cannot be read ({reason(error)})") from None
+
+
+def _all_members(tar, path):
+    """The members of an uncompressed tar, refusing one that stops early:
+    tarfile ends its listing quietly where the data runs out at a member's
+    boundary, or a header is garbage, so the end-of-archive marker (two zero
+    blocks) must follow the last member."""
+    members = tar.getmembers()
+    tar.fileobj.seek(tar.offset)
+    if tar.fileobj.read(2 * tarfile.BLOCKSIZE) != bytes(2 * tarfile.BLOCKSIZE):
+        raise ConversionError(
+            f"{path}: truncated or damaged (no end-of-archive marker after its "
+            f"{len(members)} readable members); download it again"
+        )
+    return members
 
 
 def _train_archive(archive):
     """Indexes a tar of per-class tars; each image is a byte range of it."""
     refs = []
-    with tarfile.open(archive) as outer:
-        for member in sorted(outer.getmembers(), key=lambda m: m.name):
+    with _reading_archive(archive), tarfile.open(archive, "r:") as outer:
+        for member in sorted(_all_members(outer, archive), key=lambda m: m.name):
             if not member.name.endswith(".tar"):
                 continue
             wnid = os.path.basename(member.name)[: -len(".tar")]
-            with tarfile.open(fileobj=outer.extractfile(member)) as inner:
-                for image in sorted(inner.getmembers(), key=lambda m: m.name):
-                    if image.isfile():
-                        refs.append(
-                            ImageRef(
-                                os.path.basename(image.name),
-                                wnid,
-                                archive,
-                                member.offset_data + image.offset_data,
-                                image.size,
-                                f"{archive}:{member.name}/{image.name}",
-                            )
-                        )
+            with tarfile.open(fileobj=outer.extractfile(member), mode="r:") as inner:
+                images = sorted((m for m in inner.getmembers() if m.isfile()), key=lambda m: m.name)
+            if not images:
+                raise ConversionError(
+                    f"train: class {wnid} has no images ({archive}:{member.name} holds no files)"
+                )
+            refs += [
+                ImageRef(
+                    os.path.basename(image.name),
+                    wnid,
+                    archive,
+                    member.offset_data + image.offset_data,
+                    image.size,
+                    f"{archive}:{member.name}/{image.name}",
+                )
+                for image in images
+            ]
+    if not refs:
+        raise ConversionError(f"train: no images in {archive} (no per-class .tar inside)")
     return refs
 
 
 def _validation_archive(archive):
-    with tarfile.open(archive) as tar:
+    with _reading_archive(archive), tarfile.open(archive, "r:") as tar:
         members = sorted(
-            (m for m in tar.getmembers() if m.isfile()), key=lambda m: os.path.basename(m.name)
+            (m for m in _all_members(tar, archive) if m.isfile()),
+            key=lambda m: os.path.basename(m.name),
         )
+    if not members:
+        raise ConversionError(f"validation: no images in {archive}")
     return [
         ImageRef(
             os.path.basename(m.name), "", archive, m.offset_data, m.size, f"{archive}:{m.name}"

@@ -16,17 +16,25 @@ plus `labels.txt` (label, wnid, name) and `summary.json` (counts, skipped files)
     python -m tools.imagenet_to_tfrecords --raw_data_dir=RAW --output_dir=OUT
 
 Every image is decoded; CMYK, greyscale and PNG files are re-encoded as RGB
-JPEG. Undecodable files are listed with their paths and skipped, and the run
-exits non-zero unless --allow_skips. Shards are written under OUT/.conversion/
+JPEG. Files that cannot be read or decoded (a broken symbolic link, a folder
+inside a class folder, a truncated JPEG) are listed with their paths and
+skipped, and the run exits non-zero unless --allow_skips. Shards are written under OUT/.conversion/
 and renamed when complete, so a killed run leaves no partial shard under a final
 name and a rerun only writes the missing shards, byte-identical to an
 uninterrupted run. OUT/inputs.json records what the shards were written from
 (the layout, the file lists, label map and names): a rerun pointed at other
 inputs is refused, naming what differs. --verify reads every shard back.
+
+Everything a user can fix (a flag, an input, an output directory that is a
+file, a full disk) stops the run with one line naming the path or flag and
+what is wrong, and exit status 1; the shards already written are kept for the
+rerun.
 """
 
 import collections
+import contextlib
 import dataclasses
+import errno
 import hashlib
 import io
 import json
@@ -44,6 +52,7 @@ from PIL import UnidentifiedImageError
 from tqdm import tqdm
 
 from . import imagenet_layouts
+from .imagenet_layouts import ConversionError
 
 SPLITS = ("train", "validation")
 JPEG_QUALITY = 95  # for re-encoded images only; RGB JPEGs are kept as is
@@ -54,6 +63,12 @@ INPUTS_RECORD = "inputs.json"  # what the shards were written from
 # Each worker process imports TensorFlow (about 0.5 to 1 GB resident), so the
 # default does not follow a 96-core host's core count into tens of GB.
 MAX_DEFAULT_WORKERS = 8
+# Write failures that the disk, not the converter, caused: errno -> in words.
+FULL = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EFBIG: "the file size limit (ulimit -f) was reached",
+}
 
 
 class BadImage(Exception):
@@ -61,6 +76,20 @@ class BadImage(Exception):
 
 
 # --- Encoding ----------------------------------------------------------------
+
+
+def read_image(ref):
+    """The bytes of one image; BadImage naming it if it cannot be read."""
+    try:
+        return ref.read()
+    except OSError as error:
+        if error.errno == errno.ENOENT and os.path.islink(ref.source):
+            why = f"a broken symbolic link to {os.readlink(ref.source)}"
+        elif error.errno == errno.EISDIR:
+            why = "a folder, not an image"
+        else:
+            why = imagenet_layouts.reason(error)
+        raise BadImage(f"{ref.where}: cannot be read: {why}") from None
 
 
 def rgb_jpeg(data, where):
@@ -149,13 +178,23 @@ def write_shard(job):
     rename, so a shard under its final name is always complete."""
     import tensorflow as tf
 
-    work = os.path.join(job.output_dir, WORK_DIR)
-    partial = os.path.join(work, job.name + ".partial")
+    partial = os.path.join(job.output_dir, WORK_DIR, job.name + ".partial")
     stats = dict(count=0, class_counts=collections.Counter(), skipped=[], reencoded=[])
-    with tf.io.TFRecordWriter(partial) as writer:
+    with writing(partial, shard=True):
+        try:
+            _write_records(tf, job, partial, stats)
+        except tf.errors.OpError as error:
+            raise _as_os_error(error) from None
+        _write_json_atomically(stats_path(job.output_dir, job.name), stats)
+        os.replace(partial, os.path.join(job.output_dir, job.name))
+    return job.name, stats
+
+
+def _write_records(tf, job, path, stats):
+    with tf.io.TFRecordWriter(path) as writer:
         for ref in job.refs:
             try:
-                jpeg, height, width, reencoded = rgb_jpeg(ref.read(), ref.where)
+                jpeg, height, width, reencoded = rgb_jpeg(read_image(ref), ref.where)
             except BadImage as error:
                 stats["skipped"].append(str(error))
                 continue
@@ -164,18 +203,40 @@ def write_shard(job):
             example = make_example(
                 tf, ref, jpeg, height, width, job.labels[ref.synset], job.names.get(ref.synset)
             )
-            writer.write(example.SerializeToString())
+            # Protobuf orders a map's entries differently in each process
+            # unless asked not to: the feature map would differ across runs.
+            writer.write(example.SerializeToString(deterministic=True))
             stats["count"] += 1
             stats["class_counts"][ref.synset] += 1
-    _write_json_atomically(stats_path(job.output_dir, job.name), stats)
-    os.replace(partial, os.path.join(job.output_dir, job.name))
-    return job.name, stats
+
+
+def _as_os_error(error):
+    """A TensorFlow file error as the OSError it was: its message is
+    `path; the system's words`."""
+    words = error.message.rsplit("; ", 1)[-1]
+    code = next((c for c in errno.errorcode if os.strerror(c) == words), None)
+    return OSError(code, words)
+
+
+@contextlib.contextmanager
+def writing(path, shard=False):
+    """Turns a failed write of `path` into a ConversionError naming it and
+    what stopped it; for a shard, says that the finished ones are kept."""
+    try:
+        yield
+    except OSError as error:
+        why = imagenet_layouts.reason(error)
+        if error.errno in FULL:
+            why = f"{FULL[error.errno]} ({why})"
+        kept = "; the shards already finished are complete, and a rerun keeps them" if shard else ""
+        raise ConversionError(f"cannot write {path}: {why}{kept}") from None
 
 
 def _write_json_atomically(path, data):
-    with open(path + ".partial", "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-    os.replace(path + ".partial", path)
+    with writing(path):
+        with open(path + ".partial", "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+        os.replace(path + ".partial", path)
 
 
 def convert(
@@ -195,21 +256,26 @@ def convert(
     unknown_splits = set(splits) - set(SPLITS)
     if unknown_splits:
         raise ValueError(f"`splits` must be among {SPLITS}. Received: {sorted(unknown_splits)}")
+    check_output_dir(output_dir)
     inputs = imagenet_layouts.find_inputs(raw_dir, splits, validation_labels, synset_names)
     print(f"Found the {inputs.description}.")
     refs = {"train": inputs.train}
     if "validation" in splits:
         refs["validation"] = inputs.validation
+    refuse_duplicate_names(refs)
     synsets = sorted({r.synset for r in refs["train"]})
     unknown = {r.synset for r in refs.get("validation", [])} - set(synsets)
     if unknown:
-        raise ValueError(f"Validation wnids not among the training classes: {sorted(unknown)[:5]}")
+        raise ConversionError(
+            f"Validation wnids not among the training classes: {sorted(unknown)[:5]}"
+        )
     labels = {wnid: i + 1 for i, wnid in enumerate(synsets)}  # 0 stays unused
     names = inputs.names
-    os.makedirs(os.path.join(output_dir, WORK_DIR), exist_ok=True)
+    make_output_dir(output_dir)
     shards = {"train": train_shards, "validation": validation_shards}
     check_inputs(output_dir, fingerprint(inputs.layout, refs, labels, names, shards))
-    with open(os.path.join(output_dir, "labels.txt"), "w") as f:
+    labels_file = os.path.join(output_dir, "labels.txt")
+    with writing(labels_file), open(labels_file, "w") as f:
         for wnid in synsets:
             f.write(f"{labels[wnid]}\t{wnid}\t{names.get(wnid, '')}\n")
 
@@ -254,6 +320,40 @@ def convert(
     return summary
 
 
+def refuse_duplicate_names(refs):
+    """Each image's file name identifies it in the shards (image/filename):
+    two files with one name are refused before anything is written."""
+    first = {}
+    for split_refs in refs.values():
+        for ref in split_refs:
+            other = first.setdefault(ref.filename, ref)
+            if other is not ref:
+                raise ConversionError(
+                    f"{other.where} and {ref.where} have the same file name; "
+                    "image/filename must identify one image: rename or remove one"
+                )
+
+
+def check_output_dir(output_dir):
+    """Refuses, before the inputs are listed, an --output_dir that is a file
+    or lies under one, or whose nearest existing folder is not writable."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ConversionError(f"--output_dir={output_dir} is a file, not a directory")
+    existing = os.path.abspath(output_dir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConversionError(f"--output_dir={output_dir}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConversionError(f"--output_dir={output_dir}: {existing} is not writable")
+
+
+def make_output_dir(output_dir):
+    work = os.path.join(output_dir, WORK_DIR)
+    with writing(work):
+        os.makedirs(work, exist_ok=True)
+
+
 def fingerprint(layout, refs, labels, names, shards):
     """What the shards depend on, one digest per part, so that a rerun can
     say which part changed: the layout, each split's (wnid, file) list and
@@ -275,22 +375,30 @@ def fingerprint(layout, refs, labels, names, shards):
 
 def check_inputs(output_dir, record):
     """Refuses to add to shards written from other inputs, naming what
-    differs; records the inputs of a new (or partly converted) output."""
+    differs; records the inputs of a new (or partly converted) output. A
+    record with no shard beside it (a run stopped before its first shard)
+    holds nothing to protect: it is replaced."""
     path = os.path.join(output_dir, INPUTS_RECORD)
     has_shards = any(SHARD_NAME.match(n) for n in os.listdir(output_dir))
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
+    if has_shards and os.path.exists(path):
+        try:
+            with open(path) as f:
+                saved = json.load(f)
+        except (OSError, ValueError) as error:
+            raise ConversionError(
+                f"{path}: cannot be read ({imagenet_layouts.reason(error)}); it records "
+                "what the shards beside it were written from: use a new --output_dir"
+            ) from None
         differ = sorted(k for k in record if k in saved and saved[k] != record[k])
         if differ:
-            raise ValueError(
+            raise ConversionError(
                 f"--output_dir={output_dir} holds shards written from other inputs "
                 f"({', '.join(differ)} differ): use a new --output_dir, or the same "
                 "--raw_data_dir, --validation_labels and --synset_names as before"
             )
         record = {**saved, **record}
     elif has_shards:
-        raise ValueError(
+        raise ConversionError(
             f"--output_dir={output_dir} holds shards but no record of their inputs "
             f"({INPUTS_RECORD}): use a new --output_dir"
         )
@@ -310,7 +418,8 @@ def _map(function, jobs, num_workers):
 
 
 def verify(output_dir):
-    """Reads every shard back; returns a list of problems (empty if none)."""
+    """Reads every shard back; returns a list of problems (empty if none),
+    among them a split without records and a training class without one."""
     labels_file = os.path.join(output_dir, "labels.txt")
     if not os.path.exists(labels_file):
         return [f"{labels_file}: missing; is {output_dir} the converter's output?"]
@@ -332,14 +441,24 @@ def verify(output_dir):
         missing = sorted(set(range(max(total))) - set(found))
         if missing:
             problems.append(f"{split}: missing shards {missing[:10]}")
+        labels = collections.Counter()
         for index in sorted(found):
-            problems += _verify_shard(output_dir, found[index][0], num_classes, seen)
+            problems += _verify_shard(output_dir, found[index][0], num_classes, seen, labels)
+        if not labels:
+            problems.append(f"{split}: no records in its {len(found)} shard(s)")
+        elif split == "train":
+            empty = sorted(set(range(1, num_classes + 1)) - set(labels))
+            if empty:
+                problems.append(
+                    f"train: no images of label(s) {empty[:10]} of the {num_classes} in labels.txt"
+                )
     return problems
 
 
-def _verify_shard(output_dir, name, num_classes, seen):
-    """Problems with one shard: labels, decoding, duplicates (updating `seen`),
-    and its record count against the statistics written with it."""
+def _verify_shard(output_dir, name, num_classes, seen, labels):
+    """Problems with one shard: labels (counted in `labels`), decoding,
+    duplicates (updating `seen`), and its record count against the statistics
+    written with it."""
     import tensorflow as tf
 
     feature_spec = {
@@ -355,6 +474,7 @@ def _verify_shard(output_dir, name, num_classes, seen):
             example = tf.io.parse_single_example(record, feature_spec)
             filename = example["image/filename"].numpy().decode()
             label = int(example["image/class/label"])
+            labels[label] += 1
             if not 1 <= label <= num_classes:
                 problems.append(f"{path}: {filename} has label {label}, outside 1..{num_classes}")
             try:
@@ -418,23 +538,47 @@ def define_flags():
 
 
 def main(argv):
-    del argv
-    if not FLAGS.output_dir:
-        raise app.UsageError("--output_dir is required")
+    problem = flag_problem(argv[1:])
+    if problem:
+        return _error(f"{problem} (see --help)")
     if FLAGS.verify:
         problems = verify(FLAGS.output_dir)
         for problem in problems:
             print("PROBLEM", problem)
         print(f"verify: {len(problems)} problem(s) in {FLAGS.output_dir}")
         return 1 if problems else 0
-    if not FLAGS.raw_data_dir:
-        raise app.UsageError("--raw_data_dir is required")
     try:
         summary = _convert_from_flags()
-    except (ValueError, FileNotFoundError) as error:
-        print(f"imagenet_to_tfrecords: error: {error}", file=sys.stderr)
-        return 1
+    except ConversionError as error:
+        return _error(str(error))
     return _report(summary)
+
+
+def flag_problem(arguments):
+    """What is wrong with the command line, or None; checked before anything
+    is listed, written or imported (TensorFlow)."""
+    if arguments:
+        return f"unexpected arguments: {' '.join(arguments)}"
+    if not FLAGS.output_dir:
+        return "--output_dir is required"
+    if FLAGS.verify:
+        return None
+    if not FLAGS.raw_data_dir:
+        return "--raw_data_dir is required"
+    if not os.path.isdir(FLAGS.raw_data_dir):
+        what = "is not a directory" if os.path.exists(FLAGS.raw_data_dir) else "does not exist"
+        return f"--raw_data_dir={FLAGS.raw_data_dir} {what}"
+    for name in ("train_shards", "validation_shards", "num_workers"):
+        if FLAGS[name].value < 1:
+            return f"--{name}={FLAGS[name].value}: must be at least 1"
+    if not FLAGS.splits or set(FLAGS.splits) - set(SPLITS):
+        return f"--splits={','.join(FLAGS.splits)}: must be one or both of {','.join(SPLITS)}"
+    return None
+
+
+def _error(message):
+    print(f"imagenet_to_tfrecords: error: {message}", file=sys.stderr)
+    return 1
 
 
 def _convert_from_flags():
@@ -471,7 +615,7 @@ def _report(summary):
     )
     if skipped and not FLAGS.allow_skips:
         print(
-            f"{skipped} file(s) could not be decoded (listed above). The shards "
+            f"{skipped} file(s) could not be read or decoded (listed above). The shards "
             "are complete without them; rerun with --allow_skips to accept.",
             file=sys.stderr,
         )

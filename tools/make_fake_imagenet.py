@@ -22,6 +22,7 @@ cannot be decoded (a truncated JPEG, a text file named .JPEG).
 
 import io
 import os
+import sys
 import tarfile
 
 import numpy as np
@@ -192,18 +193,59 @@ def define_flags():
 
 
 def main(argv):
-    del argv
-    if not FLAGS.output_dir:
-        raise app.UsageError("--output_dir is required")
-    raw = make(
-        FLAGS.output_dir,
-        FLAGS.classes,
-        FLAGS.train_per_class,
-        FLAGS.validation_per_class,
-        tuple(int(s) for s in FLAGS.size),
-        FLAGS.bad_files,
-    )
+    problem = flag_problem(argv[1:])
+    if problem:
+        return _error(f"{problem} (see --help)")
+    problem = output_dir_problem(FLAGS.output_dir)
+    if problem:
+        return _error(problem)
+    try:
+        raw = make(
+            FLAGS.output_dir,
+            FLAGS.classes,
+            FLAGS.train_per_class,
+            FLAGS.validation_per_class,
+            tuple(int(s) for s in FLAGS.size),
+            FLAGS.bad_files,
+        )
+    except OSError as error:
+        where = error.filename or FLAGS.output_dir
+        return _error(f"cannot write {where}: {error.strerror or error}")
     print(f"wrote {raw}, and the archives/ and kaggle/ layouts beside it")
+    return 0
+
+
+def flag_problem(arguments):
+    """What is wrong with the command line, or None."""
+    if arguments:
+        return f"unexpected arguments: {' '.join(arguments)}"
+    if not FLAGS.output_dir:
+        return "--output_dir is required"
+    for name in ("classes", "train_per_class", "validation_per_class"):
+        if FLAGS[name].value < 1:
+            return f"--{name}={FLAGS[name].value}: must be at least 1"
+    size = FLAGS.size
+    if len(size) != 2 or not all(s.isdigit() and int(s) > 0 for s in size):
+        return f"--size={','.join(size)}: must be two positive integers, height,width"
+    return None
+
+
+def output_dir_problem(output_dir):
+    """Why `output_dir` cannot be a folder (it, or a folder above it, is a
+    file), or None."""
+    existing = os.path.abspath(output_dir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if os.path.isdir(existing):
+        return None
+    if existing == os.path.abspath(output_dir):
+        return f"--output_dir={output_dir} is a file, not a directory"
+    return f"--output_dir={output_dir}: {existing} is a file, not a directory"
+
+
+def _error(message):
+    print(f"make_fake_imagenet: error: {message}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":  # the console script: recipes/scripts.py

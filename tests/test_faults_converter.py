@@ -1,0 +1,630 @@
+"""The converter under faults: shards reproducible across processes, and every
+bad input, flag or output directory answered in one line that names it and
+what is wrong, exit status 1, no traceback, nothing lost.
+
+Root runs these tests and can read any file, so an unreadable file is made
+in ways that hold for root too: a dangling symbolic link and a symbolic link
+to itself (real), and a PermissionError raised in this process for one path
+(simulated). A full disk is a real file size limit (RLIMIT_FSIZE, with
+SIGXFSZ ignored so the write fails with EFBIG) on a converter process, and a
+simulated ENOSPC from TensorFlow's writer in this process.
+"""
+
+import errno
+import io
+import os
+import re
+import shutil
+import sys
+import tarfile
+
+import keras
+import pytest
+
+import commands
+
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="TFRecords are TensorFlow's"
+)
+tf = pytest.importorskip("tensorflow")
+
+from tools import imagenet_layouts  # noqa: E402
+from tools import imagenet_to_tfrecords as converter  # noqa: E402
+from tools import make_fake_imagenet  # noqa: E402
+from tools.make_fake_imagenet import wnid  # noqa: E402
+
+CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS = 4, 6, 2
+SHARDS = dict(train_shards=3, validation_shards=2)
+ERROR = "imagenet_to_tfrecords: error:"
+TRAIN_ARCHIVE = "ILSVRC2012_img_train.tar"
+# Runs a module as `python -m` would, then says whether TensorFlow was imported.
+TENSORFLOW_IMPORTED = "tensorflow imported:"
+WITHOUT_TENSORFLOW = (
+    "import runpy, sys\n"
+    "sys.argv = sys.argv[1:]\n"
+    "try:\n"
+    "    runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)\n"
+    "finally:\n"
+    f"    print({TENSORFLOW_IMPORTED!r}, 'tensorflow' in sys.modules)\n"
+)
+# Runs a command under a file size limit (bytes, the first argument).
+UNDER_A_FILE_SIZE_LIMIT = (
+    "import os, resource, signal, sys\n"
+    "limit = int(sys.argv[1])\n"
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))\n"
+    "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+@pytest.fixture(scope="module")
+def fake(tmp_path_factory):
+    """A fake set with the awkward files (two of them undecodable)."""
+    root = tmp_path_factory.mktemp("fake")
+    make_fake_imagenet.make(str(root), CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS, with_bad_files=True)
+    return root
+
+
+def copy_raw(fake, tmp_path):
+    shutil.copytree(fake / "raw", tmp_path / "raw")
+    return tmp_path / "raw"
+
+
+def copy_archives(fake, tmp_path):
+    shutil.copytree(fake / "archives", tmp_path / "archives")
+    return tmp_path / "archives"
+
+
+def shard_bytes(directory):
+    return {
+        name: (directory / name).read_bytes()
+        for name in sorted(os.listdir(directory))
+        if converter.SHARD_NAME.match(name)
+    }
+
+
+def convert(raw, output, **kwargs):
+    """Converts a tree in this process, as the command line does."""
+    return converter.convert(
+        str(raw),
+        str(output),
+        validation_labels=str(raw / "validation_labels.txt"),
+        synset_names=str(raw / "synsets.txt"),
+        **{**SHARDS, **kwargs},
+    )
+
+
+def refused(match, source, output, **kwargs):
+    """The one-line ConversionError that converting `source` raises; checks
+    that nothing was written."""
+    with pytest.raises(converter.ConversionError, match=match) as raised:
+        converter.convert(str(source), str(output), **{**SHARDS, **kwargs})
+    assert "\n" not in str(raised.value)
+    assert not output.is_dir() or not shard_bytes(output)
+    return str(raised.value)
+
+
+def converter_command(raw, output, *flags):
+    return commands.module(
+        "tools.imagenet_to_tfrecords",
+        f"--raw_data_dir={raw}",
+        f"--output_dir={output}",
+        f"--validation_labels={raw / 'validation_labels.txt'}",
+        f"--synset_names={raw / 'synsets.txt'}",
+        f"--train_shards={SHARDS['train_shards']}",
+        f"--validation_shards={SHARDS['validation_shards']}",
+        "--num_workers=1",
+        *flags,
+    )
+
+
+def error_lines(output):
+    return [line for line in output.splitlines() if line.startswith(ERROR)]
+
+
+@pytest.fixture(scope="module")
+def by_a_process(fake, tmp_path_factory):
+    """The fake set converted by a converter process: its output directory."""
+    root = tmp_path_factory.mktemp("by_a_process")
+    command = converter_command(fake / "raw", root / "out", "--allow_skips")
+    code, output = commands.run(command, root / "convert.log")
+    assert code == 0, output[-3000:]
+    return root / "out"
+
+
+# --- Reproducible shards -----------------------------------------------------
+
+
+def test_two_processes_write_byte_identical_shards(fake, by_a_process, tmp_path):
+    command = converter_command(fake / "raw", tmp_path / "out", "--allow_skips")
+    code, output = commands.run(command, tmp_path / "convert.log")
+    assert code == 0, output[-3000:]
+    first, second = shard_bytes(by_a_process), shard_bytes(tmp_path / "out")
+    assert len(first) == SHARDS["train_shards"] + SHARDS["validation_shards"]
+    assert list(second) == list(first)
+    for name in first:
+        assert second[name] == first[name], f"{name} differs between two processes"
+    convert(fake / "raw", tmp_path / "here")
+    assert shard_bytes(tmp_path / "here") == first
+
+
+# --- Splits and classes without images ---------------------------------------
+
+
+def test_an_empty_train_folder_and_empty_labels_are_refused(tmp_path):
+    raw = tmp_path / "raw"
+    (raw / "train").mkdir(parents=True)
+    (raw / "validation").mkdir()
+    (raw / "validation_labels.txt").write_text("")
+    (raw / "synsets.txt").write_text("")
+    code, output = commands.run(converter_command(raw, tmp_path / "out"), tmp_path / "log")
+    assert code == 1 and "Traceback" not in output, output[-3000:]
+    assert error_lines(output) == [f"{ERROR} train: no images in {raw / 'train'}"]
+    assert not (tmp_path / "out").exists()
+
+
+def empty_tar():
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w"):
+        pass
+    return buffer.getvalue()
+
+
+def test_a_split_without_images_is_refused_naming_it(fake, tmp_path):
+    raw = copy_raw(fake, tmp_path)
+    shutil.rmtree(raw / "validation")
+    (raw / "validation").mkdir()
+    refused(
+        f"^validation: no images in {re.escape(str(raw / 'validation'))}$",
+        raw,
+        tmp_path / "out",
+        validation_labels=str(raw / "validation_labels.txt"),
+    )
+    archives = copy_archives(fake, tmp_path)
+    (archives / "ILSVRC2012_img_val.tar").write_bytes(empty_tar())
+    refused("^validation: no images in .*ILSVRC2012_img_val.tar$", archives, tmp_path / "out")
+    (archives / TRAIN_ARCHIVE).write_bytes(empty_tar())
+    refused(f"^train: no images in .*{TRAIN_ARCHIVE}", archives, tmp_path / "out")
+
+
+def test_a_class_without_images_is_refused_naming_it(fake, tmp_path):
+    raw = copy_raw(fake, tmp_path)
+    (raw / "train" / wnid(CLASSES)).mkdir()
+    refused(
+        f"^train: class {wnid(CLASSES)} has no images "
+        f"\\({re.escape(str(raw / 'train' / wnid(CLASSES)))} is empty\\)$",
+        raw,
+        tmp_path / "out",
+        validation_labels=str(raw / "validation_labels.txt"),
+    )
+
+    sorted_validation = tmp_path / "sorted"
+    shutil.copytree(fake / "raw" / "train", sorted_validation / "train")
+    for c in range(CLASSES):
+        (sorted_validation / "validation" / wnid(c)).mkdir(parents=True)
+    shutil.copy(
+        fake / "raw" / "validation" / "ILSVRC2012_val_00000001.JPEG",
+        sorted_validation / "validation" / wnid(0),
+    )
+    refused(f"^validation: class {wnid(1)} has no images", sorted_validation, tmp_path / "out")
+
+    archives = copy_archives(fake, tmp_path)
+    with tarfile.open(archives / TRAIN_ARCHIVE, "a") as outer:
+        info = tarfile.TarInfo(f"{wnid(CLASSES)}.tar")
+        info.size = len(empty_tar())
+        outer.addfile(info, io.BytesIO(empty_tar()))
+    refused(
+        f"^train: class {wnid(CLASSES)} has no images "
+        f"\\(.*{TRAIN_ARCHIVE}:{wnid(CLASSES)}.tar holds no files\\)$",
+        archives,
+        tmp_path / "out",
+    )
+
+
+def test_verify_names_an_empty_split_and_a_class_without_images(fake, tmp_path):
+    """Output that older converters wrote from such inputs fails --verify."""
+    convert(fake / "raw", tmp_path)
+    assert converter.verify(str(tmp_path)) == []
+    with (tmp_path / "labels.txt").open("a") as f:
+        f.write(f"{CLASSES + 1}\t{wnid(CLASSES)}\t\n")
+    for name in ("validation-00000-of-00002", "validation-00001-of-00002"):
+        with tf.io.TFRecordWriter(str(tmp_path / name)):
+            pass
+    problems = converter.verify(str(tmp_path))
+    assert "validation: no records in its 2 shard(s)" in problems, problems
+    assert f"train: no images of label(s) [{CLASSES + 1}] of the {CLASSES + 1} in labels.txt" in (
+        problems
+    )
+
+
+# --- Files that cannot be read -------------------------------------------------
+
+
+def test_files_that_cannot_be_read_are_listed_and_skipped(fake, tmp_path, monkeypatch):
+    """A folder inside a class folder, a dangling symbolic link, a link to
+    itself and a file the system refuses to open are each listed with their
+    path and skipped, like an undecodable image; the run finishes."""
+    raw = copy_raw(fake, tmp_path)
+    folder = raw / "train" / wnid(1) / "more_images"
+    folder.mkdir()
+    shutil.copy(raw / "train" / wnid(1) / f"{wnid(1)}_0.JPEG", folder)
+    dangling = raw / "train" / wnid(2) / "dangling.JPEG"
+    dangling.symlink_to(tmp_path / "moved_away.JPEG")
+    loop = raw / "train" / wnid(2) / "loop.JPEG"
+    loop.symlink_to(loop)
+    denied = raw / "train" / wnid(3) / f"{wnid(3)}_0.JPEG"
+
+    def open_but_not_denied(path, *args, **kwargs):
+        if str(path) == str(denied):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return open(path, *args, **kwargs)
+
+    monkeypatch.setattr(imagenet_layouts, "open", open_but_not_denied, raising=False)
+    summary = convert(raw, tmp_path / "out")
+    skipped = summary["train"]["skipped"]
+    for line in (
+        f"{folder}: cannot be read: a folder, not an image",
+        f"{dangling}: cannot be read: a broken symbolic link to {tmp_path / 'moved_away.JPEG'}",
+        f"{loop}: cannot be read: Too many levels of symbolic links",
+        f"{denied}: cannot be read: Permission denied",
+    ):
+        assert line in skipped, skipped
+    assert len(skipped) == 2 + 4  # with the fake set's two undecodable files
+    assert summary["train"]["images"] == CLASSES * TRAIN_PER_CLASS + 3 - 1  # 3 re-encoded
+    assert converter.verify(str(tmp_path / "out")) == []
+
+    again = convert(raw, tmp_path / "out")  # the rerun finds every shard done
+    assert again["shards_already_done"] == 5 and again["train"]["skipped"] == skipped
+
+
+def test_skipped_files_are_listed_by_the_command_line(fake, tmp_path):
+    raw = copy_raw(fake, tmp_path)
+    (raw / "train" / wnid(0) / "a_folder").mkdir()
+    (raw / "train" / wnid(1) / "dangling.JPEG").symlink_to(tmp_path / "nowhere.JPEG")
+    code, output = commands.run(converter_command(raw, tmp_path / "out"), tmp_path / "first.log")
+    assert code == 1 and "Traceback" not in output, output[-3000:]
+    assert f"SKIPPED {raw / 'train' / wnid(0) / 'a_folder'}: cannot be read: a folder" in output
+    assert f"SKIPPED {raw / 'train' / wnid(1) / 'dangling.JPEG'}: cannot be read: a broken" in (
+        output
+    )
+    assert "4 file(s) could not be read or decoded" in output
+    command = converter_command(raw, tmp_path / "out", "--allow_skips")
+    code, output = commands.run(command, tmp_path / "again.log")
+    assert code == 0 and "0 shards written, 5 already done" in output, output[-3000:]
+
+
+def test_a_class_folder_that_cannot_be_listed_is_named(fake, tmp_path, monkeypatch):
+    raw = copy_raw(fake, tmp_path)
+    denied = str(raw / "train" / wnid(2))
+    listdir = os.listdir
+
+    def listdir_but_not_denied(path="."):
+        if str(path) == denied:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return listdir(path)
+
+    monkeypatch.setattr(os, "listdir", listdir_but_not_denied)
+    refused(
+        f"^{re.escape(denied)}: cannot be listed \\(Permission denied\\)$",
+        raw,
+        tmp_path / "out",
+        validation_labels=str(raw / "validation_labels.txt"),
+    )
+
+
+def truncations(archive):
+    """{where it stops: length}: inside a header, inside a class's tar, at a
+    class's boundary, and just before the end-of-archive marker."""
+    with tarfile.open(archive) as tar:
+        members = tar.getmembers()
+        end = tar.offset
+    return {
+        "in a header": 100,
+        "in a class": members[1].offset_data + 1000,
+        "at a class boundary": members[1].offset,
+        "before the end marker": end,
+    }
+
+
+@pytest.mark.parametrize(
+    "where", ["in a header", "in a class", "at a class boundary", "before the end marker"]
+)
+def test_a_truncated_archive_is_named(fake, tmp_path, where):
+    archives = copy_archives(fake, tmp_path)
+    archive = archives / TRAIN_ARCHIVE
+    data = archive.read_bytes()
+    archive.write_bytes(data[: truncations(archive)[where]])
+    message = refused(
+        f"^{re.escape(str(archive))}: truncated or damaged", archives, tmp_path / "out"
+    )
+    assert message.endswith("download it again")
+
+
+def test_a_truncated_validation_archive_and_devkit_are_named(fake, tmp_path):
+    archives = copy_archives(fake, tmp_path)
+    validation = archives / "ILSVRC2012_img_val.tar"
+    with tarfile.open(validation) as tar:
+        second = tar.getmembers()[1].offset
+    validation.write_bytes(validation.read_bytes()[:second])
+    refused(f"^{re.escape(str(validation))}: truncated or damaged", archives, tmp_path / "out")
+    shutil.copy(fake / "archives" / validation.name, validation)
+    devkit = archives / "ILSVRC2012_devkit_t12.tar.gz"
+    devkit.write_bytes(devkit.read_bytes()[: devkit.stat().st_size // 2])
+    refused(f"^{re.escape(str(devkit))}: truncated or damaged", archives, tmp_path / "out")
+
+
+def test_unreadable_labels_and_names_files_are_named(fake, tmp_path):
+    raw = copy_raw(fake, tmp_path)
+    refused(
+        f"^--validation_labels={re.escape(str(tmp_path))}: cannot be read as text "
+        "\\(Is a directory\\)$",
+        raw,
+        tmp_path / "out",
+        validation_labels=str(tmp_path),
+    )
+    names = raw / "synsets.txt"
+    lines = names.read_text().splitlines()
+    names.write_text("\n".join([lines[0], wnid(1), *lines[2:]]) + "\n")
+    refused(
+        f"^{re.escape(str(names))}, line 2: expected `wnid name`, found '{wnid(1)}'$",
+        raw,
+        tmp_path / "out",
+        validation_labels=str(raw / "validation_labels.txt"),
+        synset_names=str(names),
+    )
+
+
+# --- The output directory --------------------------------------------------------
+
+
+def test_an_output_dir_that_cannot_be_written_is_named(fake, tmp_path, monkeypatch):
+    raw = fake / "raw"
+    labels = dict(validation_labels=str(raw / "validation_labels.txt"))
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    refused(
+        f"^--output_dir={re.escape(str(a_file))} is a file, not a directory$", raw, a_file, **labels
+    )
+    refused(
+        f"^--output_dir={re.escape(str(a_file / 'out'))}: {re.escape(str(a_file))} is a file",
+        raw,
+        a_file / "out",
+        **labels,
+    )
+    assert a_file.read_text() == "not a folder"
+
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda path, mode: path != str(read_only) and access(path, mode)
+    )
+    refused(
+        f"^--output_dir={re.escape(str(read_only / 'out'))}: {re.escape(str(read_only))} is not "
+        "writable$",
+        raw,
+        read_only / "out",
+        **labels,
+    )
+    monkeypatch.undo()
+
+    def makedirs_denied(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+
+    monkeypatch.setattr(os, "makedirs", makedirs_denied)
+    work = tmp_path / "out" / converter.WORK_DIR
+    refused(
+        f"^cannot write {re.escape(str(work))}: Permission denied$", raw, tmp_path / "out", **labels
+    )
+
+
+def test_a_rerun_is_refused_only_where_shards_from_other_inputs_exist(
+    fake, by_a_process, tmp_path, monkeypatch
+):
+    """A run stopped before its first shard leaves a record of its inputs and
+    no shard: a rerun from other inputs replaces the record. Once a shard
+    exists, other inputs are refused."""
+    raw = copy_raw(fake, tmp_path)
+    (raw / "train" / wnid(0) / "a_folder").mkdir()
+    real_write_shard = converter.write_shard
+
+    def stopped(job):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(converter, "write_shard", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        convert(raw, tmp_path / "out")
+    assert (tmp_path / "out" / converter.INPUTS_RECORD).exists()
+    assert not shard_bytes(tmp_path / "out")
+    (raw / "train" / wnid(0) / "a_folder").rmdir()
+    calls = []
+
+    def stops_after_one(job):
+        calls.append(job.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_write_shard(job)
+
+    monkeypatch.setattr(converter, "write_shard", stops_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        convert(raw, tmp_path / "out")  # other inputs than the record's, and no shard
+    assert len(shard_bytes(tmp_path / "out")) == 1
+    monkeypatch.setattr(converter, "write_shard", real_write_shard)
+    (raw / "train" / wnid(0) / "a_folder").mkdir()
+    with pytest.raises(converter.ConversionError, match="holds shards written from other inputs"):
+        convert(raw, tmp_path / "out")
+    (raw / "train" / wnid(0) / "a_folder").rmdir()
+    summary = convert(raw, tmp_path / "out")
+    assert summary["shards_already_done"] == 1
+    assert shard_bytes(tmp_path / "out") == shard_bytes(by_a_process)
+
+
+def test_duplicate_file_names_are_refused_naming_both(fake, tmp_path):
+    raw = copy_raw(fake, tmp_path)
+    name = f"{wnid(0)}_0.JPEG"
+    shutil.copy(raw / "train" / wnid(0) / name, raw / "train" / wnid(1) / name)
+    first, second = raw / "train" / wnid(0) / name, raw / "train" / wnid(1) / name
+    refused(
+        f"^{re.escape(str(first))} and {re.escape(str(second))} have the same file name",
+        raw,
+        tmp_path / "out",
+        validation_labels=str(raw / "validation_labels.txt"),
+    )
+    assert not (tmp_path / "out").exists()
+
+
+# --- A full disk ----------------------------------------------------------------
+
+
+def test_a_file_size_limit_stops_in_one_line_and_the_rerun_keeps_the_shards(
+    fake, by_a_process, tmp_path
+):
+    """Validation's shards first: they fit under the limit; the first
+    training shard does not. The rerun without the limit writes the rest."""
+    reference = shard_bytes(by_a_process)
+    sizes = {
+        split: [len(v) for k, v in reference.items() if k.startswith(split)]
+        for split in ("train", "validation")
+    }
+    assert max(sizes["validation"]) < min(sizes["train"])
+    limit = (max(sizes["validation"]) + min(sizes["train"])) // 2
+    command = converter_command(
+        fake / "raw", tmp_path / "out", "--allow_skips", "--splits=validation,train"
+    )
+    limited = [sys.executable, "-c", UNDER_A_FILE_SIZE_LIMIT, str(limit), *command]
+    code, output = commands.run(limited, tmp_path / "limited.log")
+    partial = tmp_path / "out" / converter.WORK_DIR / "train-00000-of-00003.partial"
+    assert code == 1 and "Traceback" not in output, output[-3000:]
+    assert error_lines(output) == [
+        f"{ERROR} cannot write {partial}: the file size limit (ulimit -f) was reached (File too "
+        "large); the shards already finished are complete, and a rerun keeps them"
+    ]
+    written = shard_bytes(tmp_path / "out")
+    assert sorted(written) == ["validation-00000-of-00002", "validation-00001-of-00002"]
+    assert all(written[name] == reference[name] for name in written)
+
+    code, output = commands.run(command, tmp_path / "rerun.log")
+    assert code == 0 and "3 shards written, 2 already done" in output, output[-3000:]
+    assert shard_bytes(tmp_path / "out") == reference
+
+
+def test_a_full_disk_stops_in_one_line_and_the_rerun_keeps_the_shards(
+    fake, by_a_process, tmp_path, monkeypatch
+):
+    """TensorFlow's writer reports ENOSPC while writing the third shard."""
+    real_writer = tf.io.TFRecordWriter
+    opened = []
+
+    class FillsUp(real_writer):
+        def __init__(self, path, *args, **kwargs):
+            super().__init__(path, *args, **kwargs)
+            opened.append(path)
+
+        def write(self, record):
+            if len(opened) == 3:
+                raise tf.errors.ResourceExhaustedError(
+                    None, None, f"{opened[-1]}; {os.strerror(errno.ENOSPC)}"
+                )
+            super().write(record)
+
+    monkeypatch.setattr(tf.io, "TFRecordWriter", FillsUp)
+    with pytest.raises(converter.ConversionError) as raised:
+        convert(fake / "raw", tmp_path)
+    partial = tmp_path / converter.WORK_DIR / "train-00002-of-00003.partial"
+    assert str(raised.value) == (
+        f"cannot write {partial}: the disk is full (No space left on device); the shards "
+        "already finished are complete, and a rerun keeps them"
+    )
+    monkeypatch.undo()
+    assert len(shard_bytes(tmp_path)) == 2
+    summary = convert(fake / "raw", tmp_path)
+    assert summary["shards_already_done"] == 2 and summary["shards_written_this_run"] == 3
+    assert shard_bytes(tmp_path) == shard_bytes(by_a_process)
+
+
+# --- The command line --------------------------------------------------------------
+
+
+def without_tensorflow(name, *flags):
+    return [sys.executable, "-c", WITHOUT_TENSORFLOW, name, *map(str, flags)]
+
+
+CONVERTER_FLAG_ERRORS = {
+    "no output_dir": ([], "--output_dir is required (see --help)"),
+    "no raw_data_dir": (["--output_dir={out}"], "--raw_data_dir is required (see --help)"),
+    "missing raw_data_dir": (
+        ["--output_dir={out}", "--raw_data_dir={tmp}/missing"],
+        "--raw_data_dir={tmp}/missing does not exist (see --help)",
+    ),
+    "no train shards": (
+        ["--output_dir={out}", "--raw_data_dir={raw}", "--train_shards=0"],
+        "--train_shards=0: must be at least 1 (see --help)",
+    ),
+    "negative validation shards": (
+        ["--output_dir={out}", "--raw_data_dir={raw}", "--validation_shards=-1"],
+        "--validation_shards=-1: must be at least 1 (see --help)",
+    ),
+    "unknown split": (
+        ["--output_dir={out}", "--raw_data_dir={raw}", "--splits=train,val"],
+        "--splits=train,val: must be one or both of train,validation (see --help)",
+    ),
+    "an argument": (
+        ["--output_dir={out}", "--raw_data_dir={raw}", "train"],
+        "unexpected arguments: train (see --help)",
+    ),
+    "output_dir a file": (
+        ["--output_dir={raw}/synsets.txt", "--raw_data_dir={raw}"],
+        "--output_dir={raw}/synsets.txt is a file, not a directory",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONVERTER_FLAG_ERRORS))
+def test_converter_flag_errors_are_one_line_before_tensorflow(fake, tmp_path, case):
+    flags, message = CONVERTER_FLAG_ERRORS[case]
+    names = dict(out=tmp_path / "out", tmp=tmp_path, raw=fake / "raw")
+    command = without_tensorflow("tools.imagenet_to_tfrecords", *(f.format(**names) for f in flags))
+    code, output = commands.run(command, tmp_path / "log")
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert code == 1, output
+    assert lines == [f"{ERROR} {message.format(**names)}", f"{TENSORFLOW_IMPORTED} False"]
+    assert not (tmp_path / "out").exists()
+
+
+MAKE_FAKE_FLAG_ERRORS = {
+    "no output_dir": ([], "--output_dir is required (see --help)"),
+    "no classes": (
+        ["--output_dir={out}", "--classes=0"],
+        "--classes=0: must be at least 1 (see --help)",
+    ),
+    "one size": (
+        ["--output_dir={out}", "--size=48"],
+        "--size=48: must be two positive integers, height,width (see --help)",
+    ),
+    "words for a size": (
+        ["--output_dir={out}", "--size=a,b"],
+        "--size=a,b: must be two positive integers, height,width (see --help)",
+    ),
+    "output_dir a file": (
+        ["--output_dir={file}"],
+        "--output_dir={file} is a file, not a directory",
+    ),
+    "output_dir under a file": (
+        ["--output_dir={file}/out"],
+        "--output_dir={file}/out: {file} is a file, not a directory",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MAKE_FAKE_FLAG_ERRORS))
+def test_make_fake_imagenet_flag_errors_are_one_line(tmp_path, case):
+    flags, message = MAKE_FAKE_FLAG_ERRORS[case]
+    (tmp_path / "a_file").write_text("")
+    names = dict(out=tmp_path / "out", file=tmp_path / "a_file")
+    command = without_tensorflow("tools.make_fake_imagenet", *(f.format(**names) for f in flags))
+    code, output = commands.run(command, tmp_path / "log")
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert code == 1, output
+    assert lines[0] == f"make_fake_imagenet: error: {message.format(**names)}"
+    assert lines[1:] == [f"{TENSORFLOW_IMPORTED} False"]
+    assert not (tmp_path / "out").exists()
