@@ -27,7 +27,10 @@ setup(
     # keras_lars_tools (recipes/scripts.py relies on the parallel names).
     packages=[
         "keras_lars",
-        *(p.replace("recipes", "keras_lars_recipes", 1) for p in find_packages(include=["recipes*"])),
+        *(
+            p.replace("recipes", "keras_lars_recipes", 1)
+            for p in find_packages(include=["recipes*"])
+        ),
         "keras_lars_tools",
     ],
     package_dir={"keras_lars_recipes": "recipes", "keras_lars_tools": "tools"},
