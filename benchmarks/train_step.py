@@ -7,7 +7,7 @@ and prints images per second for each and the ratio of their step times
 (median over rounds). The optimizer step is a small part of a training step,
 so the goal is LARS / SGD <= 1.05. No input pipeline is measured:
 
-- TensorFlow: `recipes.train_loop.Trainer`, synthetic images made inside the
+- TensorFlow: `recipes.imagenet.train_loop.Trainer`, synthetic images made inside the
   step;
 - JAX: what `recipes/imagenet/jax_runner.py` runs, `model.fit` (jit-compiled) with
   `steps_per_execution` = `--steps`, on one random batch fed again and again.
@@ -45,7 +45,7 @@ def tensorflow_steps(optimizer, batch_size, image_size):
         optimizer,
         global_batch_size=batch_size,
         label_smoothing=0.1,
-        synthetic=(image_size, CLASSES, "float32"),
+        synthetic=(image_size, CLASSES),
     )
     return lambda n: trainer.train(None, n)  # returns once the loop has finished
 
@@ -61,8 +61,8 @@ def jax_steps(optimizer, batch_size, image_size, steps_per_execution):
         steps_per_execution=steps_per_execution,
     )
     rng = np.random.default_rng(0)
-    batch = (
-        rng.normal(size=(batch_size, image_size, image_size, 3)).astype("float32"),
+    batch = (  # uint8 images, as the recipe's input pipeline ships them
+        rng.integers(0, 256, size=(batch_size, image_size, image_size, 3)).astype("uint8"),
         rng.integers(0, CLASSES, size=batch_size).astype("int32"),
     )
 
