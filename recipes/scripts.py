@@ -32,7 +32,15 @@ TOOLS = __package__.replace("recipes", "tools")
 
 def train():
     """keras-lars-train: the ImageNet recipe (recipes/imagenet/cli.py)."""
-    _run("keras-lars-train", f"{__package__}.imagenet.cli", needs_tensorflow=True)
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    _run(
+        "keras-lars-train",
+        f"{__package__}.imagenet.cli",
+        needs_tensorflow=True,
+        backend=backend,
+        # The JAX route checkpoints with Orbax (the jax extra installs it).
+        also_needs={"orbax.checkpoint": "orbax-checkpoint"} if backend == "jax" else {},
+    )
 
 
 def study():
@@ -61,8 +69,9 @@ def make_fake_imagenet():
     _run("keras-lars-make-fake-imagenet", f"{TOOLS}.make_fake_imagenet", needs_tensorflow=False)
 
 
-def missing(needs_tensorflow, backend=None):
-    """One line saying what to install, or None if nothing is missing."""
+def missing(needs_tensorflow, backend=None, also_needs=None):
+    """One line saying what to install, or None if nothing is missing.
+    `also_needs`: {import name: distribution} beyond the recipes extra."""
     absent = sorted(dist for name, dist in RECIPES_EXTRA.items() if not _installed(name))
     if absent:
         return (
@@ -78,6 +87,9 @@ def missing(needs_tensorflow, backend=None):
         return (
             f"KERAS_BACKEND={backend}, but {backend} is not installed: pip install '.[{backend}]'"
         )
+    absent = sorted(dist for name, dist in (also_needs or {}).items() if not _installed(name))
+    if absent:
+        return f"{', '.join(absent)} not installed: pip install 'keras_lars[{backend}]'"
     return None
 
 
@@ -88,8 +100,8 @@ def _installed(name):
         return False
 
 
-def _run(program, module_name, needs_tensorflow, backend=None):
-    problem = missing(needs_tensorflow, backend)
+def _run(program, module_name, needs_tensorflow, backend=None, also_needs=None):
+    problem = missing(needs_tensorflow, backend, also_needs)
     if problem:
         sys.exit(f"{program}: error: {problem}")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up noise

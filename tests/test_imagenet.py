@@ -2,12 +2,12 @@
 
 import os
 import shutil
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
+
+import commands
 
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow", reason="tf.data and TFRecords are TensorFlow's"
@@ -18,7 +18,6 @@ from recipes.imagenet import input_pipeline  # noqa: E402
 from tools import imagenet_to_tfrecords as converter  # noqa: E402
 from tools import make_fake_imagenet  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS = 4, 6, 2
 GOOD_ODDITIES = 3  # CMYK, greyscale and PNG: re-encoded and kept
 SHARDS = dict(train_shards=3, validation_shards=2)
@@ -287,9 +286,7 @@ def test_verify_names_a_directory_that_is_not_converter_output(tmp_path):
 
 
 def test_command_line_exits_non_zero_on_skips_unless_allowed(fake, tmp_path):
-    base = [
-        sys.executable,
-        "-m",
+    base = commands.module(
         "tools.imagenet_to_tfrecords",
         f"--raw_data_dir={fake / 'raw'}",
         f"--output_dir={tmp_path}",
@@ -297,78 +294,49 @@ def test_command_line_exits_non_zero_on_skips_unless_allowed(fake, tmp_path):
         "--train_shards=2",
         "--validation_shards=1",
         "--num_workers=2",
-    ]
-    path = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    first = subprocess.run(base, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert first.returncode == 1, first.stdout + first.stderr
-    assert "SKIPPED" in first.stdout and "truncated.JPEG" in first.stdout
-    again = subprocess.run(
-        base + ["--allow_skips"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert "0 shards written, 3 already done" in again.stdout
-    verify = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tools.imagenet_to_tfrecords",
-            "--verify",
-            f"--output_dir={tmp_path}",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    logs = tmp_path.parent / f"{tmp_path.name}-logs"
+    logs.mkdir()
+    code, output = commands.run(base, logs / "first.log")
+    assert code == 1 and "SKIPPED" in output and "truncated.JPEG" in output, output
+    code, output = commands.run(base + ["--allow_skips"], logs / "again.log")
+    assert code == 0 and "0 shards written, 3 already done" in output, output
+    verify = commands.module("tools.imagenet_to_tfrecords", "--verify", f"--output_dir={tmp_path}")
+    code, output = commands.run(verify, logs / "verify.log")
+    assert code == 0 and "0 problem(s)" in output, output
+    code, output = commands.run(
+        commands.module("tools.imagenet_to_tfrecords", "--helpshort"), logs / "help.log"
     )
-    assert verify.returncode == 0 and "0 problem(s)" in verify.stdout, verify.stdout
-    helped = subprocess.run(
-        [sys.executable, "-m", "tools.imagenet_to_tfrecords", "--helpshort"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert f"at most {converter.MAX_DEFAULT_WORKERS}" in helped.stdout  # each imports TF
+    assert f"at most {converter.MAX_DEFAULT_WORKERS}" in output  # each imports TF
     (tmp_path / "empty").mkdir()
-    refused = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tools.imagenet_to_tfrecords",
-            f"--raw_data_dir={tmp_path / 'empty'}",
-            f"--output_dir={tmp_path / 'out'}",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    refused = commands.module(
+        "tools.imagenet_to_tfrecords",
+        f"--raw_data_dir={tmp_path / 'empty'}",
+        f"--output_dir={tmp_path / 'out'}",
     )
-    assert refused.returncode == 1 and "holds no ImageNet layout" in refused.stderr
-    assert "Traceback" not in refused.stderr
+    code, output = commands.run(refused, logs / "refused.log")
+    assert code == 1 and "holds no ImageNet layout" in output and "Traceback" not in output
 
 
 # --- The input pipeline ------------------------------------------------------
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("preprocessing", sorted(input_pipeline.PREPROCESSING))
 @pytest.mark.parametrize("training", [True, False])
-def test_pipeline_shapes_dtypes_and_labels(converted, dtype, training):
+def test_pipeline_shapes_dtypes_and_labels(converted, preprocessing, training):
+    """Every source's preprocessing ships uint8 images (the model normalises)."""
     output, _ = converted
     dataset = input_pipeline.build_dataset(
         str(output / "train-*"),
         training=training,
         global_batch_size=5,
         image_size=32,
-        dtype=dtype,
+        preprocessing=preprocessing,
         repeat=False,
     )
     images, labels = next(iter(dataset))
-    assert images.shape == (5, 32, 32, 3) and images.dtype == tf.as_dtype(dtype)
-    assert np.isfinite(images.numpy().astype(np.float32)).all()
+    assert images.shape == (5, 32, 32, 3) and images.dtype == tf.uint8
+    assert images.numpy().std() > 0
     assert labels.dtype == tf.int32
     all_labels = np.concatenate([b[1].numpy() for b in dataset])
     assert set(all_labels) == set(range(CLASSES))  # 1..N in the files, minus 1
@@ -376,6 +344,59 @@ def test_pipeline_shapes_dtypes_and_labels(converted, dtype, training):
         str(output / "train-*"), training=False, global_batch_size=5, label_offset=0
     )
     assert set(np.concatenate([b[1].numpy() for b in raw])) == set(range(1, CLASSES + 1))
+
+
+def test_caffe_crops_by_hand(tmp_path):
+    """Caffe's AlexNet input: the image squashed to 256/227 of the input size
+    (here 40 -> round(40 * 256 / 227) = 45 square), then a 40-pixel crop:
+    the centre one, from pixel (45 - 40) // 2 = 2, in evaluation; a random
+    one, always inside the squashed image, in training."""
+    from PIL import Image
+
+    rng = np.random.default_rng(2)
+    pixels = rng.integers(0, 256, size=(30, 70, 3), dtype=np.uint8)
+    path = tmp_path / "image.jpg"
+    Image.fromarray(pixels).save(path, quality=100, subsampling=0)
+    image_bytes = tf.constant(path.read_bytes())
+    squashed = tf.image.resize(tf.io.decode_jpeg(image_bytes), [45, 45]).numpy()
+    centre = input_pipeline.preprocess(image_bytes, False, 40, "caffe").numpy()
+    np.testing.assert_array_equal(
+        centre, np.clip(squashed[2:42, 2:42] + 0.5, 0, 255).astype(np.uint8)
+    )
+    crop = input_pipeline.preprocess(
+        image_bytes, True, 40, "caffe", seed=tf.constant([3, 4], tf.int64)
+    )
+    rounded = np.clip(squashed + 0.5, 0, 255).astype(np.uint8)
+    windows = [rounded[i : i + 40, j : j + 40] for i in range(6) for j in range(6)] + [
+        rounded[i : i + 40, j : j + 40][:, ::-1] for i in range(6) for j in range(6)
+    ]
+    assert any(np.array_equal(crop.numpy(), window) for window in windows)
+
+
+def test_evaluation_reads_only_its_pipelines_files(converted):
+    """Two pipelines over the two validation shards: each reads one file, the
+    two together every image once, each padded to the same number of steps."""
+    output, _ = converted
+    source = input_pipeline.TFRecordSource(str(output / "validation-*"))
+    assert len(source.files) == 2
+    counts = source.pipeline_counts(2)
+    assert sum(counts) == source.count() and len(counts) == 2
+    steps = input_pipeline.evaluation_steps(source, global_batch_size=4, num_pipelines=2)
+    assert steps == max(1, -(-max(counts) // 2))
+    names = []
+    for pipeline in range(2):
+        context = tf.distribute.InputContext(2, pipeline, 2)
+        examples = list(source.evaluation_examples(context))
+        assert len(examples) == counts[pipeline]
+        names.append(
+            {bytes(image) for image, _ in (e for e in [(x.numpy(), y) for x, y in examples])}
+        )
+        batches = input_pipeline.evaluation_batches(
+            source, global_batch_size=4, input_context=context, image_size=16
+        )
+        masks = [mask.numpy() for _, _, mask in batches]
+        assert len(masks) == steps and sum(m.sum() for m in masks) == counts[pipeline]
+    assert not names[0] & names[1]
 
 
 def test_tfds_schema(tmp_path):
@@ -457,9 +478,12 @@ def test_errors_name_the_path(converted, tmp_path):
         )
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         input_pipeline.build_dataset(str(tmp_path / "train-*"), training=True, global_batch_size=2)
-    with pytest.raises(ValueError, match="`dtype`"):
+    with pytest.raises(ValueError, match="`preprocessing`"):
         input_pipeline.build_dataset(
-            str(converted[0] / "train-*"), training=True, global_batch_size=2, dtype="int8"
+            str(converted[0] / "train-*"),
+            training=True,
+            global_batch_size=2,
+            preprocessing="imagemagick",
         )
     good = (converted[0] / "train-00000-of-00003").read_bytes()
     (tmp_path / "train-00000-of-00002").write_bytes(good)

@@ -34,6 +34,7 @@ mode, nothing updated) finite.
 """
 
 import contextlib
+import logging
 import math
 import os
 import warnings
@@ -96,8 +97,19 @@ class JaxRunner(Runner):
             )
         self.bn_span = self._layer_bn_span(len(devices))
         self.directory = os.path.join(config.model_dir, "checkpoints")
+        if "://" not in self.directory:  # Orbax wants local paths absolute
+            self.directory = os.path.abspath(self.directory)
         self._previous_distribution = keras.distribution.distribution()
         keras.distribution.set_distribution(self.distribution)
+        # When a background write fails (a full disk), Orbax logs the error
+        # with a traceback and asyncio logs each of its unfinished writes; the
+        # error is re-raised when waited on (`wait`, the next `save`), where
+        # the run says what went wrong in one line. Those logs are left out
+        # while this runner is open. (TensorStore also prints its late
+        # callbacks into Orbax's closed event loop; no hook reaches those.)
+        self._quiet = _OrbaxTracebacks()
+        for logger in ("absl", "asyncio"):
+            logging.getLogger(logger).addFilter(self._quiet)
         self.model = None
         self.optimizer = None
         self.plan = None
@@ -275,6 +287,10 @@ class JaxRunner(Runner):
 
         state = {"variables": [v.value for v in self._state()], "step": np.int64(step)}
         try:
+            if step in self.manager.all_steps():
+                # A damaged one, skipped by `restore` (an intact one this far
+                # would have been resumed from): Orbax would not replace it.
+                self.manager.delete(step)
             self.manager.save(step, args=ocp.args.StandardSave(state))
         except Exception as error:  # noqa: BLE001 - Orbax and TensorStore raise many kinds
             raise checkpoints.CheckpointNotSaved(
@@ -297,6 +313,8 @@ class JaxRunner(Runner):
 
     def close(self):
         keras.distribution.set_distribution(self._previous_distribution)
+        for logger in ("absl", "asyncio"):
+            logging.getLogger(logger).removeFilter(self._quiet)
         if self.manager is not None:
             try:
                 self.wait()
@@ -407,6 +425,20 @@ class _MicroBatches:
 def _first_line(error):
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0]
+
+
+class _OrbaxTracebacks(logging.Filter):
+    """Leaves out log records whose traceback passes through Orbax."""
+
+    def filter(self, record):
+        if not record.exc_info:
+            return True
+        traceback = record.exc_info[2]
+        while traceback is not None:
+            if f"{os.sep}orbax{os.sep}" in traceback.tb_frame.f_code.co_filename:
+                return False
+            traceback = traceback.tb_next
+        return True
 
 
 def _stream(iterator):
