@@ -1,8 +1,8 @@
 r"""Input-pipeline throughput on photo-like JPEGs: images/s per core.
 
 Generates an ImageNet-format data set of JPEGs that decode like photographs
-(500x375, smooth shading, shapes with edges, a little grain: about 110 KB
-each at quality 90, like ImageNet's average; noise JPEGs decode differently),
+(500x375, smooth shading, shapes with edges, textures and grain: about 110 KB
+each at quality 95, like ImageNet's average; noise JPEGs decode differently),
 converts it with tools/imagenet_to_tfrecords.py, then measures, in the same
 process and in turns:
 
@@ -11,7 +11,8 @@ process and in turns:
 - host-normalised: the training map as it was, the random crop decoded from
   the JPEG, flip, resize, then `(x - mean) / std` in float32 on the host;
 - uint8 (the recipe's now): the same crop, flip and resize, shipped as uint8
-  with normalisation left to the device.
+  with normalisation left to the device, on a private thread pool with slack
+  (`input_pipeline.tune_for_accelerators`).
 
     python -m benchmarks.input_pipeline [--images=512] [--rounds=3]
 """
@@ -35,26 +36,32 @@ from tools import imagenet_to_tfrecords  # noqa: E402
 WIDTH, HEIGHT = 500, 375  # a typical ImageNet photo
 CLASSES = 8
 BATCH = 64
-JPEG_QUALITY = 90
+JPEG_QUALITY = 95
+GRAIN = 12  # the noise's standard deviation, on [0, 255]
 
 
 def photo_like(rng):
     """An RGB image with the statistics JPEG cares about in photographs:
-    large smooth regions, sharp edges between them, fine grain."""
+    large smooth regions, sharp edges between them, textured surfaces (fine
+    stripes, as of fabric or foliage) and grain."""
     y, x = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
     image = np.empty((HEIGHT, WIDTH, 3), np.float32)
     for channel in range(3):  # a shaded background
         a, b, c = rng.uniform(-0.4, 0.4, 2).tolist() + [rng.uniform(60, 200)]
         image[..., channel] = c + a * x + b * y
-    for _ in range(rng.integers(6, 14)):  # ellipses and boxes with their own shading
+    for _ in range(rng.integers(8, 16)):  # ellipses and boxes with their own shading
         cx, cy = rng.uniform(0, WIDTH), rng.uniform(0, HEIGHT)
         rx, ry = rng.uniform(20, 160), rng.uniform(20, 120)
         inside = ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 < 1
         if rng.random() < 0.5:
             inside = (abs(x - cx) < rx) & (abs(y - cy) < ry)
         shade = rng.uniform(0, 255, 3) + rng.uniform(-0.3, 0.3) * (x - cx)[..., None]
+        if rng.random() < 0.6:  # a texture: stripes 3 to 12 pixels apart
+            angle, period = rng.uniform(0, np.pi), rng.uniform(3, 12)
+            phase = (np.cos(angle) * x + np.sin(angle) * y) * 2 * np.pi / period
+            shade = shade + rng.uniform(10, 40) * np.sin(phase)[..., None]
         image[inside] = shade[inside]
-    image += rng.normal(0, 6, image.shape)  # grain
+    image += rng.normal(0, GRAIN, image.shape)
     return Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
 
 
