@@ -76,7 +76,7 @@ def run(config):
                 model_dir.write_once(config, plan, backend)
             print("Settings:", json.dumps(config.to_dict(), sort_keys=True))
             summary = _train(
-                config, plan, runner, model, lars, start_step, eval_source, train_source
+                config, plan, runner, model, lars, start_step, train_source, eval_source
             )
             runner.wait()
             return summary
@@ -254,7 +254,7 @@ def _build(config, plan, runner):
     return model, lars
 
 
-def _train(config, plan, runner, model, lars, start_step, eval_source, train_source):
+def _train(config, plan, runner, model, lars, start_step, train_source, eval_source):
     if start_step:
         print(
             f"Resumed from step {start_step} ({runner.latest_checkpoint()}); learning rate "
