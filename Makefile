@@ -6,7 +6,7 @@ PIP := $(PYTHON) -m pip install -q -c constraints.txt
 TESTS ?= tests
 PYTEST := $(PYTHON) -m pytest -q -p no:cacheprovider
 
-.PHONY: install install-study test test-tensorflow bazel-test study curves data constraints
+.PHONY: install install-study test test-pytest bazel-test study curves data constraints
 
 $(PYTHON):
 	python3 -m venv $(VENV)
@@ -40,9 +40,9 @@ constraints:
 	mv constraints.new constraints.txt
 	rm -rf .venv-pin
 
-# Lint, then the whole suite on TensorFlow (through Bazel, each test file a
-# py_test target; with plain pytest where Bazel cannot be had), and again on
-# JAX and PyTorch (tests that need TensorFlow itself, and the wheel's, run once).
+# Lint, then the whole suite on each backend: through Bazel, each test file a
+# py_test target per backend it has tests for, two at a time (with pytest,
+# one backend after the other, where Bazel cannot be had).
 test: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -50,14 +50,15 @@ test: install
 	  $(MAKE) --no-print-directory bazel-test; \
 	else \
 	  echo "No Bazel here (as root: apt-get install bazel-bootstrap bazel-rules-java):"; \
-	  echo "the TensorFlow tests run with pytest instead."; \
-	  $(MAKE) --no-print-directory test-tensorflow; \
+	  echo "the tests run with pytest instead, one backend after the other."; \
+	  $(MAKE) --no-print-directory test-pytest; \
 	fi
+
+# Tests that do not apply to a backend skip there.
+test-pytest: install
+	KERAS_BACKEND=tensorflow $(PYTEST) $(TESTS)
 	KERAS_BACKEND=jax $(PYTEST) $(TESTS)
 	KERAS_BACKEND=torch $(PYTEST) $(TESTS)
-
-test-tensorflow: install
-	KERAS_BACKEND=tensorflow $(PYTEST) $(TESTS)
 
 # `bazel test //...`, offline, with Debian's Bazel 4.2.3: the repositories it
 # would download come from third_party/bazel and Debian's bazel-rules-java, and

@@ -1,7 +1,16 @@
-"""The Bazel BUILD file names every Python module and test of the project."""
+"""The Bazel BUILD file names every Python module and test of the project,
+each test file on the backends it has tests for."""
 
+import ast
 import pathlib
 import re
+
+import keras
+import pytest
+
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="checked once, on the first backend"
+)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 LISTED_DIRS = ("keras_lars", "recipes", "tools", "tests", "benchmarks", "bazel")
@@ -42,3 +51,28 @@ def test_every_test_file_is_a_test_target():
     listed = set(re.findall(r'"(tests/test_\w+\.py)"', build))
     on_disk = {str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py")}
     assert on_disk - listed == set(), "no py_test runs these"
+
+
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def backends_of(test_file):
+    """The backends a test file's module-level skip leaves it: those named in
+    `keras.backend.backend() != "x"` or `... not in ("x", "y")`; all without one."""
+    for node in ast.parse(test_file.read_text()).body:
+        if isinstance(node, ast.Assign) and node.targets[0].id == "pytestmark":
+            condition = node.value.args[0]
+            kept = ast.literal_eval(condition.comparators[0])
+            return {kept} if isinstance(kept, str) else set(kept)
+    return set(BACKENDS)
+
+
+def test_each_test_file_runs_on_the_backends_it_has_tests_for():
+    build = (ROOT / "BUILD").read_text()
+    all_backends = ast.literal_eval(re.search(r"ALL_BACKENDS = (\[.*\])", build).group(1))
+    assert tuple(all_backends) == BACKENDS
+    targets = re.findall(r'\("(tests/test_\w+\.py)", "\w+", (ALL_BACKENDS|\[[^\]]*\])\)', build)
+    assert len(targets) >= 10, "the py_test list's form changed"
+    for test_file, backends in targets:
+        listed = set(all_backends if backends == "ALL_BACKENDS" else ast.literal_eval(backends))
+        assert listed == backends_of(ROOT / test_file), test_file

@@ -233,7 +233,7 @@ def test_end_to_end_on_a_tiny_set(fashion_dir, tmp_path):
         seeds=2,
         sgd_sweep=(1.0, 0.25),
         lars_lrs=(3.0,),
-        validation_examples=100,
+        validation_examples=88,  # 512 to train: whole batches, one compiled step a run
     )
     out = tmp_path / "out"
     verdicts = experiment.run_study(
@@ -441,7 +441,7 @@ def test_a_killed_study_resumes_to_the_same_results(fashion_dir, tmp_path):
         "--seeds=1",
         "--sgd_sweep=1,0.25",
         "--lars_lrs=3",
-        "--validation_examples=100",
+        "--validation_examples=88",  # 512 to train: whole batches
     ]
     backend = dict(KERAS_BACKEND=keras.backend.backend())
 

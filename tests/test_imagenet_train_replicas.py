@@ -1,0 +1,329 @@
+"""The ImageNet recipe on TensorFlow across replicas: MirroredStrategy on
+four logical CPUs (conftest.py) equals one device, batch-norm spans, float16
+overflow on one replica, batch-norm statistics after a loop, two localhost
+workers, XLA per replica, exact evaluation. (One device, resume and bad
+input: tests/test_imagenet_train.py.)"""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="tf.distribute recipes need TensorFlow"
+)
+tf = pytest.importorskip("tensorflow")
+
+import commands  # noqa: E402
+import keras_lars  # noqa: E402
+from cluster import reserved_ports  # noqa: E402
+from cluster import tf_config  # noqa: E402
+from imagenet_runs import ALEXNET  # noqa: E402
+from imagenet_runs import CLASSES  # noqa: E402
+from imagenet_runs import LEARNS  # noqa: E402
+from imagenet_runs import SMALL  # noqa: E402
+from imagenet_runs import SMALL_FLAGS  # noqa: E402
+from imagenet_runs import VALIDATION_PER_CLASS  # noqa: E402
+from imagenet_runs import assert_arrays_close  # noqa: E402
+from imagenet_runs import assert_loss_falls  # noqa: E402
+from imagenet_runs import checkpoint_arrays  # noqa: E402
+from imagenet_runs import run  # noqa: E402
+from imagenet_runs import train_command  # noqa: E402
+from imagenet_runs import write_records  # noqa: E402
+from recipes.imagenet import input_pipeline  # noqa: E402
+from recipes.imagenet import models  # noqa: E402
+from recipes.imagenet import strategies  # noqa: E402
+from recipes.imagenet.train_loop import Trainer  # noqa: E402
+
+
+def checkpoint_weights(model_dir):
+    """Every variable in the newest checkpoint, by checkpoint key."""
+    return checkpoint_arrays(model_dir)[0]
+
+
+def test_mirrored_on_four_cpus_equals_one_device(data_dir, tmp_path):
+    """The same global batch on four replicas (conftest.py's logical CPUs)."""
+    settings = dict(ALEXNET, **SMALL, data_dir=str(data_dir), train_steps=4, deterministic=True)
+    one = run(**settings, model_dir=str(tmp_path / "one"))
+    four = run(**settings, model_dir=str(tmp_path / "four"), strategy="mirrored")
+    assert "4 replica(s)" in four["strategy"] and "1 replica(s)" in one["strategy"]
+    assert_arrays_close(
+        checkpoint_weights(tmp_path / "four"),
+        checkpoint_weights(tmp_path / "one"),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+def fixed_batches(batch, image_size, classes, batches=8, seed=0):
+    """`batches` batches of random uint8 images and labels, in a fixed order
+    (the same whatever a test takes of them)."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(batches * batch, image_size, image_size, 3), dtype=np.uint8)
+    labels = rng.integers(0, classes, size=batches * batch).astype(np.int32)
+    return tf.data.Dataset.from_tensor_slices((images, labels))
+
+
+def train_fixed(
+    strategy, build, steps, global_batch_size, image_size, trainer_class=Trainer, skip=None
+):
+    """The model's weights after `steps` updates on `fixed_batches` (without
+    the global batch at `skip`). Each replica's share of a global batch is a
+    consecutive slice of it, as on one device (one input pipeline deals its
+    per-replica batches to the replicas in order)."""
+    keras.utils.set_random_seed(0)
+    examples = fixed_batches(global_batch_size, image_size, 4)
+    if skip is not None:
+        batches = examples.batch(global_batch_size)
+        examples = batches.take(skip).concatenate(batches.skip(skip + 1)).unbatch()
+    with strategy.scope():
+        model, optimizer = build()
+        trainer = trainer_class(strategy, model, optimizer, global_batch_size=global_batch_size)
+    dataset = strategy.distribute_datasets_from_function(
+        lambda context: examples.batch(
+            context.get_per_replica_batch_size(global_batch_size), drop_remainder=True
+        )
+    )
+    result = trainer.train(iter(dataset), steps)
+    assert result.first_non_finite_step is None and result.state_finite
+    return model, optimizer
+
+
+def test_resnet50_batch_norm_span_on_four_replicas_equals_one_device():
+    """Batch norm over 4 images: each of four replicas normalises its 4
+    images; one device splits its 16 into groups of 4 (ghost batch norm). At
+    32 px stage 5's maps are 1x1, so a statistic there covers just 4 values
+    and the order of float sums shows at the 1e-3 level after three LARS
+    steps (measured: 5e-3 of a variable's largest value at most); batch norm
+    over the whole 16 on one device differs by more than the values
+    themselves (measured: 1.8 times)."""
+
+    def build(span):
+        def model_and_optimizer():
+            model = models.build("resnet50", 4, 32, bn_span=span)
+            return model, keras_lars.LARS(0.1, trust_coefficient=0.01)
+
+        return model_and_optimizer
+
+    four, _ = train_fixed(strategies.create("mirrored"), build(4), 3, 16, 32)
+    one, _ = train_fixed(tf.distribute.get_strategy(), build(4), 3, 16, 32)
+    whole, _ = train_fixed(tf.distribute.get_strategy(), build(None), 3, 16, 32)
+
+    def difference(a, b):
+        """The largest difference of any variable, relative to its largest value."""
+        return max(
+            np.max(np.abs(x.numpy() - y.numpy())) / np.max(np.abs(y.numpy()))
+            for x, y in zip(a.variables, b.variables)
+            if np.max(np.abs(y.numpy())) > 0
+        )
+
+    assert difference(four, one) < 2e-2
+    assert difference(whole, one) > 0.5
+
+
+class OverflowOnReplica1(Trainer):
+    """Replica 1's gradients are infinite in its third step (a float16
+    overflow there alone)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = tf.Variable(
+            0,
+            synchronization=tf.VariableSynchronization.ON_READ,
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        )
+
+    def _micro_batch_gradients(self, images, labels):
+        gradients, counts = super()._micro_batch_gradients(images, labels)
+        calls = self.calls.assign_add(1)
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        overflow = tf.logical_and(tf.equal(replica, 1), tf.equal(calls, 3))
+        factor = tf.where(overflow, float("inf"), 1.0)
+        return [g * tf.cast(factor, g.dtype) for g in gradients], counts
+
+
+def small_float16_model(image_size, classes):
+    """Convolution, batch norm and a float32 classifier under the global
+    policy: the recipe's layers at a size where float16, which CPUs emulate,
+    is quick."""
+    images = keras.Input((image_size, image_size, 3), dtype="uint8")
+    x = models.ImageNormalization(mean=(127.5,) * 3, stddev=(64.0,) * 3)(images)
+    x = keras.layers.Conv2D(16, 3, strides=2, use_bias=False)(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    logits = keras.layers.Dense(classes, dtype="float32")(x)
+    return keras.Model(images, logits)
+
+
+def test_float16_overflow_on_one_replica_skips_the_step_on_every_replica():
+    """LossScaleOptimizer looks at replica 0's gradients only; the loop makes
+    an overflow anywhere skip the step everywhere: the scale halves, the
+    update count does not move, and training continues as if that batch had
+    never come."""
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+
+        def build():
+            model = small_float16_model(image_size=16, classes=4)
+            lars = keras_lars.LARS(0.5, trust_coefficient=0.01)
+            return model, keras.optimizers.LossScaleOptimizer(lars)
+
+        strategy = strategies.create("mirrored")
+        injected, scaled = train_fixed(strategy, build, 5, 8, 16, trainer_class=OverflowOnReplica1)
+        skipped, reference_optimizer = train_fixed(strategy, build, 4, 8, 16, skip=2)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    initial_scale = float(reference_optimizer.dynamic_scale.numpy())
+    assert float(scaled.dynamic_scale.numpy()) == initial_scale / 2
+    assert int(scaled.inner_optimizer.iterations.numpy()) == 4  # 5 steps, one skipped
+    # The same updates: halving the scale is exact in float16 unless a
+    # gradient underflows (measured: identical weights). Had the step been
+    # taken with the infinite gradient, they would be NaN (train_fixed fails).
+    for a, b in zip(injected.trainable_variables, skipped.trainable_variables):
+        scale = np.max(np.abs(b.numpy()))
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0, atol=1e-3 * scale, err_msg=a.path)
+
+
+def test_batch_norm_statistics_become_their_mean_over_replicas_after_a_loop():
+    """Each replica's moving statistics drift apart in a loop (each sees its
+    own images); after the loop every copy is their mean."""
+    strategy = strategies.create("mirrored")
+    with strategy.scope():
+        model = models.build("alexnet_bn", 4, 67)
+        trainer = Trainer(
+            strategy, model, keras_lars.LARS(), global_batch_size=8, synthetic=(67, 4)
+        )
+    moving = [v for v in model.non_trainable_variables if "moving" in v.path]
+    assert moving
+
+    def copies(variable):
+        return [c.numpy() for c in strategy.experimental_local_results(variable.value)]
+
+    trainer._train_loop(None, tf.constant(2))  # the loop alone, before the averaging
+    before = {v.path: copies(v) for v in moving}
+    assert all(len(c) == 4 for c in before.values())
+    assert any(not np.allclose(c[0], c[1]) for c in before.values()), "replicas did not differ"
+    trainer._average_moving_statistics()
+    for variable in moving:
+        expected = np.mean(before[variable.path], axis=0)
+        for copy in copies(variable):
+            np.testing.assert_allclose(copy, expected, rtol=1e-6, err_msg=variable.path)
+
+
+def test_multi_worker_with_two_localhost_workers(data_dir, tmp_path):
+    flags = [
+        "--strategy=multi_worker",
+        *(f"--{name}={value}" for name, value in LEARNS.items()),
+        *SMALL_FLAGS,
+        "--train_steps=16",
+        "--deterministic",
+        "--jit_compile",  # each worker's replica step under XLA
+    ]
+    with reserved_ports(2) as ports:
+        results = commands.run_all(
+            [train_command(tmp_path, data_dir, *flags)] * 2,
+            [tmp_path / f"worker{i}.log" for i in range(2)],
+            [commands.environment(TF_CONFIG=tf_config(ports, i)) for i in range(2)],
+        )
+    outputs = [output for _, output in results]
+    assert [code for code, _ in results] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    assert "CollectiveAllReduceStrategy, 2 replica(s), XLA per replica" in outputs[0]
+    assert_loss_falls(tmp_path)
+    with open(tmp_path / "summary.json") as f:
+        assert json.load(f)["eval_images"] == CLASSES * VALIDATION_PER_CLASS
+    # Worker 1 saved its copy aside; both ended with the same weights.
+    assert_arrays_close(
+        checkpoint_weights(tmp_path / "workers" / "worker1"),
+        checkpoint_weights(tmp_path),
+        rtol=0,
+        atol=0,
+    )
+
+
+def test_xla_per_replica_on_two_cpus_equals_the_uncompiled_loop(data_dir, tmp_path):
+    """MirroredStrategy on 2 logical CPUs, each replica's forward and backward
+    pass one XLA computation, against the same run without XLA: XLA fuses and
+    reorders float32 sums, so the weights agree to 1e-4 (relative), not
+    bit for bit."""
+    flags = [
+        "--strategy=mirrored",
+        "--logical_cpus=2",
+        *(f"--{name}={value}" for name, value in ALEXNET.items()),
+        *SMALL_FLAGS,
+        "--train_steps=4",
+        "--deterministic",
+    ]
+    for compiled in ("--jit_compile", "--nojit_compile"):
+        out = tmp_path / compiled.strip("-")
+        code, output = commands.run(
+            train_command(out, data_dir, *flags, compiled), out.with_suffix(".log")
+        )
+        assert code == 0, output[-3000:]
+    assert "2 replica(s), XLA per replica" in (tmp_path / "jit_compile.log").read_text()
+    assert_arrays_close(
+        checkpoint_weights(tmp_path / "jit_compile"),
+        checkpoint_weights(tmp_path / "nojit_compile"),
+        rtol=1e-4,
+        atol=1e-6,
+    )
+
+
+def test_the_compiled_replica_step_is_one_xla_computation_holding_the_batch_norms():
+    """ResNet-50's 53 batch norms each normalise with one rsqrt, forward; the
+    replica's gradient function is one HLO module holding them all."""
+    with tf.distribute.get_strategy().scope():
+        model = models.build("resnet50", 4, 32, bn_span=None)
+        trainer = Trainer(
+            tf.distribute.get_strategy(),
+            model,
+            keras_lars.LARS(),
+            global_batch_size=4,
+            jit_compile=True,
+        )
+    images = tf.zeros([4, 32, 32, 3], tf.uint8)
+    labels = tf.zeros([4], tf.int32)
+    hlo = trainer._gradients.experimental_get_compiler_ir(images, labels)(stage="hlo")
+    assert hlo.count("HloModule") == 1
+    batch_norms = [
+        layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    assert len(batch_norms) == 53
+    assert hlo.count(" rsqrt(") >= len(batch_norms), hlo.count(" rsqrt(")
+
+
+def test_evaluation_sees_37_images_exactly_once_on_four_replicas(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(1, 11, size=37)  # 1..10 in the files
+    write_records(tmp_path / "validation-00000-of-00002", labels[:20], rng)
+    write_records(tmp_path / "validation-00001-of-00002", labels[20:], rng)
+    source = input_pipeline.TFRecordSource(str(tmp_path / "validation-*"))
+    strategy = strategies.create("mirrored")
+    assert strategy.num_replicas_in_sync == 4
+    with strategy.scope():
+        model = models.build("alexnet", 10, 67)
+        optimizer = keras_lars.LARS()
+        trainer = Trainer(strategy, model, optimizer, global_batch_size=8)
+    steps = input_pipeline.evaluation_steps(source, 8)
+    assert steps == 5  # 40 places: the last step holds 5 images, a replica none
+    dataset = strategy.distribute_datasets_from_function(
+        lambda context: input_pipeline.evaluation_batches(
+            source, global_batch_size=8, input_context=context, image_size=67
+        )
+    )
+    result = trainer.evaluate(iter(dataset), steps)
+
+    images = tf.stack(
+        [
+            input_pipeline.preprocess(image_bytes, False, 67)
+            for image_bytes, _ in source.examples(training=False, deterministic=True)
+        ]
+    )
+    logits = model(images, training=False).numpy()
+    truth = labels - 1
+    ranked = np.argsort(-logits, axis=1)
+    assert result.examples == 37
+    assert result.top1 == pytest.approx(np.mean(ranked[:, 0] == truth))
+    assert result.top5 == pytest.approx(np.mean([t in r[:5] for t, r in zip(truth, ranked)]))
