@@ -1,5 +1,7 @@
 """The large-batch study: data loading, the claim checker, the fair baseline,
-an end-to-end run, flags, and resuming after an interruption."""
+an end-to-end run, flags, and resuming after an interruption. On TensorFlow,
+the backend `make study` installs; LARS under `fit` on every backend:
+tests/test_fit.py."""
 
 import csv
 import dataclasses
@@ -18,6 +20,10 @@ from recipes.study import config as study_config
 from recipes.study import experiment
 from recipes.study import fashion_mnist
 from recipes.study import training
+
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="the study runs on TensorFlow (make study)"
+)
 
 NAN = math.nan
 
