@@ -41,7 +41,7 @@ constraints:
 	rm -rf .venv-pin
 
 # Lint, then the whole suite on each backend: through Bazel, each test file a
-# py_test target per backend it has tests for, two at a time (with pytest,
+# py_test target per backend it has tests for, one per core at a time (with pytest,
 # one backend after the other, where Bazel cannot be had).
 test: install
 	$(VENV)/bin/ruff check .
