@@ -40,16 +40,6 @@ from recipes.imagenet import job  # noqa: E402
 from recipes.imagenet import strategies  # noqa: E402
 
 
-def checkpoint_weights(model_dir):
-    """Every variable in the newest checkpoint (weights, BN statistics,
-    momentum), by checkpoint key."""
-    return checkpoint_arrays(model_dir)[0]
-
-
-def checkpoint_step(model_dir):
-    return checkpoint_arrays(model_dir)[1]
-
-
 def expected_rate(model_dir, step):
     """The MLPerf schedule's rate at `step`, from the formula (tests/reference.py)
     and the run's config.json: warm-up from 0, then poly(2) decay over
@@ -125,7 +115,7 @@ def test_mixed_precision_trains_with_float32_logits(data_dir, tmp_path, dtype):
     )
     losses = [value for _, value in scalars(tmp_path)["loss"]]
     assert len(losses) == 2 and np.all(np.isfinite(losses)), losses
-    weights = checkpoint_weights(tmp_path)
+    weights = checkpoint_arrays(tmp_path)[0]
     assert all(np.all(np.isfinite(w)) for w in weights.values() if w.dtype.kind == "f")
     assert keras.mixed_precision.global_policy().name == "float32"  # restored
     if dtype == "float16":  # the loss scale was saved with the optimizer
@@ -169,8 +159,8 @@ def test_accumulation_equals_the_whole_batch_and_counts_updates(data_dir, tmp_pa
     run(**settings, model_dir=str(tmp_path / "whole"))
     run(**settings, model_dir=str(tmp_path / "k4"), accumulation_steps=4)
     assert_arrays_close(
-        checkpoint_weights(tmp_path / "k4"),
-        checkpoint_weights(tmp_path / "whole"),
+        checkpoint_arrays(tmp_path / "k4")[0],
+        checkpoint_arrays(tmp_path / "whole")[0],
         rtol=1e-5,
         atol=1e-5,
     )
@@ -198,14 +188,14 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(data_dir, tmp_path):
         killed, tmp_path / "killed.log", env=commands.environment(**{commands.KILL_AFTER: "6"})
     )
     assert code == -signal.SIGKILL, output[-3000:]
-    assert checkpoint_step(tmp_path / "killed") == 6
+    assert checkpoint_arrays(tmp_path / "killed")[1] == 6
 
     code, output = commands.run(killed, tmp_path / "resumed.log")
     assert code == 0, output[-3000:]
     assert "Resumed from step 6" in output
     assert_arrays_close(
-        checkpoint_weights(tmp_path / "killed"),
-        checkpoint_weights(tmp_path / "whole"),
+        checkpoint_arrays(tmp_path / "killed")[0],
+        checkpoint_arrays(tmp_path / "whole")[0],
         rtol=1e-6,
         atol=1e-7,
     )
@@ -233,7 +223,7 @@ def test_a_diverging_run_saves_no_state_it_has_not_checked(data_dir, tmp_path):
     assert checkpoint_steps(tmp_path) == [1]
     assert str(tmp_path / "checkpoints" / "ckpt-1") in str(info.value)
     assert "after step 2" in str(info.value) or "at step 2" in str(info.value), info.value
-    assert_finite(checkpoint_weights(tmp_path))
+    assert_finite(checkpoint_arrays(tmp_path)[0])
 
 
 def test_time_to_accuracy_stops_at_the_first_evaluation_reaching_the_target(data_dir, tmp_path):

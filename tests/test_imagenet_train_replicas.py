@@ -37,11 +37,6 @@ from recipes.imagenet import strategies  # noqa: E402
 from recipes.imagenet.train_loop import Trainer  # noqa: E402
 
 
-def checkpoint_weights(model_dir):
-    """Every variable in the newest checkpoint, by checkpoint key."""
-    return checkpoint_arrays(model_dir)[0]
-
-
 def test_mirrored_on_four_cpus_equals_one_device(data_dir, tmp_path):
     """The same global batch on four replicas (conftest.py's logical CPUs)."""
     settings = dict(ALEXNET, **SMALL, data_dir=str(data_dir), train_steps=4, deterministic=True)
@@ -49,8 +44,8 @@ def test_mirrored_on_four_cpus_equals_one_device(data_dir, tmp_path):
     four = run(**settings, model_dir=str(tmp_path / "four"), strategy="mirrored")
     assert "4 replica(s)" in four["strategy"] and "1 replica(s)" in one["strategy"]
     assert_arrays_close(
-        checkpoint_weights(tmp_path / "four"),
-        checkpoint_weights(tmp_path / "one"),
+        checkpoint_arrays(tmp_path / "four")[0],
+        checkpoint_arrays(tmp_path / "one")[0],
         rtol=1e-5,
         atol=1e-5,
     )
@@ -236,8 +231,8 @@ def test_multi_worker_with_two_localhost_workers(data_dir, tmp_path):
         assert json.load(f)["eval_images"] == CLASSES * VALIDATION_PER_CLASS
     # Worker 1 saved its copy aside; both ended with the same weights.
     assert_arrays_close(
-        checkpoint_weights(tmp_path / "workers" / "worker1"),
-        checkpoint_weights(tmp_path),
+        checkpoint_arrays(tmp_path / "workers" / "worker1")[0],
+        checkpoint_arrays(tmp_path)[0],
         rtol=0,
         atol=0,
     )
@@ -264,8 +259,8 @@ def test_xla_per_replica_on_two_cpus_equals_the_uncompiled_loop(data_dir, tmp_pa
         assert code == 0, output[-3000:]
     assert "2 replica(s), XLA per replica" in (tmp_path / "jit_compile.log").read_text()
     assert_arrays_close(
-        checkpoint_weights(tmp_path / "jit_compile"),
-        checkpoint_weights(tmp_path / "nojit_compile"),
+        checkpoint_arrays(tmp_path / "jit_compile")[0],
+        checkpoint_arrays(tmp_path / "nojit_compile")[0],
         rtol=1e-4,
         atol=1e-6,
     )

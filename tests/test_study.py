@@ -449,23 +449,22 @@ def test_a_killed_study_resumes_to_the_same_results(fashion_dir, tmp_path):
         "--lars_lrs=3",
         "--validation_examples=88",  # 512 to train: whole batches
     ]
-    backend = dict(KERAS_BACKEND=keras.backend.backend())
 
     def study(out):
         return commands.module("recipes.large_batch_study", f"--out_dir={out}", *flags)
 
     code, output = commands.run(
-        study(tmp_path / "whole"), tmp_path / "whole.log", commands.environment(**backend)
+        study(tmp_path / "whole"), tmp_path / "whole.log", commands.environment()
     )
     assert code == 0, output[-3000:]
-    killed = commands.environment(**backend, **{commands.KILL_AFTER: "2"})
+    killed = commands.environment(**{commands.KILL_AFTER: "2"})
     code, output = commands.run(study(tmp_path / "killed"), tmp_path / "killed.log", killed)
     assert code == -signal.SIGKILL, output[-3000:]
     done, total = 2, 5  # (1 + 1) + (2 + 1) runs
     assert len(list((tmp_path / "killed" / "completed").glob("*.json"))) == done
 
     code, output = commands.run(
-        study(tmp_path / "killed"), tmp_path / "resumed.log", commands.environment(**backend)
+        study(tmp_path / "killed"), tmp_path / "resumed.log", commands.environment()
     )
     assert code == 0, output[-3000:]
     summary = (tmp_path / "killed" / "summary.md").read_text()
