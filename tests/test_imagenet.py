@@ -418,6 +418,7 @@ def test_tfds_schema(tmp_path):
         global_batch_size=2,
         schema="tfds",
         image_size=16,
+        deterministic=True,  # the files' order (by default tf.data may reorder)
     )
     assert next(iter(dataset))[1].numpy().tolist() == [0, 999]
 
