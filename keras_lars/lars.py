@@ -500,10 +500,11 @@ class LARS(keras.optimizers.Optimizer):
         # `update_step`; LARS couples the decay into the gradient instead.
         pass
 
-    def trust_ratios(self):
+    def trust_ratios(self, paths=None):
         """`{variable.path: λ}` of each variable's last update, as floats; 1.0
         for variables excluded from adaptation, 0.0 before the first update
-        (keys as in `exclusions()`).
+        (keys as in `exclusions()`). With `paths`, only those are read from
+        the devices (one read each).
 
         Needs `track_trust_ratios=True` and a built optimizer.
         """
@@ -511,10 +512,16 @@ class LARS(keras.optimizers.Optimizer):
             raise ValueError("`trust_ratios()` needs `LARS(..., track_trust_ratios=True)`.")
         if not self.built:
             raise ValueError("`trust_ratios()` needs a built optimizer (after the first step).")
-        return {
-            key: float(ops.convert_to_numpy(ratio))
-            for key, ratio in zip(self._keys(), self._trust_ratios)
-        }
+        ratios = dict(zip(self._keys(), self._trust_ratios))
+        if paths is not None:
+            unknown = [path for path in paths if path not in ratios]
+            if unknown:
+                raise ValueError(
+                    f"`paths` names no variable of this optimizer: {unknown}. "
+                    f"Received: paths={paths}"
+                )
+            ratios = {path: ratios[path] for path in paths}
+        return {key: float(ops.convert_to_numpy(ratio)) for key, ratio in ratios.items()}
 
     def _check_not_built(self, method):
         if self.built:

@@ -2,20 +2,69 @@
 provokes happens at a known point rather than after a guessed delay.
 
     KERAS_LARS_TEST_KILL_AFTER=N   the process SIGKILLs itself right after
-                                   saving checkpoint N (the ImageNet recipe: N
-                                   is the step) or its N-th finished run (the
-                                   study)
+                                   checkpoint N is written whole (the ImageNet
+                                   recipe: N is the step) or after its N-th
+                                   finished run (the study)
+    KERAS_LARS_TEST_KILL_DURING=N  (ImageNet recipe) SIGKILLs itself as soon as
+                                   the save of checkpoint N has started: an
+                                   asynchronous write is still in flight
+    KERAS_LARS_TEST_CLOCK_RATE=R   (ImageNet recipe) this process's wall clock
+                                   runs R times as fast: a host whose clock
+                                   disagrees with the others'
 
-Nothing reads these variables but `kill_if_asked`; unset, it does nothing.
+`Faults.from_environment()` reads them once; the ImageNet recipe's loop calls
+its hooks (`saving`, `clock`) and never looks at the environment itself.
+Unset, every hook does nothing (and the clock is `time.time`).
 """
 
+import dataclasses
 import os
 import signal
+import time
 
 KILL_AFTER = "KERAS_LARS_TEST_KILL_AFTER"
+KILL_DURING = "KERAS_LARS_TEST_KILL_DURING"
+CLOCK_RATE = "KERAS_LARS_TEST_CLOCK_RATE"
 
 
 def kill_if_asked(count):
     """SIGKILLs this process if KERAS_LARS_TEST_KILL_AFTER is `count`."""
     if os.environ.get(KILL_AFTER) == str(count):
-        os.kill(os.getpid(), signal.SIGKILL)
+        _kill()
+
+
+@dataclasses.dataclass(frozen=True)
+class Faults:
+    """The faults one process injects; the default injects none."""
+
+    kill_after_save: int | None = None
+    kill_during_save: int | None = None
+    clock_rate: float = 1.0
+
+    @classmethod
+    def from_environment(cls, environ=os.environ):
+        def integer(name):
+            return int(environ[name]) if environ.get(name) else None
+
+        return cls(
+            kill_after_save=integer(KILL_AFTER),
+            kill_during_save=integer(KILL_DURING),
+            clock_rate=float(environ.get(CLOCK_RATE) or 1.0),
+        )
+
+    def clock(self):
+        """Seconds, as this process's (perhaps skewed) wall clock says."""
+        return time.time() * self.clock_rate
+
+    def saving(self, step, wait):
+        """Called right after the save of checkpoint `step` has started;
+        `wait()` returns once it is written whole."""
+        if self.kill_during_save == step:
+            _kill()
+        if self.kill_after_save == step:
+            wait()
+            _kill()
+
+
+def _kill():
+    os.kill(os.getpid(), signal.SIGKILL)

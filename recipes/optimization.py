@@ -61,3 +61,12 @@ def lars(
 def learning_rate(optimizer):
     """The rate the schedule gives at the optimizer's current update."""
     return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+
+def micro_steps(optimizer):
+    """The micro-steps `optimizer` (a LARS, or a LossScaleOptimizer around
+    one) has run: its updates times its gradient accumulation steps, plus
+    those of an update under way. (Keras's public `iterations` counts whole
+    updates when it accumulates, and would hide a stray micro-step.)"""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    return int(keras.ops.convert_to_numpy(inner._iterations))

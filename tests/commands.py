@@ -8,10 +8,13 @@ import os
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # recipes/faults.py: the process SIGKILLs itself right after that checkpoint
-# (the step) or that finished run (the count) is saved: a kill needs no timing.
-KILL_AFTER = "KERAS_LARS_TEST_KILL_AFTER"
+# (the step) or that finished run (the count) is saved, or as soon as that
+# checkpoint's save has started: a kill needs no timing.
+from recipes.faults import KILL_AFTER  # noqa: F401 - for the tests
+from recipes.faults import KILL_DURING  # noqa: F401 - for the tests
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def environment(**extra):

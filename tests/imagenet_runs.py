@@ -147,7 +147,7 @@ def checkpoint_arrays(model_dir, step=None):
     arrays = {
         key: reader.get_tensor(key)
         for key in reader.get_variable_to_shape_map()
-        if key.endswith("VARIABLE_VALUE") and not key.startswith("step/")
+        if key.endswith("VARIABLE_VALUE") and not key.startswith(("step/", "train_seconds/"))
     }
     return arrays, int(reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE"))
 

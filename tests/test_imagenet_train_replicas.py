@@ -1,10 +1,9 @@
 """The ImageNet recipe on TensorFlow across replicas: MirroredStrategy on
 four logical CPUs (conftest.py) equals one device, batch-norm spans, float16
-overflow on one replica, batch-norm statistics after a loop, two localhost
-workers, XLA per replica, exact evaluation. (One device, resume and bad
-input: tests/test_imagenet_train.py.)"""
-
-import json
+overflow on one replica, batch-norm statistics after a loop, the final-state
+check on a micro-batch, XLA per replica, exact evaluation. (One device,
+resume and bad input: tests/test_imagenet_train.py; several workers:
+tests/test_multi_process.py.)"""
 
 import keras
 import numpy as np
@@ -17,16 +16,10 @@ tf = pytest.importorskip("tensorflow")
 
 import commands  # noqa: E402
 import keras_lars  # noqa: E402
-from cluster import reserved_ports  # noqa: E402
-from cluster import tf_config  # noqa: E402
 from imagenet_runs import ALEXNET  # noqa: E402
-from imagenet_runs import CLASSES  # noqa: E402
-from imagenet_runs import LEARNS  # noqa: E402
 from imagenet_runs import SMALL  # noqa: E402
 from imagenet_runs import SMALL_FLAGS  # noqa: E402
-from imagenet_runs import VALIDATION_PER_CLASS  # noqa: E402
 from imagenet_runs import assert_arrays_close  # noqa: E402
-from imagenet_runs import assert_loss_falls  # noqa: E402
 from imagenet_runs import checkpoint_arrays  # noqa: E402
 from imagenet_runs import run  # noqa: E402
 from imagenet_runs import train_command  # noqa: E402
@@ -208,36 +201,6 @@ def test_batch_norm_statistics_become_their_mean_over_replicas_after_a_loop():
             np.testing.assert_allclose(copy, expected, rtol=1e-6, err_msg=variable.path)
 
 
-def test_multi_worker_with_two_localhost_workers(data_dir, tmp_path):
-    flags = [
-        "--strategy=multi_worker",
-        *(f"--{name}={value}" for name, value in LEARNS.items()),
-        *SMALL_FLAGS,
-        "--train_steps=16",
-        "--deterministic",
-        "--jit_compile",  # each worker's replica step under XLA
-    ]
-    with reserved_ports(2) as ports:
-        results = commands.run_all(
-            [train_command(tmp_path, data_dir, *flags)] * 2,
-            [tmp_path / f"worker{i}.log" for i in range(2)],
-            [commands.environment(TF_CONFIG=tf_config(ports, i)) for i in range(2)],
-        )
-    outputs = [output for _, output in results]
-    assert [code for code, _ in results] == [0, 0], "\n".join(o[-3000:] for o in outputs)
-    assert "CollectiveAllReduceStrategy, 2 replica(s), XLA per replica" in outputs[0]
-    assert_loss_falls(tmp_path)
-    with open(tmp_path / "summary.json") as f:
-        assert json.load(f)["eval_images"] == CLASSES * VALIDATION_PER_CLASS
-    # Worker 1 saved its copy aside; both ended with the same weights.
-    assert_arrays_close(
-        checkpoint_arrays(tmp_path / "workers" / "worker1")[0],
-        checkpoint_arrays(tmp_path)[0],
-        rtol=0,
-        atol=0,
-    )
-
-
 def test_xla_per_replica_on_two_cpus_equals_the_uncompiled_loop(data_dir, tmp_path):
     """MirroredStrategy on 2 logical CPUs, each replica's forward and backward
     pass one XLA computation, against the same run without XLA: XLA fuses and
@@ -322,3 +285,32 @@ def test_evaluation_sees_37_images_exactly_once_on_four_replicas(tmp_path):
     assert result.examples == 37
     assert result.top1 == pytest.approx(np.mean(ranked[:, 0] == truth))
     assert result.top5 == pytest.approx(np.mean([t in r[:5] for t, r in zip(truth, ranked)]))
+
+
+def test_the_final_state_check_runs_on_the_last_micro_batch_only():
+    """With 4 accumulation steps each replica's 8 images are 4 micro-batches
+    of 2; the check of the state a loop leaves is a training-mode forward
+    pass, traced on those 2 images, not on all 8 (which could need 4 times
+    the memory training needs)."""
+    strategy = strategies.create("mirrored")
+    with strategy.scope():
+        model = models.build("alexnet", 4, 67, dropout=0.0)
+        trainer = Trainer(
+            strategy,
+            model,
+            keras_lars.LARS(),
+            global_batch_size=32,  # 8 a replica on 4 logical CPUs
+            accumulation_steps=4,
+            synthetic=(67, 4),
+        )
+    traced = []
+    final_loss = trainer._final_loss
+
+    def recording(images, labels):
+        traced.append((images.shape.as_list(), labels.shape.as_list()))
+        return final_loss(images, labels)
+
+    trainer._final_loss = recording
+    result = trainer.train(None, 2)
+    assert traced and all(shapes == ([2, 67, 67, 3], [2]) for shapes in traced), traced
+    assert result.state_finite and result.micro_steps == 2

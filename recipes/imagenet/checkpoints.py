@@ -25,26 +25,27 @@ class CheckpointNotSaved(RuntimeError):
     """A checkpoint could not be written (a full disk, a lost bucket, ...)."""
 
 
-def restore_newest_intact(directory, steps, restore):
+def restore_newest_intact(directory, steps, restore, nothing=None):
     """Restores the newest of the checkpoints numbered `steps` in `directory`
     with `restore(step)`, which raises `DamagedCheckpoint` for one that
-    cannot be restored; returns its step, or 0 if `steps` is empty."""
+    cannot be restored; returns what `restore` returned, or `nothing` if
+    `steps` is empty."""
     skipped = []
     for step in sorted(steps, reverse=True):
         try:
-            restore(step)
+            restored = restore(step)
         except DamagedCheckpoint as error:
             print(f"Skipping checkpoint {step} in {directory}: {error}")
             skipped.append(step)
             continue
-        return step
+        return restored
     if skipped:
         raise NoIntactCheckpoint(
             f"{directory} holds checkpoint files (steps {', '.join(map(str, skipped))}) but "
             "none restores (each is named above with what is wrong): move them away to "
             "start again from step 0, or use a new --model_dir"
         )
-    return 0
+    return nothing
 
 
 def remove_temporary(directory, is_temporary):

@@ -181,8 +181,10 @@ def main(argv):
     import tensorflow as tf
 
     from . import checkpoints
+    from . import controller
     from . import input_pipeline
     from . import job
+    from . import runner
     from . import strategies
 
     try:
@@ -194,7 +196,9 @@ def main(argv):
         OSError,
         strategies.StrategyError,
         input_pipeline.BadDataError,
-        job.TrainingDiverged,
+        controller.TrainingDiverged,
+        controller.LoopMiscounted,
+        runner.ProcessesDisagree,
         checkpoints.CheckpointNotSaved,
         checkpoints.NoIntactCheckpoint,
     ) as error:

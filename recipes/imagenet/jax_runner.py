@@ -16,11 +16,19 @@ KERAS_DISTRIBUTION_NUM_PROCESSES and KERAS_DISTRIBUTION_PROCESS_ID).
 
 `model.fit` works here (it does not have the TensorFlow multi-replica limits
 that made `train_loop.py` necessary). Each loop is one `fit` call on a
-persistent input stream; `steps_per_execution` is the largest step count that
-divides every loop, so Keras returns to Python once per loop's worth of
-executions rather than once per step. Gradient accumulation is Keras's
-(`gradient_accumulation_steps`, which LARS's schedule counts in updates): each
-process's batch of a step is fed as that many micro-batches.
+persistent input stream, and runs exactly the updates it is asked for:
+
+- Keras's JAX trainer runs whole executions of `steps_per_execution` steps,
+  so that is the largest count dividing every loop of the run
+  (`controller.loop_lengths`);
+- each `fit` call is given a stream of exactly its loop's micro-batches:
+  Keras's one-batch look-ahead (taken without a distribution on GPUs and
+  TPUs) then reads the stream's end instead of a batch of the next loop,
+  which it would drop.
+
+Gradient accumulation is Keras's (`gradient_accumulation_steps`, which LARS's
+schedule counts in updates): each process's batch of a step is fed as that
+many micro-batches.
 
 Checkpoints: Orbax's `CheckpointManager` (what JAX and TPU users restore
 from), `checkpoints/<step>/`: every model variable (dropout's random state
@@ -28,14 +36,17 @@ included) and every optimizer variable, sharded as they are, written in the
 background while training goes on, by every process together, committed
 atomically; the newest three kept.
 
-After each loop the state it leaves is checked before it may be saved: every
-variable finite, and the loss it gives on the loop's last batch (training
-mode, nothing updated) finite.
+After each loop the state it leaves is checked before it may be saved, in
+one compiled call: every variable finite, and the loss it gives on the
+loop's last micro-batch (training mode, nothing updated) finite.
+
+Several processes: the chief's decisions (`agree`) are broadcast to the
+others, and after a restore the processes compare the step and a checksum of
+their own copies of the variables (`check_resumed`).
 """
 
 import contextlib
 import logging
-import math
 import os
 import warnings
 
@@ -43,11 +54,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from .. import optimization
 from . import checkpoints
+from . import controller
 from . import input_pipeline
+from . import runner
 from . import strategies
 from .runner import Evaluation
 from .runner import LoopResult
+from .runner import Progress
 from .runner import Runner
 
 CHECKPOINTS_KEPT = 3
@@ -83,6 +98,8 @@ class JaxRunner(Runner):
         devices = jax.devices()
         self.processes, self.process = jax.process_count(), jax.process_index()
         self.chief = self.process == 0
+        self.micro_steps_per_update = config.accumulation_steps
+        self.skips_overflowing_steps = config.dtype == "float16"
         platform = devices[0].platform.upper()
         self.distribution = None
         self.replicas = 1
@@ -119,18 +136,24 @@ class JaxRunner(Runner):
         self.latest = None
         self._non_finite = None
         self._loss = None
-        self._final_loss = None
+        self._state_check = None
 
     def _layer_bn_span(self, devices):
         """`config.bn_span` as the layers read it: they see an update's whole
-        micro-batch, split over the devices (0: each device's share)."""
+        micro-batch, split over the devices (0: each device's share). A span
+        must divide a device's share (each device its own groups) or be a
+        whole number of shares (whole devices combined): anything else would
+        make XLA move activations between devices."""
         config = self.config
         micro = config.global_batch_size // config.accumulation_steps
-        span = config.bn_span or micro // devices
-        if micro % span:
+        share = micro // devices
+        span = config.bn_span or share
+        if micro % devices or micro % span or (share % span and span % share):
             raise ValueError(
-                f"--bn_span={config.bn_span}: an update's micro-batch of {micro} images "
-                f"does not split evenly over {devices} devices"
+                f"--bn_span={config.bn_span}: each of the {devices} devices holds "
+                f"{micro / devices:g} images of an update's micro-batch of {micro}, and a "
+                "span must divide a device's share or be a whole number of shares; "
+                "--bn_span=0 normalises over each device's share"
             )
         return None if span == micro else span
 
@@ -146,11 +169,13 @@ class JaxRunner(Runner):
         self.optimizer.build(model.trainable_variables)  # before a restore
         self._loss = _cross_entropy(plan.num_classes, self.config.label_smoothing)
 
-        def final_loss(trainable, non_trainable, images, labels):
+        def state_check(checked, trainable, non_trainable, images, labels):
+            """(non-finite values among `checked`, the loss the state gives)."""
+            non_finite = sum(jax.numpy.sum(~jax.numpy.isfinite(value)) for value in checked)
             logits, _ = model.stateless_call(trainable, non_trainable, images, training=True)
-            return keras.ops.mean(self._loss(labels, logits))
+            return non_finite, keras.ops.mean(self._loss(labels, logits))
 
-        self._final_loss = jax.jit(final_loss)
+        self._state_check = jax.jit(state_check)
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -162,7 +187,7 @@ class JaxRunner(Runner):
 
     def restore(self):
         return checkpoints.restore_newest_intact(
-            self.directory, self.manager.all_steps(read=True), self._restore
+            self.directory, self.manager.all_steps(read=True), self._restore, nothing=Progress()
         )
 
     def _restore(self, step):
@@ -176,6 +201,7 @@ class JaxRunner(Runner):
                 for v in variables
             ],
             "step": jax.ShapeDtypeStruct((), np.int64),
+            "train_seconds": jax.ShapeDtypeStruct((), np.float64),
         }
         try:
             restored = self.manager.restore(step, args=ocp.args.StandardRestore(target))
@@ -186,12 +212,34 @@ class JaxRunner(Runner):
         for variable, value in zip(variables, restored["variables"]):
             variable.assign(value)
         self.latest = os.path.join(self.directory, str(step))
+        return Progress(step=step, train_seconds=float(restored["train_seconds"]))
 
-    def start(self, start_step, training):
+    def check_resumed(self, step):
+        if self.processes == 1:
+            return
+        from jax.experimental import multihost_utils
+
+        # This process's own copy of each variable (its first local shard):
+        # a computation over the global arrays would assume they agree.
+        local = [
+            v.value.addressable_shards[0].data
+            for v in self._state()
+            if "float" in str(v.value.dtype) and "seed" not in v.path
+        ]
+        mine = np.array(runner.state_checksum(step, local))
+        runner.check_agreement(multihost_utils.process_allgather(mine), self.directory)
+
+    def agree(self, decision):
+        if self.processes == 1:
+            return decision
+        from jax.experimental import multihost_utils
+
+        return bool(multihost_utils.broadcast_one_to_all(np.int32(decision)))
+
+    def start(self, start_step, training, loop_lengths):
         """Compiles for the loops ahead and opens the input at `start_step`."""
         config, plan = self.config, self.plan
         k = config.accumulation_steps
-        loop_gcd = math.gcd(plan.steps_per_loop, plan.eval_every_steps, plan.train_steps)
         self._non_finite = _FirstNonFiniteLoss(self._loss, k)
         self.model.compile(
             optimizer=self.optimizer,
@@ -205,8 +253,8 @@ class JaxRunner(Runner):
                 ),
                 _WeightSum(name="examples"),
             ],
-            # Keras returns to Python once per this many micro-batches.
-            steps_per_execution=math.gcd(loop_gcd, start_step) * k,
+            # Keras runs whole executions of this many micro-batches.
+            steps_per_execution=controller.steps_per_execution(loop_lengths) * k,
         )
         self.training = training
         per_process = config.global_batch_size // self.processes
@@ -221,7 +269,7 @@ class JaxRunner(Runner):
         k = self.config.accumulation_steps
         with self.training.naming_bad_files() if self.training else contextlib.nullcontext():
             history = self.model.fit(
-                self.feed.stream(),
+                self.feed.stream(steps * k),
                 steps_per_epoch=steps * k,
                 epochs=1,
                 shuffle=False,  # the stream is shuffled already
@@ -233,25 +281,24 @@ class JaxRunner(Runner):
             top5=history["top5"][-1],
             first_non_finite_step=self._non_finite.first_step(),
             state_finite=self._state_finite(),
+            micro_steps=optimization.micro_steps(self.optimizer),
         )
 
     def _state_finite(self):
         """Whether every variable is finite and so is the loss they give on
         the last micro-batch trained on (training mode, nothing updated)."""
-        import jax.numpy as jnp
-
         checked = [
             v.value for v in self._state() if "float" in str(v.value.dtype) and "seed" not in v.path
         ]
-        non_finite = sum(jnp.sum(~jnp.isfinite(value)) for value in checked)
         images, labels = (self._global(x) for x in self.feed.last)
-        loss = self._final_loss(
+        non_finite, loss = self._state_check(
+            checked,
             [v.value for v in self.model.trainable_variables],
             [v.value for v in self.model.non_trainable_variables],
             images,
             labels,
         )
-        return int(non_finite) == 0 and bool(jnp.isfinite(loss))
+        return int(non_finite) == 0 and bool(np.isfinite(loss))
 
     def _global(self, local):
         """This process's part of a batch as the global array the devices
@@ -279,13 +326,18 @@ class JaxRunner(Runner):
             top1=result["top1"], top5=result["top5"], examples=round(result["examples"])
         )
 
-    def save(self, step):
-        """Starts writing checkpoint `step` in the background (after the
-        previous one is written); `CheckpointNotSaved` if this one or the
+    def save(self, progress):
+        """Starts writing checkpoint `progress.step` in the background (after
+        the previous one is written); `CheckpointNotSaved` if this one or the
         previous cannot be."""
         import orbax.checkpoint as ocp
 
-        state = {"variables": [v.value for v in self._state()], "step": np.int64(step)}
+        step = progress.step
+        state = {
+            "variables": [v.value for v in self._state()],
+            "step": np.int64(step),
+            "train_seconds": np.float64(progress.train_seconds),
+        }
         try:
             if step in self.manager.all_steps():
                 # A damaged one, skipped by `restore` (an intact one this far
@@ -412,10 +464,12 @@ class _MicroBatches:
         self.batches, self.k = batches, k
         self.last = None
 
-    def stream(self):
-        """A fresh generator per `fit` call, so that each call takes the next
-        batches: none is read twice or skipped."""
-        for batch in self.batches:  # a loop, not `yield from`: see _stream
+    def stream(self, count):
+        """A fresh generator per `fit` call of exactly `count` micro-batches
+        (whole batches), so that each call takes the next ones: none is read
+        twice, and none is read ahead and dropped."""
+        for _ in range(count // self.k):
+            batch = next(self.batches)
             size = len(batch[0]) // self.k
             for i in range(self.k):
                 self.last = tuple(x[i * size : (i + 1) * size] for x in batch)

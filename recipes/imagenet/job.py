@@ -11,18 +11,10 @@
 2. Builds the model, `keras_lars.LARS` and its `PolynomialWarmup` schedule,
    and resumes from the newest intact checkpoint if there is one
    (`checkpoints.py`); then writes `model_dir/config.json`, once.
-3. Trains loop by loop (`steps_per_loop` steps per host call), evaluating at
-   `eval_offset_epochs` and every `eval_every_epochs` after, and at the end,
-   stopping early at the first evaluation that reaches `target_accuracy`;
+3. Hands the loops to the loop controller (`controller.py`: when loops end,
+   evaluate, checkpoint and stop, and the checks after each loop);
    TensorBoard scalars in `model_dir/train` and `model_dir/eval`, a progress
    bar, and `summary.json`.
-
-Checkpoints. After a loop whose state is fit to keep (every step's loss
-finite, every variable finite, and the loss the final state gives finite) a
-checkpoint is saved if `checkpoint_every_minutes` have passed since the last
-(0: after every loop), and always at the end. A loop that fails stops the run
-(`TrainingDiverged`, naming the step) without saving: the last checkpoint is
-the last good state.
 
 Resuming. The optimizer's `iterations` is saved with the weights, so the
 schedule continues where it was, and the input stream is reopened where it
@@ -37,13 +29,13 @@ import time
 
 import keras
 import tensorflow as tf
-from tqdm import tqdm
 
 import keras_lars
 
 from .. import faults
 from .. import optimization
 from . import config as config_lib
+from . import controller
 from . import input_pipeline
 from . import model_dir
 from . import models
@@ -52,10 +44,6 @@ from .runner import Input
 
 POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 TRACKED_LAYERS = 4  # kernels whose trust ratio goes to TensorBoard
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss stopped being finite."""
 
 
 def run(config):
@@ -71,13 +59,12 @@ def run(config):
         with _precision(config.dtype):
             keras.utils.set_random_seed(config.seed)  # initialisation and dropout
             model, lars = _build(config, plan, runner)
-            start_step = runner.restore()
+            progress = runner.restore()
+            runner.check_resumed(progress.step)
             if runner.chief:
                 model_dir.write_once(config, plan, backend)
             print("Settings:", json.dumps(config.to_dict(), sort_keys=True))
-            summary = _train(
-                config, plan, runner, model, lars, start_step, train_source, eval_source
-            )
+            summary = _train(config, plan, runner, model, lars, progress, train_source, eval_source)
             runner.wait()
             return summary
     finally:
@@ -144,7 +131,7 @@ def _plan(config, replicas, train_source, eval_source):
             print("Counting the training images (--train_images skips this)...")
         train_images = config.train_images or train_source.count()
         eval_images = eval_source.count()
-    eval_batch = config.eval_batch_size or config.global_batch_size
+    eval_batch = evaluation_batch_size(config)
     if eval_batch % replicas:
         raise ValueError(
             f"--eval_batch_size={eval_batch} does not divide into {replicas} replica(s)"
@@ -170,6 +157,12 @@ def _plan(config, replicas, train_source, eval_source):
         eval_every_steps=round(config.eval_every_epochs * steps_per_epoch),
         eval_offset_steps=round(config.eval_offset_epochs * steps_per_epoch),
     )
+
+
+def evaluation_batch_size(config):
+    """`--eval_batch_size`, by default an update's micro-batch: no replica then
+    holds more images in evaluation than in training."""
+    return config.eval_batch_size or config.global_batch_size // config.accumulation_steps
 
 
 def _describe(plan):
@@ -208,7 +201,7 @@ def training_input(config, source, start_step):
 def evaluation_input(config, plan, source):
     """Every validation image once, padded with masked ones to whole batches."""
 
-    batch = config.eval_batch_size or config.global_batch_size
+    batch = evaluation_batch_size(config)
 
     def dataset_fn(context):
         return input_pipeline.evaluation_batches(
@@ -254,99 +247,55 @@ def _build(config, plan, runner):
     return model, lars
 
 
-def _train(config, plan, runner, model, lars, start_step, train_source, eval_source):
-    if start_step:
+def _train(config, plan, runner, model, lars, progress, train_source, eval_source):
+    """Trains from `progress` through the loop controller; writes and returns
+    the summary."""
+    if progress.step:
         print(
-            f"Resumed from step {start_step} ({runner.latest_checkpoint()}); learning rate "
+            f"Resumed from step {progress.step} ({runner.latest_checkpoint()}); learning rate "
             f"{optimization.learning_rate(lars):.6g}"
         )
-    training = train_source and training_input(config, train_source, start_step)
-    runner.start(start_step, training)
-    evaluation_stream = eval_source and evaluation_input(config, plan, eval_source)
     log = _Log(config, runner.chief, [v.path for v in model.trainable_variables])
-    step, evaluation, reached = start_step, None, None
-    training_images, training_seconds = 0, 0.0  # after the first loop, which also compiles
-    started = last_save = time.time()
-    with tqdm(total=plan.train_steps, initial=step, unit="step", desc="training") as bar:
-        while step < plan.train_steps and not reached:
-            steps = _loop_length(step, plan)
-            loop_started = time.time()
-            result = runner.train(steps)
-            _check_loop(result, step, steps, runner)
-            loop_seconds = time.time() - loop_started
-            if step > start_step:
-                training_images += steps * config.global_batch_size
-                training_seconds += loop_seconds
-            step += steps
-            throughput = steps * config.global_batch_size / loop_seconds
-            log.training(step, result, lars, throughput)
-            bar.set_postfix(loss=f"{result.loss:.3f}", img_s=f"{throughput:.0f}")
-            bar.update(steps)
-            if _evaluate_now(step, plan) and evaluation_stream:
-                evaluation = runner.evaluate(evaluation_stream)
-                log.evaluation(step, evaluation)
-                bar.write(
-                    f"step {step}: top-1 {100 * evaluation.top1:.2f}%, top-5 "
-                    f"{100 * evaluation.top5:.2f}% on {evaluation.examples} images"
-                )
-                if config.target_accuracy and evaluation.top1 >= config.target_accuracy:
-                    reached = dict(step=step, epoch=round(step / plan.steps_per_epoch, 3))
-                    reached["wall_seconds"] = round(time.time() - started, 1)
-                    bar.write(f"Reached the target top-1 {config.target_accuracy:.2%}.")
-            minutes = (time.time() - last_save) / 60
-            if minutes >= config.checkpoint_every_minutes or step == plan.train_steps or reached:
-                runner.save(step)
-                last_save = time.time()
-                if faults.KILL_AFTER in os.environ:  # tests: the checkpoint whole first
-                    runner.wait()
-                    faults.kill_if_asked(step)
-    if evaluation is None and evaluation_stream:  # a finished run started again: no loop ran
-        evaluation = runner.evaluate(evaluation_stream)
+    started = time.time()
+    outcome = controller.Controller(
+        config, plan, runner, lars, log, faults.Faults.from_environment()
+    ).run(
+        progress,
+        train_source and training_input(config, train_source, progress.step),
+        eval_source and evaluation_input(config, plan, eval_source),
+    )
     log.flush()
     seconds = time.time() - started
+    evaluation = outcome.evaluation
     summary = dict(
         model=config.model,
         preset=config.preset,
         backend=runner.backend,
         strategy=runner.description,
-        steps=step,
-        epochs=round(step / plan.steps_per_epoch, 3),
-        resumed_from_step=start_step,
+        steps=outcome.step,
+        epochs=round(outcome.step / plan.steps_per_epoch, 3),
+        resumed_from_step=progress.step,
         top1=evaluation and evaluation.top1,
         top5=evaluation and evaluation.top5,
         eval_images=evaluation and evaluation.examples,
         target_accuracy=config.target_accuracy,
-        target_reached=reached,
+        target_reached=outcome.target_reached,
+        # As MLPerf counts a run: training only (compiling the first loop of
+        # each start included), summed over every start of a resumed run.
+        train_seconds=round(outcome.train_seconds, 1),
+        # This process alone, set-up, checkpoints and evaluation included.
         wall_seconds=round(seconds, 1),
-        # Training alone (after the first loop, which compiles), and the whole
-        # run's wall clock: checkpoints, evaluation and start-up included.
-        images_per_second=round(training_images / training_seconds, 1)
-        if training_seconds
-        else None,
-        wall_images_per_second=round((step - start_step) * config.global_batch_size / seconds, 1),
+        # Training alone, after this start's first loop (which compiles).
+        images_per_second=outcome.images_per_second and round(outcome.images_per_second, 1),
+        wall_images_per_second=round(
+            (outcome.step - progress.step) * config.global_batch_size / seconds, 1
+        ),
     )
     if runner.chief:
         with tf.io.gfile.GFile(os.path.join(config.model_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=1)
     print("Summary:", json.dumps(summary))
     return summary
-
-
-def _check_loop(result, step, steps, runner):
-    """`TrainingDiverged` unless the loop starting at `step` ended in a state
-    fit to keep; nothing of it is saved then."""
-    last_good = runner.latest_checkpoint() or "none (the run has saved none)"
-    if result.first_non_finite_step is not None:
-        raise TrainingDiverged(
-            f"The loss is not finite at step {step + result.first_non_finite_step}; "
-            f"stopped without saving. The last good checkpoint: {last_good}"
-        )
-    if not result.state_finite:
-        raise TrainingDiverged(
-            f"The state after step {step + steps} is not finite (a variable, or the loss "
-            "it gives on the last batch); stopped without saving. The last good "
-            f"checkpoint: {last_good}"
-        )
 
 
 def _describe_exclusions(table):
@@ -380,7 +329,7 @@ class _Log:
         self.tracked = _tracked_kernels(variable_paths)
 
     def training(self, step, result, lars, images_per_second):
-        ratios = lars.trust_ratios()
+        ratios = lars.trust_ratios(self.tracked)
         scalars = {
             "loss": result.loss,
             "top1": result.top1,
@@ -402,26 +351,6 @@ class _Log:
     def flush(self):
         for writer in self.writers.values():
             writer.flush()
-
-
-def _loop_length(step, plan):
-    """Steps until the next loop boundary: the loop size, an evaluation, the end."""
-    stop = min(step + plan.steps_per_loop, plan.train_steps)
-    later = [s for s in _evaluation_steps(plan) if s > step]
-    return min([stop, *later[:1]]) - step
-
-
-def _evaluation_steps(plan):
-    """The steps after which a run evaluates, besides its last: the offset,
-    then every `eval_every_steps` (none if both are 0)."""
-    first = plan.eval_offset_steps or plan.eval_every_steps
-    if not first:
-        return range(0)
-    return range(first, plan.train_steps, plan.eval_every_steps or plan.train_steps)
-
-
-def _evaluate_now(step, plan):
-    return step == plan.train_steps or step in _evaluation_steps(plan)
 
 
 def _tracked_kernels(paths):

@@ -1,16 +1,18 @@
 """What an ImageNet run asks of a Keras backend: the `Runner` contract and
 the results it returns.
 
-`recipes/imagenet/job.py` drives one runner through a run:
+`recipes/imagenet/job.py` sets a runner up and `controller.py` drives it:
 
     runner = TensorFlowRunner(config)     # or JaxRunner: the devices, nothing built
     with runner.scope():                  # where the job creates the model and optimizer
         model, optimizer = ...
     runner.build(model, optimizer, plan)  # compiled loops; optimizer variables exist
-    step = runner.restore()               # the latest checkpoint's step, or 0
-    runner.start(step, training_input)    # training input opened at `step`
+    progress = runner.restore()           # the latest checkpoint's Progress, or Progress()
+    runner.check_resumed(progress.step)   # every process holds the same state
+    runner.start(step, training_input, loop_lengths)  # training input opened at `step`
     result = runner.train(steps)          # a LoopResult
-    runner.save(step)                     # only a state the loop found finite
+    if runner.agree(wants_to_save):       # the chief's decision, on every process
+        runner.save(progress)             # only a state the loop found finite
     evaluation = runner.evaluate(evaluation_input)  # an Evaluation
     runner.wait()                         # every checkpoint written
     runner.close()
@@ -24,6 +26,8 @@ import abc
 import contextlib
 import dataclasses
 from collections.abc import Callable
+
+import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +45,38 @@ class Input:
 
 
 @dataclasses.dataclass(frozen=True)
+class Progress:
+    """What a checkpoint records of the run besides its variables."""
+
+    step: int = 0  # updates done
+    train_seconds: float = 0.0  # time spent training, over every start of the run
+
+
+class ProcessesDisagree(RuntimeError):
+    """The processes of a run do not hold the same state after a restore."""
+
+
+def state_checksum(step, arrays):
+    """[step, sum, sum of squares] of a process's own copies of its
+    variables (NumPy arrays), in float64: what `check_agreement` compares."""
+    arrays = [np.asarray(a, np.float64) for a in arrays]
+    return [step, sum(float(np.sum(a)) for a in arrays), sum(float(np.sum(a * a)) for a in arrays)]
+
+
+def check_agreement(rows, directory):
+    """`ProcessesDisagree` unless every row of `state_checksum`s (one per
+    process or replica, gathered on every process) is the same."""
+    rows = np.asarray(rows)
+    if not np.all(rows == rows[0]):
+        steps = ", ".join(str(int(s)) for s in rows[:, 0])
+        raise ProcessesDisagree(
+            f"The processes hold different states after resuming (steps {steps}, or weights "
+            f"that differ): each must restore from {directory}, which all of them must "
+            "reach; stopped before training"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
 class LoopResult:
     """What one training loop of `steps` updates did."""
 
@@ -52,6 +88,9 @@ class LoopResult:
     # Whether the state after the loop's last update is fit to checkpoint:
     # every variable finite, and the loss it gives on the loop's last batch.
     state_finite: bool
+    # The optimizer's own count of the micro-steps it has run, read from the
+    # devices after the loop (updates x `micro_steps_per_update`).
+    micro_steps: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +113,11 @@ class Runner(abc.ABC):
         accumulates_in_optimizer: whether gradient accumulation is the
             optimizer's (`gradient_accumulation_steps`, JAX's `model.fit`)
             rather than the runner's loop's (TensorFlow).
+        micro_steps_per_update: how many micro-steps the optimizer counts
+            per update (the accumulation steps where the optimizer
+            accumulates, else 1).
+        skips_overflowing_steps: whether an update may be skipped uncounted
+            (float16's loss scaling, after an overflow).
     """
 
     backend: str
@@ -81,6 +125,8 @@ class Runner(abc.ABC):
     replicas: int
     chief: bool
     accumulates_in_optimizer: bool
+    micro_steps_per_update: int
+    skips_overflowing_steps: bool
 
     @abc.abstractmethod
     def scope(self):
@@ -94,14 +140,22 @@ class Runner(abc.ABC):
 
     @abc.abstractmethod
     def restore(self):
-        """Restores the newest checkpoint that is intact and returns its step
-        (0 if there is none); skips damaged ones, saying which and why, and
-        raises `checkpoints.NoIntactCheckpoint` if none of several is intact."""
+        """Restores the newest checkpoint of the run (the chief's, on every
+        process) that is intact and returns its `Progress` (`Progress()` if
+        there is none); skips damaged ones, saying which and why, and raises
+        `checkpoints.NoIntactCheckpoint` if none of several is intact."""
 
     @abc.abstractmethod
-    def start(self, start_step, training):
+    def check_resumed(self, step):
+        """Returns if every process restored `step` and holds the same
+        variables (a checksum of them); else raises `ProcessesDisagree` on
+        every process, naming the steps."""
+
+    @abc.abstractmethod
+    def start(self, start_step, training, loop_lengths):
         """Opens the training `Input` (None: synthetic data made on the
-        devices) for the steps from `start_step` on."""
+        devices) for the steps from `start_step` on; every loop ahead is
+        one of `loop_lengths` long."""
 
     @abc.abstractmethod
     def train(self, steps):
@@ -113,9 +167,16 @@ class Runner(abc.ABC):
         `Evaluation`."""
 
     @abc.abstractmethod
-    def save(self, step):
-        """Checkpoints the model, the optimizer and the random states at
-        `step` (perhaps in the background), keeping the newest few; raises if
+    def agree(self, decision):
+        """The chief's `decision` (a bool), on every process: a collective,
+        called by every process at the same point."""
+
+    @abc.abstractmethod
+    def save(self, progress):
+        """Checkpoints the model, the optimizer, the random states and
+        `progress` (a `Progress`) at `progress.step`, perhaps in the
+        background, keeping the newest few; every process calls it, only
+        the chief keeps the files. Raises `checkpoints.CheckpointNotSaved` if
         it cannot, leaving the previous checkpoint intact."""
 
     @abc.abstractmethod

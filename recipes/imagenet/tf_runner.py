@@ -5,15 +5,27 @@ Checkpoints are `checkpoints/ckpt-<step>.index` and `.data-*` files, written
 with `tf.train.Checkpoint.write` (no `checkpoint` index file: the files
 themselves say which checkpoints exist, see `checkpoints.py`), the newest
 three kept.
+
+Under MultiWorkerMirroredStrategy every worker takes part in a save, but only
+the chief's files are kept: the others write to a temporary folder of their
+own and remove it (as Keras's `BackupAndRestore` does), and every worker
+restores from the chief's checkpoints. After a restore the workers compare
+the step and a checksum of their variables (one all-gather) and stop, each
+with the same line, if they differ: a run whose workers resumed apart would
+hang in mismatched collectives or train on different weights.
 """
 
 import os
 import re
+import shutil
+import tempfile
 
 import tensorflow as tf
 
 from . import checkpoints
+from . import runner
 from . import strategies
+from .runner import Progress
 from .runner import Runner
 from .train_loop import Trainer
 
@@ -38,16 +50,22 @@ class TensorFlowRunner(Runner):
         self.strategy = strategies.create(config.strategy, config.tpu)
         self.replicas = self.strategy.num_replicas_in_sync
         self.chief = _is_chief(self.strategy)
+        # Several processes (workers) to agree with.
+        self.multi_worker = isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        self.micro_steps_per_update = 1
+        self.skips_overflowing_steps = config.dtype == "float16"
         accelerators = bool(tf.config.list_logical_devices("GPU")) or config.strategy == "tpu"
         self.jit_compile = accelerators if config.jit_compile is None else config.jit_compile
         self.description = strategies.describe(self.strategy) + (
             ", XLA per replica" if self.jit_compile else ""
         )
         self.bn_span = self._layer_bn_span()
-        self.directory = self._checkpoint_dir()
+        self.directory = os.path.join(config.model_dir, "checkpoints")
         self.trainer = None
         self.checkpoint = None
         self.step = None
+        self.train_seconds = None
+        self._gather = None
         self.latest = None
         self.training = None
         self.iterator = None
@@ -86,6 +104,10 @@ class TensorFlowRunner(Runner):
                 synthetic=(config.image_size, plan.num_classes) if config.synthetic else None,
             )
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+            self.train_seconds = tf.Variable(
+                0.0, dtype=tf.float64, trainable=False, name="train_seconds"
+            )
+        self.model, self.optimizer = model, optimizer
         self.checkpoint = tf.train.Checkpoint(
             model=model,
             optimizer=optimizer,
@@ -93,16 +115,22 @@ class TensorFlowRunner(Runner):
             # through the model (tests/test_tensorflow.py pins this).
             random_states=[v for v in model.non_trainable_variables if "seed_generator" in v.path],
             step=self.step,
+            train_seconds=self.train_seconds,
         )
         # Created now, so that `write` saves it: a restore creates it and
         # would find it unmatched.
         self.checkpoint.save_counter  # noqa: B018
 
     def restore(self):
-        removed = checkpoints.remove_temporary(self.directory, TEMPORARY.match)
-        if removed:
-            print(f"Removed what interrupted saves left in {self.directory}: {', '.join(removed)}")
-        return checkpoints.restore_newest_intact(self.directory, self._steps(), self._restore)
+        if self.chief:
+            removed = checkpoints.remove_temporary(self.directory, TEMPORARY.match)
+            if removed:
+                print(
+                    f"Removed what interrupted saves left in {self.directory}: {', '.join(removed)}"
+                )
+        return checkpoints.restore_newest_intact(
+            self.directory, self._steps(), self._restore, nothing=Progress()
+        )
 
     def _restore(self, step):
         prefix = self._prefix(step)
@@ -124,8 +152,20 @@ class TensorFlowRunner(Runner):
                 f"it does not hold this model's variables ({_first_line(error)})"
             ) from None
         self.latest = prefix
+        return Progress(step=step, train_seconds=float(self.train_seconds.numpy()))
 
-    def start(self, start_step, training):
+    def check_resumed(self, step):
+        if not self.multi_worker:
+            return
+        state = [
+            v.numpy()
+            for v in [*self.model.variables, *self.optimizer.variables]
+            if "float" in str(v.dtype) and "seed" not in v.path
+        ]
+        rows = self._gather_rows(runner.state_checksum(step, state))
+        runner.check_agreement(rows, self.directory)
+
+    def start(self, start_step, training, loop_lengths):
         self.training = training
         self.iterator = None  # synthetic: each replica makes its own batches
         if training is not None:
@@ -150,10 +190,27 @@ class TensorFlowRunner(Runner):
         with evaluation.naming_bad_files():
             return self.trainer.evaluate(iterator, steps)
 
-    def save(self, step):
-        """Writes checkpoint `step`, then removes those beyond the newest
-        three; `CheckpointNotSaved` (after removing its remains) if it cannot."""
+    def agree(self, decision):
+        if not self.multi_worker:
+            return decision
+        return bool(self._gather_rows([float(decision)])[0, 0])  # replica 0: the chief's
+
+    def save(self, progress):
+        """Writes checkpoint `progress.step`, then removes those beyond the
+        newest three; `CheckpointNotSaved` (after removing its remains) if it
+        cannot. A worker other than the chief writes its part to a
+        temporary folder of its own and removes it."""
+        step = progress.step
         self.step.assign(step)
+        self.train_seconds.assign(progress.train_seconds)
+        if not self.chief:
+            scratch = tempfile.mkdtemp(prefix="keras_lars_worker_checkpoint_")
+            try:
+                self.checkpoint.write(os.path.join(scratch, f"ckpt-{step}"))
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+            self.latest = self._prefix(step)
+            return
         prefix = self._prefix(step)
         try:
             self.checkpoint.write(prefix)
@@ -190,18 +247,22 @@ class TensorFlowRunner(Runner):
         for path in tf.io.gfile.glob(self._prefix(step) + ".*"):
             tf.io.gfile.remove(path)
 
-    def _checkpoint_dir(self):
-        """model_dir/checkpoints; other workers save their copy aside, since
-        saving is collective under MultiWorkerMirroredStrategy."""
-        if self.chief:
-            return os.path.join(self.config.model_dir, "checkpoints")
-        resolver = self.strategy.cluster_resolver
-        return os.path.join(
-            self.config.model_dir,
-            "workers",
-            f"{resolver.task_type}{resolver.task_id}",
-            "checkpoints",
-        )
+    def _gather_rows(self, values):
+        """Every replica's `values` (its process's), one row per replica in
+        replica order, on every process: one all-gather. Replica 0 is the
+        chief's."""
+        if self._gather is None:
+
+            @tf.function
+            def gather(row):
+                def replica_fn():
+                    return tf.distribute.get_replica_context().all_gather(row[None], axis=0)
+
+                return self.strategy.run(replica_fn)
+
+            self._gather = gather
+        rows = self._gather(tf.constant(values, tf.float64))
+        return self.strategy.experimental_local_results(rows)[0].numpy()
 
 
 def _first_line(error):

@@ -25,8 +25,9 @@ into k micro-batches and sums their gradients before the single update, so the
 optimizer (and its schedule) counts updates, not micro-batches.
 
 After a loop's last update the state it leaves is checked on the devices:
-every variable finite, and the loss it gives on the loop's last batch finite
-(training mode, nothing updated). A state that fails is never checkpointed.
+every variable finite, and the loss it gives on the loop's last micro-batch
+finite (training mode, nothing updated). A state that fails is never
+checkpointed.
 
 float16. Keras's LossScaleOptimizer decides whether to skip a step from
 replica 0's local gradients (`loss_scale_optimizer.py`: it assumes they are
@@ -38,6 +39,7 @@ everywhere.
 import keras
 import tensorflow as tf
 
+from .. import optimization
 from . import input_pipeline
 from .runner import Evaluation
 from .runner import LoopResult
@@ -197,12 +199,21 @@ class Trainer:
         self._totals.assign_add(tf.concat([counts, [examples]], 0))
 
         def check_final_state():
+            # On the last micro-batch alone: a forward pass over the whole
+            # replica batch could need k times the memory training needs.
+            micro_images, micro_labels = self._last_micro_batch(images, labels)
             self._final_state.assign(
-                tf.stack([self._final_loss(images, labels), self._non_finite_variables()])
+                tf.stack(
+                    [self._final_loss(micro_images, micro_labels), self._non_finite_variables()]
+                )
             )
             return tf.constant(True)
 
         tf.cond(last, check_final_state, lambda: tf.constant(False))
+
+    def _last_micro_batch(self, images, labels):
+        micro = self.per_replica_batch // self.accumulation_steps
+        return images[-micro:], labels[-micro:]
 
     def _reset_loop_state(self):
         self._totals.assign(tf.zeros([4]))
@@ -266,6 +277,7 @@ class Trainer:
             top5=float(top5 / examples),
             first_non_finite_step=None if first < 0 else first,
             state_finite=bool(tf.math.is_finite(final_loss)) and non_finite_variables == 0,
+            micro_steps=optimization.micro_steps(self.optimizer),
         )
 
     def evaluate(self, iterator, steps):
