@@ -11,6 +11,11 @@ provokes happens at a known point rather than after a guessed delay.
     KERAS_LARS_TEST_CLOCK_RATE=R   (ImageNet recipe) this process's wall clock
                                    runs R times as fast: a host whose clock
                                    disagrees with the others'
+    KERAS_LARS_TEST_SIGNAL_AT=N:SIG[,SIG]
+                                   (ImageNet recipe) the process sends itself
+                                   these signals (SIGTERM, SIGINT) as the loop
+                                   that starts at step N begins: a scheduler's
+                                   preemption arriving while a loop runs
 
 `Faults.from_environment()` reads them once; the ImageNet recipe's loop calls
 its hooks (`saving`, `clock`) and never looks at the environment itself.
@@ -25,6 +30,7 @@ import time
 KILL_AFTER = "KERAS_LARS_TEST_KILL_AFTER"
 KILL_DURING = "KERAS_LARS_TEST_KILL_DURING"
 CLOCK_RATE = "KERAS_LARS_TEST_CLOCK_RATE"
+SIGNAL_AT = "KERAS_LARS_TEST_SIGNAL_AT"
 
 
 def kill_if_asked(count):
@@ -40,21 +46,32 @@ class Faults:
     kill_after_save: int | None = None
     kill_during_save: int | None = None
     clock_rate: float = 1.0
+    signal_at: int | None = None
+    signals: tuple = ()
 
     @classmethod
     def from_environment(cls, environ=os.environ):
         def integer(name):
             return int(environ[name]) if environ.get(name) else None
 
+        step, _, names = (environ.get(SIGNAL_AT) or "").partition(":")
         return cls(
             kill_after_save=integer(KILL_AFTER),
             kill_during_save=integer(KILL_DURING),
             clock_rate=float(environ.get(CLOCK_RATE) or 1.0),
+            signal_at=int(step) if step else None,
+            signals=tuple(signal.Signals[name] for name in names.split(",") if name),
         )
 
     def clock(self):
         """Seconds, as this process's (perhaps skewed) wall clock says."""
         return time.time() * self.clock_rate
+
+    def loop_starting(self, step):
+        """Called as the loop that starts at `step` begins."""
+        if self.signal_at == step:
+            for number in self.signals:
+                os.kill(os.getpid(), number)
 
     def saving(self, step, wait):
         """Called right after the save of checkpoint `step` has started;

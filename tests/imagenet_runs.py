@@ -48,11 +48,11 @@ SMALL = dict(
 )
 
 
-def make_tfrecords(root, classes=CLASSES, train_per_class=TRAIN_PER_CLASS):
+def make_tfrecords(root, classes=CLASSES, train_per_class=TRAIN_PER_CLASS, seed=0):
     """A generated ImageNet under `root`, converted; returns the TFRecords' directory."""
     os.makedirs(root, exist_ok=True)
     make_fake_imagenet.make(
-        str(root), classes, train_per_class, VALIDATION_PER_CLASS, size=(40, 56)
+        str(root), classes, train_per_class, VALIDATION_PER_CLASS, size=(40, 56), seed=seed
     )
     output = root / "tfrecords"
     imagenet_to_tfrecords.convert(

@@ -10,7 +10,10 @@ import os
 import resource
 import shutil
 import signal
+import socket
 import subprocess
+import sys
+import time
 
 import keras
 import numpy as np
@@ -34,7 +37,11 @@ from imagenet_runs import make_tfrecords  # noqa: E402
 from imagenet_runs import run  # noqa: E402
 from imagenet_runs import train_command  # noqa: E402
 from imagenet_runs import write_records  # noqa: E402
+from recipes import faults  # noqa: E402
 from recipes.imagenet import checkpoints  # noqa: E402
+from recipes.imagenet import preemption  # noqa: E402
+from recipes.imagenet import run_lock  # noqa: E402
+from recipes.imagenet.controller import TrainingDiverged  # noqa: E402
 
 JAX = keras.backend.backend() == "jax"
 SETTINGS = dict(ALEXNET, **SMALL, train_steps=6, deterministic=True)
@@ -112,8 +119,34 @@ def test_a_checkpoint_missing_a_file_is_skipped(copy, data_dir, capsys):
 def test_junk_in_tensorflows_checkpoint_index_file_changes_nothing(copy, data_dir, capsys):
     """The checkpoints are found from their own files, not from that index."""
     (copy / "checkpoints" / "checkpoint").write_text("junk")
-    summary, _ = resume(copy, data_dir, capsys)
-    assert summary["resumed_from_step"] == 6 and summary["steps"] == 6
+    _, out = resume(copy, data_dir, capsys)
+    assert "This run is over (step 6)" in out  # restored from checkpoint 6
+
+
+def test_a_junk_step_neither_hides_nor_evicts_intact_checkpoints(data_dir, tmp_path, capsys):
+    """A 12-step run stopped by its target at step 6 (checkpoints 2, 4, 6),
+    then a junk step 14 beside them (JAX: an empty folder; TensorFlow: an
+    .index file of junk). Run on without the target: 14 is skipped in one
+    line, 6 resumed, and 8, 10 and 12 saved and kept, 14 left as it was
+    (counted, it would have evicted 8; on JAX, Orbax would have refused
+    every save before step 14)."""
+    settings = {**SETTINGS, "train_steps": 12, "eval_offset_epochs": 0.75}  # evaluates at 6
+    run(**settings, target_accuracy=0.01, data_dir=str(data_dir), model_dir=str(tmp_path))
+    assert checkpoint_steps(tmp_path) == [2, 4, 6]
+    if JAX:
+        junk = tmp_path / "checkpoints" / "14"
+        junk.mkdir()
+    else:
+        junk = tmp_path / "checkpoints" / "ckpt-14.index"
+        junk.write_bytes(b"not a checkpoint")
+    capsys.readouterr()
+    summary = run(**settings, data_dir=str(data_dir), model_dir=str(tmp_path))
+    out = capsys.readouterr().out
+    assert summary["resumed_from_step"] == 6 and summary["steps"] == 12
+    skipped = [line for line in out.splitlines() if "Skipping checkpoint" in line]
+    assert len(skipped) == 1 and skipped[0].startswith("Skipping checkpoint 14 in"), out
+    assert checkpoint_steps(tmp_path) == [8, 10, 12, 14]
+    assert junk.exists() and (JAX or junk.read_bytes() == b"not a checkpoint")
 
 
 def test_checkpoints_none_of_which_is_intact_stop_the_run_and_stay(copy, data_dir):
@@ -133,8 +166,8 @@ def test_what_an_interrupted_save_left_is_removed(copy, data_dir, capsys):
         leftover = copy / "checkpoints" / "ckpt-8_temp"
     leftover.mkdir()
     (leftover / "part").write_bytes(b"half a checkpoint")
-    summary, _ = resume(copy, data_dir, capsys)
-    assert summary["resumed_from_step"] == 6
+    _, out = resume(copy, data_dir, capsys)
+    assert "This run is over (step 6)" in out
     assert not leftover.exists()
 
 
@@ -142,14 +175,16 @@ def test_a_model_dir_spelled_another_way_or_moved_resumes(copy, data_dir, tmp_pa
     moved = tmp_path / "elsewhere"
     copy.rename(moved)
     for spelling in (str(moved) + "/", os.path.relpath(moved)):
-        summary, _ = resume(spelling, data_dir, capsys)
-        assert summary["resumed_from_step"] == 6
+        _, out = resume(spelling, data_dir, capsys)
+        assert "This run is over (step 6)" in out
 
 
 # --- config.json ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("content", ["{}", '{"config": {"model": "alex', "not json"])
+@pytest.mark.parametrize(
+    "content", ["{}", '{"config": {"model": "alex', "not json", '{"config": [], "plan": {}}']
+)
 def test_an_unreadable_config_json_stops_the_run_naming_it(copy, data_dir, content):
     record = copy / "config.json"
     replace(record, content.encode())
@@ -178,6 +213,20 @@ def test_a_rerun_on_other_data_is_refused_naming_what_differs(copy, tmp_path):
     other = make_tfrecords(tmp_path / "other", classes=4, train_per_class=12)
     with pytest.raises(ValueError, match=r"other data \(.*train_images: 64 -> 48"):
         run(**SETTINGS, data_dir=str(other), model_dir=str(copy))
+
+
+def test_a_rerun_on_other_images_of_the_same_counts_is_refused(copy, tmp_path):
+    """A data set made again (other images, the same counts) is other data."""
+    other = make_tfrecords(tmp_path / "other", seed=1)
+    with pytest.raises(ValueError, match=r"other data \(data_fingerprint: "):
+        run(**SETTINGS, data_dir=str(other), model_dir=str(copy))
+
+
+def test_the_same_data_moved_elsewhere_resumes(copy, data_dir, tmp_path, capsys):
+    moved = tmp_path / "moved"
+    shutil.copytree(data_dir, moved)
+    _, out = resume(copy, moved, capsys)
+    assert "This run is over (step 6)" in out
 
 
 def test_a_rerun_under_the_other_backend_is_refused(copy, data_dir):
@@ -254,3 +303,181 @@ def test_a_label_outside_the_classes_leads_with_the_explanation(tmp_path):
     errors = [line for line in output.splitlines() if line.startswith("imagenet_train: error:")]
     assert code == 1 and len(errors) == 1, output[-3000:]
     assert "Label outside [0, 4): is the label offset right?" in errors[0], errors
+
+
+def example(image, label=1, image_key="image/encoded", float_label=False):
+    """A serialised record of the converter's schema, or of a wrong one."""
+    feature = {image_key: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))}
+    feature["image/class/label"] = (
+        tf.train.Feature(float_list=tf.train.FloatList(value=[float(label)]))
+        if float_label
+        else tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))
+    )
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def jpeg(side):
+    return tf.io.encode_jpeg(np.full((side, side, 3), 128, np.uint8)).numpy()
+
+
+@pytest.mark.parametrize(
+    "record,cause",
+    [
+        (example(jpeg(1)), "a 1x1 image, below the 2x2 the crops need"),
+        (example(jpeg(8), image_key="image/jpeg"), "image/encoded (data type: string) is required"),
+        (example(jpeg(8), float_label=True), "Data types don't match"),
+    ],
+    ids=["1x1 image", "feature missing", "float label"],
+)
+def test_training_data_the_converter_did_not_write_is_named_with_its_cause(tmp_path, record, cause):
+    """One shard of four holds records training cannot use: the run stops
+    with one line naming that file, the record and the cause."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "validation"):
+        for shard in range(3):
+            write_records(tmp_path / f"{split}-0000{shard}-of-00004", [1, 2, 3, 4] * 2, rng)
+    bad = tmp_path / "train-00003-of-00004"
+    with tf.io.TFRecordWriter(str(bad)) as writer:
+        for _ in range(8):
+            writer.write(record)
+    write_records(tmp_path / "validation-00003-of-00004", [1, 2, 3, 4] * 2, rng)
+    (tmp_path / "labels.txt").write_text("".join(f"{i}\tn{i}\n" for i in range(1, 5)))
+    flags = [*(f"--{n}={v}" for n, v in ALEXNET.items()), *SMALL_FLAGS, "--train_steps=8"]
+    command = train_command(tmp_path / "run", tmp_path, *flags)
+    code, output = commands.run(command, tmp_path / "bad.log", environment())
+    errors = [line for line in output.splitlines() if line.startswith("imagenet_train: error:")]
+    assert code == 1 and len(errors) == 1, output[-3000:]
+    assert str(bad) in errors[0] and cause in errors[0], errors
+    assert "Traceback" not in output and "function_node" not in output
+
+
+# --- One writer per run -------------------------------------------------------
+
+
+def lock_naming(model_dir, host, pid, age_seconds=0):
+    holder = dict(host=host, pid=pid, started="2026-12-05T10:00:00+00:00")
+    holder["refreshed"] = time.time() - age_seconds
+    (model_dir / run_lock.FILE).write_text(json.dumps(holder))
+
+
+@pytest.mark.parametrize(
+    "host,pid,age",
+    [(socket.gethostname(), 1, 0), ("another-host", 4242, 60)],  # pid 1 lives on every host
+)
+def test_a_model_dir_in_use_by_a_live_trainer_is_refused_naming_it(copy, data_dir, host, pid, age):
+    lock_naming(copy, host, pid, age)
+    held = (copy / run_lock.FILE).read_bytes()
+    before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    with pytest.raises(run_lock.RunLocked, match=f"is in use by process {pid} on {host}"):
+        run(**SETTINGS, data_dir=str(data_dir), model_dir=str(copy))
+    assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
+    assert (copy / run_lock.FILE).read_bytes() == held
+
+
+def test_a_lock_whose_holder_is_gone_is_taken_over_with_one_line(copy, data_dir, capsys):
+    ended = subprocess.Popen(["true"])
+    ended.wait()  # a process of this host that no longer exists
+    for host, pid, age, reason in [
+        (socket.gethostname(), ended.pid, 0, f"process {ended.pid} of this host, has ended"),
+        ("another-host", 4242, 2 * run_lock.STALE_SECONDS, "has not refreshed it for 30 minutes"),
+    ]:
+        lock_naming(copy, host, pid, age)
+        summary, out = resume(copy, data_dir, capsys)
+        taken = [line for line in out.splitlines() if line.startswith("Taking over")]
+        assert len(taken) == 1 and reason in taken[0], out
+        assert summary["steps"] == 6 and not (copy / run_lock.FILE).exists()  # released
+
+
+# --- Preemption -----------------------------------------------------------------
+
+
+FLAGS = [
+    *(f"--{name}={value}" for name, value in ALEXNET.items()),
+    *SMALL_FLAGS,
+    "--train_steps=6",
+    "--steps_per_loop=6",  # one loop: the signal arrives while it runs
+    "--deterministic",
+]
+
+
+def test_sigterm_saves_after_the_step_under_way_and_the_rerun_ends_as_if_uninterrupted(
+    finished, data_dir, tmp_path
+):
+    """The process sends itself SIGTERM as its only loop starts
+    (recipes/faults.py): it stops after a step of it, checks and saves that
+    state, and exits with the preemption status; run again, it resumes there
+    and ends with the weights of the uninterrupted run."""
+    command = train_command(tmp_path / "run", data_dir, *FLAGS)
+    signalled = {**environment(), faults.SIGNAL_AT: "0:SIGTERM"}
+    code, output = commands.run(command, tmp_path / "preempted.log", env=signalled)
+    assert code == preemption.PREEMPTED_STATUS, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    (step,) = checkpoint_steps(tmp_path / "run")
+    assert 1 <= step <= 6
+    assert f"imagenet_train: Stopped at step {step} on request (SIGTERM)" in output, output
+    code, output = commands.run(command, tmp_path / "resumed.log", env=environment())
+    assert code == 0 and f"Resumed from step {step}" in output, output[-3000:]
+    assert_arrays_close(
+        checkpoint_arrays(tmp_path / "run")[0], checkpoint_arrays(finished)[0], 1e-6, 1e-7
+    )
+
+
+def test_a_second_signal_stops_at_once(data_dir, tmp_path):
+    command = train_command(tmp_path / "run", data_dir, *FLAGS)
+    twice = {**environment(), faults.SIGNAL_AT: "0:SIGINT,SIGINT"}
+    code, output = commands.run(command, tmp_path / "twice.log", env=twice)
+    assert code == 128 + signal.SIGINT, output[-3000:]
+    assert "SIGINT again: stopped at once, unsaved" in output
+    assert "Traceback" not in output and checkpoint_steps(tmp_path / "run") == []
+
+
+# --- Runs over, runs never started, files of the wrong shape --------------------
+
+
+def test_a_finished_run_started_again_says_so_and_changes_nothing(copy, data_dir, capsys):
+    before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    summary, out = resume(copy, data_dir, capsys)
+    assert "This run is over (step 6)" in out
+    assert summary == json.loads((copy / "summary.json").read_text())
+    assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
+
+
+def test_a_run_that_saved_no_checkpoint_may_start_again_with_other_settings(
+    data_dir, tmp_path, capsys
+):
+    """A run stopped before its first checkpoint (here: a 60-minute interval
+    and a rate so high the first loop diverges) locks no settings."""
+    settings = {**SETTINGS, "learning_rate": 1e30, "checkpoint_every_minutes": 60}
+    with pytest.raises(TrainingDiverged):
+        run(**settings, data_dir=str(data_dir), model_dir=str(tmp_path))
+    assert (tmp_path / "config.json").exists() and checkpoint_steps(tmp_path) == []
+    summary, out = resume(tmp_path, data_dir, capsys)
+    assert "saved no checkpoint: replacing it" in out and summary["steps"] == 6
+    assert json.loads((tmp_path / "config.json").read_text())["config"]["learning_rate"] == 2.0
+
+
+def test_the_recipe_with_no_flags_is_one_line(tmp_path):
+    code, output = commands.run(
+        commands.module("recipes.imagenet_train"), tmp_path / "bare.log", env=environment()
+    )
+    assert code == 1 and "Traceback" not in output, output[-3000:]
+    errors = [line for line in output.splitlines() if line.startswith("imagenet_train: error:")]
+    assert len(errors) == 1 and "--data_dir" in errors[0], output
+
+
+def test_tfds_without_tensorflow_datasets_is_one_line(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # as if not installed
+    settings = {**SETTINGS, "tfds_data_dir": str(tmp_path / "tfds")}
+    with pytest.raises(ValueError, match=r"tensorflow-datasets, which is not installed: pip"):
+        run(**settings, model_dir=str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_empty_validation_split_is_refused(data_dir, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    for shard in data.glob("validation-*"):
+        shard.write_bytes(b"")
+    with pytest.raises(ValueError, match="the validation split holds no images"):
+        run(**SETTINGS, data_dir=str(data), model_dir=str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow", reason="built and checked once, on the first leg"
 )
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SOURCES = ("setup.py", "README.md", "LICENSE", "keras_lars", "recipes", "tools")
+SOURCES = ("setup.py", "pyproject.toml", "README.md", "LICENSE", "keras_lars", "recipes", "tools")
 # recipes/ and tools/ ship under the distribution's own names, never as the
 # generic `recipes` and `tools` that other distributions could also claim.
 TOP_LEVEL = {"keras_lars", "keras_lars_recipes", "keras_lars_tools"}
@@ -45,12 +45,9 @@ print("OK", keras_lars.__version__)
 DEPENDENCY_DIRS = [p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages")]
 
 
-@pytest.fixture(scope="module")
-def venv(tmp_path_factory):
-    """A fresh virtual environment with the wheel installed; its dependencies
-    come from this environment (a .pth line), not from the network."""
-    tmp = tmp_path_factory.mktemp("wheel")
-    source = tmp / "source"  # a copy: the build writes build/ and *.egg-info beside setup.py
+def copy_sources(source):
+    """The sources the distribution is built from, copied to `source` (the
+    build writes build/ and *.egg-info beside setup.py)."""
     source.mkdir()
     for name in SOURCES:
         if os.path.isdir(os.path.join(ROOT, name)):
@@ -58,15 +55,15 @@ def venv(tmp_path_factory):
             shutil.copytree(os.path.join(ROOT, name), source / name, ignore=ignore)
         else:
             shutil.copy(os.path.join(ROOT, name), source / name)
-    subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp / "dist")],
-        cwd=source,
-        check=True,
-        capture_output=True,
-    )
-    (wheel,) = glob.glob(str(tmp / "dist" / "*.whl"))
-    subprocess.run([sys.executable, "-m", "venv", str(tmp / "venv")], check=True)
-    python = tmp / "venv" / "bin" / "python"
+    return source
+
+
+def fresh_venv(path, *install):
+    """A fresh virtual environment at `path` whose dependencies come from
+    this environment (a .pth line), not from the network; then `pip install
+    --no-deps --no-index *install` in it. Its Python."""
+    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
+    python = path / "bin" / "python"
     venv_site = subprocess.run(
         [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         check=True,
@@ -75,11 +72,28 @@ def venv(tmp_path_factory):
     ).stdout.strip()
     with open(os.path.join(venv_site, "dependencies.pth"), "w") as f:
         f.write("\n".join(DEPENDENCY_DIRS) + "\n")
+    result = subprocess.run(
+        [python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", *install],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return python
+
+
+@pytest.fixture(scope="module")
+def venv(tmp_path_factory):
+    """A fresh virtual environment with the wheel installed."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    source = copy_sources(tmp / "source")
     subprocess.run(
-        [python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", wheel],
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp / "dist")],
+        cwd=source,
         check=True,
         capture_output=True,
     )
+    (wheel,) = glob.glob(str(tmp / "dist" / "*.whl"))
+    fresh_venv(tmp / "venv", wheel)
     return tmp / "venv", tmp
 
 
@@ -111,6 +125,26 @@ def test_console_scripts_answer_help(venv, script):
     assert result.returncode == 1 and not result.stderr, result.stderr[-3000:]
     for expected in SCRIPTS[script]:
         assert expected in result.stdout, result.stdout[-3000:]
+
+
+def test_an_editable_install_keeps_the_console_scripts_working(tmp_path):
+    """`pip install -e .` with the pip a fresh Python 3.11 environment comes
+    with: pyproject.toml makes it a PEP 660 editable install, which honours
+    setup.py's package_dir (a legacy egg-link would not, and the scripts
+    could not import keras_lars_recipes)."""
+    source = copy_sources(tmp_path / "source")
+    fresh_venv(tmp_path / "venv", "--no-build-isolation", "-e", str(source))
+    for script, expected in sorted(SCRIPTS.items()):
+        result = subprocess.run(
+            [tmp_path / "venv" / "bin" / script, "--helpshort"],
+            cwd=tmp_path,  # not the checkout
+            env={**os.environ, "PYTHONPATH": ""},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 1 and not result.stderr, (script, result.stderr[-3000:])
+        assert all(text in result.stdout for text in expected), result.stdout[-3000:]
 
 
 # Hides one distribution from the interpreter, as if it were not installed.

@@ -17,6 +17,7 @@ recipes/imagenet/job.py for what a run does.
 """
 
 import dataclasses
+import re
 import sys
 
 from absl import flags
@@ -184,11 +185,18 @@ def main(argv):
     from . import controller
     from . import input_pipeline
     from . import job
+    from . import preemption
+    from . import run_lock
     from . import runner
     from . import strategies
 
     try:
         job.run(config)
+    except preemption.Preempted as stopped:
+        print(f"{PROGRAM}: {stopped}", file=sys.stderr)
+        return preemption.PREEMPTED_STATUS
+    except KeyboardInterrupt:  # Ctrl-C outside the loops (inside, it stops them cleanly)
+        return _error("interrupted; the checkpoints written so far are kept")
     except tf.errors.OpError as error:  # a bad label, an unreadable gs:// path, ...
         return _error(_explanation(error.message))
     except (
@@ -199,6 +207,7 @@ def main(argv):
         controller.TrainingDiverged,
         controller.LoopMiscounted,
         runner.ProcessesDisagree,
+        run_lock.RunLocked,
         checkpoints.CheckpointNotSaved,
         checkpoints.NoIntactCheckpoint,
     ) as error:
@@ -209,10 +218,19 @@ def main(argv):
 def _explanation(message):
     """The line of a TensorFlow error that says what is wrong: the recipe's
     own assertion if there is one (it comes a few lines after "Graph execution
-    error:"), else the first line."""
+    error:"), else the first line that is not TensorFlow's framing
+    ("Graph execution error:", "{{function_node ...}}", tf.data's "Error in
+    user-defined function ... with iterator: ...:")."""
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
     ours = [line for line in lines if "is the label offset right?" in line]
-    return (ours or lines or ["unknown TensorFlow error"])[0]
+    if ours:
+        return ours[0]
+    for line in lines:
+        line = re.sub(r"^(\{\{function_node [^}]*\}\}\s*)+", "", line)
+        line = re.sub(r"^Error in user-defined function .*? with iterator: \S+: ", "", line)
+        if line and line != "Graph execution error:" and not line.startswith("[["):
+            return line
+    return "unknown TensorFlow error"
 
 
 def _error(message):

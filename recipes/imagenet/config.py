@@ -58,7 +58,7 @@ MAY_CHANGE_ON_RESUME = frozenset(
 class TrainConfig:
     model: str
     preset: str
-    model_dir: str
+    model_dir: str | None = None  # required: `check` says so in one line
     # Data: exactly one of these.
     data_dir: str | None = None
     tfds_data_dir: str | None = None
@@ -120,6 +120,9 @@ class Plan:
     steps_per_loop: int
     eval_every_steps: int  # 0: only at the end
     eval_offset_steps: int  # the first evaluation (with eval_every_steps)
+    # The data's identity (its files' names, sizes and first bytes), so that a
+    # resume on other images of the same counts is refused.
+    data_fingerprint: str = "synthetic"
 
 
 def resolve(preset=None, model=None, **overrides):

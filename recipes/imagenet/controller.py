@@ -41,6 +41,7 @@ import time
 from tqdm import tqdm
 
 from .. import faults as faults_lib
+from . import preemption
 from .runner import Progress
 
 
@@ -157,12 +158,15 @@ class Controller:
         def train_seconds():
             return start.train_seconds + time.monotonic() - started
 
-        with tqdm(total=plan.train_steps, initial=step, unit="step", desc="training") as bar:
+        bar = tqdm(total=plan.train_steps, initial=step, unit="step", desc="training")
+        with bar, preemption.StopRequests(on_request=runner.request_stop) as requests:
             for end in loop_ends(plan, step):
-                steps = end - step
                 loop_started = time.monotonic()
-                result = runner.train(steps)
+                self.faults.loop_starting(step)
+                result = runner.train(end - step)
+                end = step + result.steps  # earlier if asked to stop
                 self._check(result, step, end)
+                steps = result.steps
                 loop_seconds = time.monotonic() - loop_started
                 if step > start.step:  # the first loop also compiles
                     measured_images += steps * config.global_batch_size
@@ -186,11 +190,20 @@ class Controller:
                             train_seconds=round(train_seconds(), 1),
                         )
                         bar.write(f"Reached the target top-1 {config.target_accuracy:.2%}.")
-                final = step == plan.train_steps or reached is not None
+                # Every process stops, at the same step, if any was asked to.
+                stopping = runner.any_process(requests.requested is not None)
+                final = step == plan.train_steps or reached is not None or stopping
                 if runner.agree(policy.wants(final)):
                     runner.save(Progress(step=step, train_seconds=train_seconds()))
                     policy.saved()
                     self.faults.saving(step, runner.wait)
+                if stopping:
+                    runner.wait()
+                    signal_name = requests.requested or "a signal to another process"
+                    raise preemption.Preempted(
+                        f"Stopped at step {step} on request ({signal_name}), its state saved "
+                        f"in {runner.latest_checkpoint()}: run the same command again to resume"
+                    )
                 if reached:
                     break
         if evaluation is None and evaluation_input:  # a finished run started again: no loop ran

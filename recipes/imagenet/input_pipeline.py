@@ -36,6 +36,7 @@ number of hosts and replicas.
 
 import concurrent.futures
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -55,10 +56,20 @@ IMAGENET_TRAIN_IMAGES = 1_281_167
 IMAGENET_CLASSES = 1000
 RESCAN_THREADS = 8  # files checked at once when looking for a bad one
 MIN_PRIVATE_THREADS = 8  # the input's own thread pool, at least
+FINGERPRINT_BYTES = 64 * 1024  # of each file, hashed to tell one data set from another
 RESEED_STRIDE = 1_000_003  # a resumed, non-deterministic stream's seed offset per step
 # Words in TensorFlow's messages for records that do not read or images that
 # do not decode.
-UNREADABLE_SIGNS = ("JPEG", "Could not parse example", "corrupted record")
+UNREADABLE_SIGNS = (
+    "JPEG",
+    "Could not parse example",
+    "corrupted record",
+    "could not be found",  # a feature the schema needs is missing
+    "Data types don't match",  # a feature of another type (a float label)
+)
+# The smallest side an image may have: the centre crop takes 0.875 of it,
+# which leaves no pixel of a 1-pixel image (measured on every preprocessing).
+MIN_IMAGE_SIDE = 2
 
 SCHEMAS = {
     # name: (image key, label key, default label offset)
@@ -157,6 +168,11 @@ class TFRecordSource:
         if tf.io.gfile.exists(labels):
             with tf.io.gfile.GFile(labels) as f:
                 self.num_classes = sum(1 for line in f if line.strip())
+        elif os.path.basename(file_pattern).startswith("train"):  # said once, not per split
+            print(
+                f"No labels.txt beside {file_pattern}: assuming ImageNet's {IMAGENET_CLASSES} "
+                "classes (the converter writes labels.txt)"
+            )
 
     def examples(self, *, training, input_context=None, deterministic=False, seed=0):
         """(JPEG bytes, label) of this pipeline's share, one pass."""
@@ -203,6 +219,13 @@ class TFRecordSource:
     def naming_bad_files(self):
         return naming_bad_files(self.files, self.schema)
 
+    def fingerprint(self):
+        """What identifies these files' contents, wherever they are moved:
+        each file's name, size and a hash of its first bytes."""
+        with concurrent.futures.ThreadPoolExecutor(RESCAN_THREADS) as pool:
+            parts = list(pool.map(_file_fingerprint, self.files))
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
 
 class TFDSSource:
     """A split of a TFDS image-classification data set (`imagenet2012` by
@@ -214,7 +237,13 @@ class TFDSSource:
     """
 
     def __init__(self, data_dir, split, name="imagenet2012"):
-        import tensorflow_datasets as tfds  # an optional extra: keras_lars[tfds]
+        try:
+            import tensorflow_datasets as tfds  # an optional extra
+        except ImportError:
+            raise ValueError(
+                f"--tfds_data_dir={data_dir} reads through tensorflow-datasets, which is not "
+                "installed: pip install 'keras_lars[tfds]'"
+            ) from None
 
         self._tfds = tfds
         self.split = split
@@ -264,6 +293,19 @@ class TFDSSource:
 
     def naming_bad_files(self):
         return contextlib.nullcontext()
+
+    def fingerprint(self):
+        info = self.builder.info
+        split = info.splits[self.split]
+        text = f"{info.name} {info.version} {self.split} {split.num_examples} {split.num_shards}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _file_fingerprint(path, head_bytes=FINGERPRINT_BYTES):
+    with tf.io.gfile.GFile(path, "rb") as f:
+        head = f.read(head_bytes)
+    size = tf.io.gfile.stat(path).length
+    return f"{os.path.basename(path)} {size} {hashlib.sha256(head).hexdigest()}"
 
 
 def _pipeline(input_context):
@@ -562,10 +604,15 @@ def _first_problem(path, schema):
     try:
         for serialized in tf.data.TFRecordDataset(path):
             image_bytes, _ = parse(serialized, schema, 0)
-            tf.io.decode_jpeg(image_bytes, channels=3)
+            height, width = tf.io.decode_jpeg(image_bytes, channels=3).shape[:2]
+            if min(height, width) < MIN_IMAGE_SIDE:
+                return (
+                    f"{path}: record {count}: a {height}x{width} image, below the "
+                    f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} the crops need"
+                )
             count += 1
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
-        return f"{path}: record {count}: {error.message.splitlines()[0]}"
+        return f"{path}: record {count}: {error.message.strip().splitlines()[0]}"
     return None
 
 

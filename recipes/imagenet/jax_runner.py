@@ -137,6 +137,9 @@ class JaxRunner(Runner):
         self._non_finite = None
         self._loss = None
         self._state_check = None
+        self._stop_requested = False
+        # Steps whose folders did not restore: neither kept nor counted.
+        self._damaged = set()
 
     def _layer_bn_span(self, devices):
         """`config.bn_span` as the layers read it: they see an update's whole
@@ -179,7 +182,9 @@ class JaxRunner(Runner):
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=CHECKPOINTS_KEPT,
+                # Kept by `_keep_newest`, which counts intact checkpoints only
+                # (Orbax would count a junk step folder too).
+                max_to_keep=None,
                 enable_async_checkpointing=True,
                 cleanup_tmp_directories=True,  # what interrupted saves left
             ),
@@ -191,6 +196,14 @@ class JaxRunner(Runner):
         )
 
     def _restore(self, step):
+        try:
+            with _quiet_orbax():  # one line a skip, however Orbax reports it
+                return self._restore_step(step)
+        except checkpoints.DamagedCheckpoint:
+            self._damaged.add(step)
+            raise
+
+    def _restore_step(self, step):
         import jax
         import orbax.checkpoint as ocp
 
@@ -236,6 +249,19 @@ class JaxRunner(Runner):
 
         return bool(multihost_utils.broadcast_one_to_all(np.int32(decision)))
 
+    def any_process(self, flag):
+        if self.processes == 1:
+            return flag
+        from jax.experimental import multihost_utils
+
+        return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
+
+    def request_stop(self):
+        """Ends the loop after the execution under way, with one process; with
+        several, at the loop's end (stopping inside a loop would need a
+        collective after every execution, stalling the devices)."""
+        self._stop_requested = self.processes == 1
+
     def start(self, start_step, training, loop_lengths):
         """Compiles for the loops ahead and opens the input at `start_step`."""
         config, plan = self.config, self.plan
@@ -267,6 +293,7 @@ class JaxRunner(Runner):
 
     def train(self, steps):
         k = self.config.accumulation_steps
+        before = optimization.micro_steps(self.optimizer)
         with self.training.naming_bad_files() if self.training else contextlib.nullcontext():
             history = self.model.fit(
                 self.feed.stream(steps * k),
@@ -274,14 +301,19 @@ class JaxRunner(Runner):
                 epochs=1,
                 shuffle=False,  # the stream is shuffled already
                 verbose=0,
+                callbacks=[_StopWhenRequested(self)],
             ).history
+        micro_steps = optimization.micro_steps(self.optimizer)
+        # Stopped early on request: after whole executions, whole updates.
+        ran = steps if not self._stop_requested else (micro_steps - before) // k
         return LoopResult(
             loss=history["loss"][-1],
             top1=history["top1"][-1],
             top5=history["top5"][-1],
             first_non_finite_step=self._non_finite.first_step(),
             state_finite=self._state_finite(),
-            micro_steps=optimization.micro_steps(self.optimizer),
+            micro_steps=micro_steps,
+            steps=ran,
         )
 
     def _state_finite(self):
@@ -339,11 +371,16 @@ class JaxRunner(Runner):
             "train_seconds": np.float64(progress.train_seconds),
         }
         try:
+            self.manager.wait_until_finished()  # the previous one: intact now
+            self._keep_newest(CHECKPOINTS_KEPT - 1)
             if step in self.manager.all_steps():
                 # A damaged one, skipped by `restore` (an intact one this far
                 # would have been resumed from): Orbax would not replace it.
                 self.manager.delete(step)
-            self.manager.save(step, args=ocp.args.StandardSave(state))
+            # Forced: a damaged step folder past this step would make Orbax
+            # skip the save (it saves only steps after its latest).
+            self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
+            self._damaged.discard(step)
         except Exception as error:  # noqa: BLE001 - Orbax and TensorStore raise many kinds
             raise checkpoints.CheckpointNotSaved(
                 f"Could not save checkpoint {step} (or the one before it, written in the "
@@ -359,6 +396,16 @@ class JaxRunner(Runner):
             raise checkpoints.CheckpointNotSaved(
                 f"Could not write checkpoint {self.latest}: {_first_line(error)}"
             ) from None
+        self._keep_newest(CHECKPOINTS_KEPT)
+
+    def _keep_newest(self, count):
+        """Deletes intact checkpoints beyond the newest `count`, once every
+        save is written; damaged step folders are left as they are. Every
+        process calls it (Orbax's delete is a collective; the primary host
+        deletes)."""
+        intact = sorted(set(self.manager.all_steps()) - self._damaged)
+        for step in intact[: max(len(intact) - count, 0)]:
+            self.manager.delete(step)
 
     def latest_checkpoint(self):
         return self.latest
@@ -384,6 +431,18 @@ class JaxRunner(Runner):
             input_pipeline_id=self.process,
             num_replicas_in_sync=self.processes,
         )
+
+
+class _StopWhenRequested(keras.callbacks.Callback):
+    """Ends `fit` after the execution under way once the runner is asked to stop."""
+
+    def __init__(self, runner):
+        super().__init__()
+        self.runner = runner
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.runner._stop_requested:
+            self.model.stop_training = True
 
 
 class _WeightSum(keras.metrics.Metric):
@@ -493,6 +552,23 @@ class _OrbaxTracebacks(logging.Filter):
                 return False
             traceback = traceback.tb_next
         return True
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    """Leaves out Orbax's own log records (a checkpoint of another model
+    makes it log thousands of lines) while a restore is tried: the run says
+    in one line why a checkpoint is skipped."""
+
+    def not_orbax(record):
+        return f"{os.sep}orbax{os.sep}" not in record.pathname
+
+    logger = logging.getLogger("absl")
+    logger.addFilter(not_orbax)
+    try:
+        yield
+    finally:
+        logger.removeFilter(not_orbax)
 
 
 def _stream(iterator):

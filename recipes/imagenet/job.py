@@ -39,6 +39,7 @@ from . import controller
 from . import input_pipeline
 from . import model_dir
 from . import models
+from . import run_lock
 from .config import Plan
 from .runner import Input
 
@@ -52,23 +53,37 @@ def run(config):
     config_lib.check_backend(config, backend)
     runner = _runner(config, backend)
     try:
-        train_source, eval_source = _sources(config)
-        plan = _plan(config, runner.replicas, train_source, eval_source)
-        plan = model_dir.plan_to_run(config, plan, backend)
-        print(f"{runner.description}; {_describe(plan)}")
-        with _precision(config.dtype):
-            keras.utils.set_random_seed(config.seed)  # initialisation and dropout
-            model, lars = _build(config, plan, runner)
-            progress = runner.restore()
-            runner.check_resumed(progress.step)
-            if runner.chief:
-                model_dir.write_once(config, plan, backend)
-            print("Settings:", json.dumps(config.to_dict(), sort_keys=True))
-            summary = _train(config, plan, runner, model, lars, progress, train_source, eval_source)
-            runner.wait()
-            return summary
+        # The chief alone writes the run's files: one writer per run.
+        with run_lock.RunLock(config.model_dir) if runner.chief else contextlib.nullcontext():
+            return _run(config, backend, runner)
     finally:
         runner.close()
+
+
+def _run(config, backend, runner):
+    train_source, eval_source = _sources(config)
+    plan = _plan(config, runner.replicas, train_source, eval_source)
+    plan = model_dir.plan_to_run(config, plan, backend, runner.chief)
+    print(f"{runner.description}; {_describe(plan)}")
+    with _precision(config.dtype):
+        keras.utils.set_random_seed(config.seed)  # initialisation and dropout
+        model, lars = _build(config, plan, runner)
+        progress = runner.restore()
+        runner.check_resumed(progress.step)
+        if runner.chief:
+            model_dir.write_once(config, plan, backend)
+        print("Settings:", json.dumps(config.to_dict(), sort_keys=True))
+        finished = model_dir.finished_summary(config, plan, progress.step)
+        if runner.agree(finished is not None):  # the chief's reading, on every process
+            print(
+                f"This run is over (step {progress.step}"
+                f"{', target reached' if finished and finished['target_reached'] else ''}): "
+                f"nothing to do; its summary is {model_dir.summary_path(config)}"
+            )
+            return finished
+        summary = _train(config, plan, runner, model, lars, progress, train_source, eval_source)
+        runner.wait()
+        return summary
 
 
 def _runner(config, backend):
@@ -131,6 +146,10 @@ def _plan(config, replicas, train_source, eval_source):
             print("Counting the training images (--train_images skips this)...")
         train_images = config.train_images or train_source.count()
         eval_images = eval_source.count()
+        if not eval_images:  # every accuracy would be 0/0
+            raise ValueError(
+                f"{_data_flag(config)}: the validation split holds no images; evaluation needs some"
+            )
     eval_batch = evaluation_batch_size(config)
     if eval_batch % replicas:
         raise ValueError(
@@ -145,7 +164,11 @@ def _plan(config, replicas, train_source, eval_source):
             f"than the run's {train_steps}: the whole run warms up."
         )
         warmup_steps = train_steps
+    fingerprint = "synthetic"
+    if not config.synthetic:
+        fingerprint = f"{train_source.fingerprint()}/{eval_source.fingerprint()}"
     return Plan(
+        data_fingerprint=fingerprint,
         replicas=replicas,
         num_classes=num_classes,
         train_images=train_images,
@@ -157,6 +180,12 @@ def _plan(config, replicas, train_source, eval_source):
         eval_every_steps=round(config.eval_every_epochs * steps_per_epoch),
         eval_offset_steps=round(config.eval_offset_epochs * steps_per_epoch),
     )
+
+
+def _data_flag(config):
+    if config.tfds_data_dir:
+        return f"--tfds_data_dir={config.tfds_data_dir}"
+    return f"--data_dir={config.data_dir}"
 
 
 def evaluation_batch_size(config):
@@ -291,9 +320,11 @@ def _train(config, plan, runner, model, lars, progress, train_source, eval_sourc
             (outcome.step - progress.step) * config.global_batch_size / seconds, 1
         ),
     )
+    summary = {
+        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in summary.items()
+    }  # strict JSON
     if runner.chief:
-        with tf.io.gfile.GFile(os.path.join(config.model_dir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=1)
+        model_dir.write_summary(config, summary)
     print("Summary:", json.dumps(summary))
     return summary
 

@@ -20,8 +20,9 @@ from . import config as config_lib
 from .config import Plan
 
 FILE = "config.json"
+SUMMARY = "summary.json"
 # What the data decides; a rerun on other data is another run.
-DATA_FIELDS = ("num_classes", "train_images", "eval_images")
+DATA_FIELDS = ("num_classes", "train_images", "eval_images", "data_fingerprint")
 # How each differs from the run's own: the devices, and how often the host looks.
 MAY_CHANGE_IN_PLAN = ("replicas", "steps_per_loop")
 
@@ -30,19 +31,56 @@ def path(config):
     return os.path.join(config.model_dir, FILE)
 
 
-def plan_to_run(config, plan, backend):
+def summary_path(config):
+    return os.path.join(config.model_dir, SUMMARY)
+
+
+def write_summary(config, summary):
+    """summary.json, whole (strict JSON), then renamed over the last one."""
+    target = summary_path(config)
+    with tf.io.gfile.GFile(target + ".partial", "w") as f:
+        json.dump(summary, f, indent=1, allow_nan=False)
+    tf.io.gfile.rename(target + ".partial", target, overwrite=True)
+
+
+def finished_summary(config, plan, step):
+    """The summary of a run that is over at `step` (it trained every step, or
+    reached this config's target there), or None if it has more to do."""
+    try:
+        with tf.io.gfile.GFile(summary_path(config)) as f:
+            summary = json.load(f)
+    except (OSError, ValueError, tf.errors.OpError):
+        return None
+    if not isinstance(summary, dict) or summary.get("steps") != step or not step:
+        return None
+    top1 = summary.get("top1")
+    reached = (
+        config.target_accuracy is not None
+        and isinstance(top1, (int, float))
+        and top1 >= config.target_accuracy
+    )
+    return summary if step >= plan.train_steps or reached else None
+
+
+def plan_to_run(config, plan, backend, chief=True):
     """`plan` on a first start; on a rerun the saved plan (with this run's
     replicas and loop length), once the rerun is found to be the same run.
     `ValueError` naming what differs, or the file that cannot be read."""
     record = path(config)
+    checkpoints = os.path.join(config.model_dir, "checkpoints")
+    trained = tf.io.gfile.isdir(checkpoints) and bool(tf.io.gfile.listdir(checkpoints))
     if not tf.io.gfile.exists(record):
-        checkpoints = os.path.join(config.model_dir, "checkpoints")
-        if tf.io.gfile.isdir(checkpoints) and tf.io.gfile.listdir(checkpoints):
+        if trained:
             raise ValueError(
                 f"{record} is missing, but {checkpoints} holds checkpoints: the settings "
                 "they were trained with are unknown, so they are not resumed; put the "
                 "run's config.json back, or use a new --model_dir"
             )
+        return plan
+    if not trained:  # its settings locked nothing: no step was kept
+        if chief:
+            print(f"{record} is of a run that saved no checkpoint: replacing it (these settings)")
+            tf.io.gfile.remove(record)
         return plan
     saved = _read(record)
     if saved["backend"] != backend:
@@ -102,10 +140,15 @@ def _read(record):
         raise ValueError(
             f"{record} cannot be read ({_first_line(error)}); restore it, or use a new --model_dir"
         ) from None
-    if not isinstance(saved, dict) or not {"config", "plan"} <= saved.keys():
+    if (
+        not isinstance(saved, dict)
+        or not {"config", "plan"} <= saved.keys()
+        or not isinstance(saved["config"], dict)
+        or not isinstance(saved["plan"], dict)
+    ):
         raise ValueError(
-            f"{record} is not a run's config.json (it lacks its settings or plan); "
-            "restore it, or use a new --model_dir"
+            f"{record} is not a run's config.json (it lacks its settings or plan, or "
+            "they are not objects); restore it, or use a new --model_dir"
         )
     if set(saved["plan"]) != {f.name for f in dataclasses.fields(Plan)}:
         raise ValueError(f"{record} holds a plan this version cannot read; use a new --model_dir")

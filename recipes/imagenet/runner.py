@@ -91,6 +91,8 @@ class LoopResult:
     # The optimizer's own count of the micro-steps it has run, read from the
     # devices after the loop (updates x `micro_steps_per_update`).
     micro_steps: int
+    # The updates the loop ran: those asked for, or fewer after `request_stop`.
+    steps: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,7 +161,18 @@ class Runner(abc.ABC):
 
     @abc.abstractmethod
     def train(self, steps):
-        """Runs `steps` updates; returns a `LoopResult`."""
+        """Runs `steps` updates; returns a `LoopResult`. After
+        `request_stop` it may stop early, after a whole update, every
+        process after the same one."""
+
+    @abc.abstractmethod
+    def request_stop(self):
+        """Asks the running (or next) loop to end early; safe from any thread."""
+
+    @abc.abstractmethod
+    def any_process(self, flag):
+        """Whether `flag` (a bool) is true on any process: a collective,
+        called by every process at the same point."""
 
     @abc.abstractmethod
     def evaluate(self, evaluation):

@@ -66,6 +66,8 @@ class TensorFlowRunner(Runner):
         self.step = None
         self.train_seconds = None
         self._gather = None
+        # Steps whose files did not restore: neither kept nor counted as checkpoints.
+        self._damaged = set()
         self.latest = None
         self.training = None
         self.iterator = None
@@ -133,6 +135,13 @@ class TensorFlowRunner(Runner):
         )
 
     def _restore(self, step):
+        try:
+            return self._restore_step(step)
+        except checkpoints.DamagedCheckpoint:
+            self._damaged.add(step)
+            raise
+
+    def _restore_step(self, step):
         prefix = self._prefix(step)
         if not tf.io.gfile.exists(prefix + ".index"):
             raise checkpoints.DamagedCheckpoint("its .index file is missing")
@@ -190,10 +199,18 @@ class TensorFlowRunner(Runner):
         with evaluation.naming_bad_files():
             return self.trainer.evaluate(iterator, steps)
 
+    def request_stop(self):
+        self.trainer.request_stop()
+
     def agree(self, decision):
         if not self.multi_worker:
             return decision
         return bool(self._gather_rows([float(decision)])[0, 0])  # replica 0: the chief's
+
+    def any_process(self, flag):
+        if not self.multi_worker:
+            return flag
+        return bool(self._gather_rows([float(flag)]).any())
 
     def save(self, progress):
         """Writes checkpoint `progress.step`, then removes those beyond the
@@ -222,7 +239,9 @@ class TensorFlowRunner(Runner):
                 f"Could not save checkpoint {step} in {self.directory}: {_first_line(error)}{kept}"
             ) from None
         self.latest = prefix
-        for old in sorted(self._steps())[:-CHECKPOINTS_KEPT]:
+        self._damaged.discard(step)  # written anew
+        # The newest intact ones are kept; damaged files are left as they are.
+        for old in sorted(self._steps() - self._damaged)[:-CHECKPOINTS_KEPT]:
             self._remove(old)
 
     def wait(self):

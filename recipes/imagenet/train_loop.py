@@ -106,6 +106,10 @@ class Trainer:
             synchronization=ON_READ,
             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
         )
+        # Set (from any thread) to end the loop after the step under way.
+        with tf.init_scope(), tf.device("/cpu:0"):
+            self._stop = tf.Variable(False, trainable=False, name="stop_requested")
+        self._several_workers = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
         self._gradients = tf.function(self._gradients, jit_compile=jit_compile)
         self._final_loss = tf.function(self._final_loss, jit_compile=jit_compile)
         self._eval_counts = tf.function(self._eval_counts, jit_compile=jit_compile)
@@ -237,10 +241,30 @@ class Trainer:
 
     @tf.function
     def _train_loop(self, iterator, steps):
+        """Runs `steps` steps, or fewer if a stop is requested (every worker
+        then stops after the same step); returns how many ran."""
         self.strategy.run(self._reset_loop_state)
+        ran = tf.constant(0)
         for i in tf.range(steps):
+            stop = self._stop_requested()
             inputs = next(iterator) if iterator is not None else ()
-            self.strategy.run(self._replica_train_step, args=(i, tf.equal(i, steps - 1), *inputs))
+            last = tf.logical_or(tf.equal(i, steps - 1), stop)  # checks the state it leaves
+            self.strategy.run(self._replica_train_step, args=(i, last, *inputs))
+            ran = i + 1
+            if stop:
+                break
+        return ran
+
+    def _stop_requested(self):
+        """Whether this or (several workers) any worker was asked to stop."""
+        if not self._several_workers:
+            return self._stop.read_value()
+        flags = self.strategy.run(lambda: tf.cast(self._stop.read_value(), tf.float32))
+        return self.strategy.reduce(SUM, flags, axis=None) > 0
+
+    def request_stop(self):
+        """Ends the running (or next) loop after its current step; from any thread."""
+        self._stop.assign(True)
 
     @tf.function
     def _average_moving_statistics(self):
@@ -264,8 +288,8 @@ class Trainer:
         return totals
 
     def train(self, iterator, steps):
-        """Runs `steps` updates; returns a `LoopResult`."""
-        self._train_loop(iterator, tf.constant(steps))
+        """Runs `steps` updates (fewer after `request_stop`); returns a `LoopResult`."""
+        ran = int(self._train_loop(iterator, tf.constant(steps)))
         loss, top1, top5, examples = self._totals.read_value().numpy()
         final_loss, non_finite_variables = self._final_state.read_value().numpy()
         first = int(self._first_non_finite.read_value())
@@ -278,6 +302,7 @@ class Trainer:
             first_non_finite_step=None if first < 0 else first,
             state_finite=bool(tf.math.is_finite(final_loss)) and non_finite_variables == 0,
             micro_steps=optimization.micro_steps(self.optimizer),
+            steps=ran,
         )
 
     def evaluate(self, iterator, steps):
