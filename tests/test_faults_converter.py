@@ -7,19 +7,25 @@ in ways that hold for root too: a dangling symbolic link and a symbolic link
 to itself (real), and a PermissionError raised in this process for one path
 (simulated). A full disk is a real file size limit (RLIMIT_FSIZE, with
 SIGXFSZ ignored so the write fails with EFBIG) on a converter process, and a
-simulated ENOSPC from TensorFlow's writer in this process.
+simulated ENOSPC from TensorFlow's writer in this process. A file name that is
+not UTF-8 is written as bytes; a JPEG that Pillow decodes and TensorFlow does
+not is a lossless JPEG, encoded here.
 """
 
 import errno
 import io
+import json
 import os
 import re
 import shutil
+import struct
 import sys
 import tarfile
 
 import keras
+import numpy as np
 import pytest
+from PIL import Image
 
 import commands
 
@@ -237,6 +243,134 @@ def test_verify_names_an_empty_split_and_a_class_without_images(fake, tmp_path):
     )
 
 
+def test_a_class_left_as_an_archive_is_named(fake, tmp_path):
+    """Left unextracted among the class folders, the class would be missing
+    and every label after it shift: refused, --allow_skips or not."""
+    raw = copy_raw(fake, tmp_path)
+    folder = raw / "train" / wnid(1)
+    archive = raw / "train" / f"{wnid(1)}.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(folder, arcname=".")
+    shutil.rmtree(folder)
+    for flags in [], ["--allow_skips"]:
+        command = converter_command(raw, tmp_path / "out", *flags)
+        code, output = commands.run(command, tmp_path / "log")
+        assert code == 1 and "Traceback" not in output, output[-3000:]
+        assert error_lines(output) == [
+            f"{ERROR} {archive}: class {wnid(1)} left as an archive; extract it into {folder}/ "
+            "(or remove it)"
+        ]
+        assert not (tmp_path / "out").exists()
+
+
+def test_a_class_emptied_by_skips_is_refused_even_with_allow_skips(fake, by_a_process, tmp_path):
+    """Its shards are kept: the rerun, once the files are fixed, rewrites
+    only the shards that skipped them."""
+    raw = copy_raw(fake, tmp_path)
+    emptied = raw / "train" / wnid(2)
+    for image in emptied.iterdir():
+        image.write_bytes(b"lost in the download\n")
+    out = tmp_path / "out"
+    code, output = commands.run(converter_command(raw, out, "--allow_skips"), tmp_path / "log")
+    assert code == 1 and "Traceback" not in output, output[-3000:]
+    assert error_lines(output) == [
+        f"{ERROR} train: every file of class(es) {wnid(2)} was skipped (listed in "
+        f"{out / 'summary.json'}); fix or replace them and rerun, which rewrites only the "
+        "shards that skipped them"
+    ]
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["train"]["skipped"]) == TRAIN_PER_CLASS + 2  # and the fake set's two
+    written = shard_bytes(out)
+    assert len(written) == 5
+
+    shutil.rmtree(emptied)
+    shutil.copytree(fake / "raw" / "train" / wnid(2), emptied)
+    again = convert(raw, out)
+    assert again["shards_written_this_run"] == len(
+        [n for n, data in written.items() if data != shard_bytes(by_a_process)[n]]
+    )
+    assert shard_bytes(out) == shard_bytes(by_a_process)
+
+
+# --- Class folders and file names -------------------------------------------------
+
+
+def test_folders_that_are_not_classes_are_refused_or_skipped(fake, by_a_process, tmp_path, capsys):
+    """A stray folder among the class folders would become a class and shift
+    every label after it: refused, or skipped with --allow_skips; a hidden
+    one is ignored, saying so."""
+    raw = copy_raw(fake, tmp_path)
+    train = raw / "train"
+    for folder, image in (".ipynb_checkpoints", wnid(0)), ("tmp", wnid(1)):
+        (train / folder).mkdir()
+        shutil.copy(train / image / f"{image}_0.JPEG", train / folder / "a_copy.JPEG")
+    code, output = commands.run(converter_command(raw, tmp_path / "out"), tmp_path / "log")
+    assert code == 1 and "Traceback" not in output, output[-3000:]
+    assert error_lines(output) == [
+        f"{ERROR} {train}: 1 folder(s) are not classes: tmp (a class folder is named by its "
+        "wnid, n + 8 digits, or in --validation_labels or --synset_names); move them out, or "
+        "rerun with --allow_skips to skip them"
+    ]
+    assert not (tmp_path / "out").exists()
+
+    summary = convert(raw, tmp_path / "out", allow_skips=True)
+    assert f"{train}: ignoring the hidden .ipynb_checkpoints" in capsys.readouterr().out.split("\n")
+    assert f"{train / 'tmp'}: {imagenet_layouts.NOT_A_CLASS}" in summary["train"]["skipped"]
+    assert shard_bytes(tmp_path / "out") == shard_bytes(by_a_process)  # the same labels
+
+
+def test_class_folders_named_in_the_labels_or_names_file_are_classes(tmp_path):
+    raw = tmp_path / "raw"
+    rng = np.random.default_rng(0)
+    for name in "cat", "dog":
+        (raw / "train" / name).mkdir(parents=True)
+        for n in range(2):
+            image = make_fake_imagenet.texture(rng, n, 2, (8, 8))
+            (raw / "train" / name / f"{name}_{n}.JPEG").write_bytes(make_fake_imagenet.jpeg(image))
+    (raw / "validation").mkdir()
+    shutil.copy(raw / "train" / "cat" / "cat_0.JPEG", raw / "validation" / "val_0.JPEG")
+    (raw / "validation_labels.txt").write_text("cat\n")
+    (raw / "synsets.txt").write_text("cat a cat\ndog a dog\n")
+    convert(raw, tmp_path / "out", train_shards=1, validation_shards=1)
+    labels = (tmp_path / "out" / "labels.txt").read_text()
+    assert labels == "1\tcat\ta cat\n2\tdog\ta dog\n"
+
+
+def test_file_names_that_are_not_utf8_are_named_or_skipped(fake, by_a_process, tmp_path):
+    raw = copy_raw(fake, tmp_path)
+    folder = raw / "train" / wnid(2)
+    with open(os.fsencode(folder) + b"/caf\xe9.JPEG", "wb") as f:
+        f.write((folder / f"{wnid(2)}_0.JPEG").read_bytes())
+    escaped = f"{folder}/caf\\xe9.JPEG"
+    code, output = commands.run(converter_command(raw, tmp_path / "out"), tmp_path / "log")
+    assert code == 1 and "Traceback" not in output, output[-3000:]
+    assert error_lines(output) == [
+        f"{ERROR} {escaped}: the file name is not UTF-8; rename it, or rerun with "
+        "--allow_skips to skip it"
+    ]
+    assert not (tmp_path / "out").exists()
+
+    command = converter_command(raw, tmp_path / "out", "--allow_skips")
+    code, output = commands.run(command, tmp_path / "allowed.log")
+    assert code == 0 and "Traceback" not in output, output[-3000:]
+    assert f"  SKIPPED {escaped}: the file name is not UTF-8" in output.splitlines()
+    assert shard_bytes(tmp_path / "out") == shard_bytes(by_a_process)
+
+
+def test_missing_class_names_are_warned_in_one_line(fake, tmp_path, capsys):
+    names = tmp_path / "synsets.txt"
+    names.write_text(f"{wnid(0)} fake class 0\n")
+    converter.convert(
+        str(fake / "raw"), str(tmp_path / "out"), synset_names=str(names), splits=("train",)
+    )
+    warnings = [line for line in capsys.readouterr().out.split("\n") if "warning" in line]
+    assert warnings == [
+        f"warning: 3 of the 4 classes have no name in --synset_names={names} ({wnid(1)}, "
+        f"{wnid(2)}, {wnid(3)}): labels.txt and image/class/text leave them empty"
+    ]
+    assert (tmp_path / "out" / "labels.txt").read_text().split("\n")[1] == f"2\t{wnid(1)}\t"
+
+
 # --- Files that cannot be read -------------------------------------------------
 
 
@@ -275,6 +409,135 @@ def test_files_that_cannot_be_read_are_listed_and_skipped(fake, tmp_path, monkey
 
     again = convert(raw, tmp_path / "out")  # the rerun finds every shard done
     assert again["shards_already_done"] == 5 and again["train"]["skipped"] == skipped
+
+
+def test_a_rerun_rewrites_the_shard_whose_skipped_file_now_reads(
+    fake, by_a_process, tmp_path, capsys
+):
+    """The shard's recorded skips say which files to try again; the others
+    stay done."""
+    raw = copy_raw(fake, tmp_path)
+    image = raw / "train" / wnid(1) / f"{wnid(1)}_3.JPEG"
+    image.write_bytes(b"not downloaded yet\n")
+    out = tmp_path / "out"
+    skip = f"{image}: not an image format Pillow recognises"
+    assert skip in convert(raw, out)["train"]["skipped"]
+    (shard,) = [
+        name for name in shard_bytes(out) if skip in converter.read_stats(str(out), name)["skipped"]
+    ]
+    skipped_there = len(converter.read_stats(str(out), shard)["skipped"])
+    capsys.readouterr()
+
+    shutil.copy(fake / "raw" / "train" / wnid(1) / image.name, image)
+    again = convert(raw, out)
+    lines = capsys.readouterr().out.split("\n")
+    assert (
+        f"{shard}: 1 of the {skipped_there} file(s) it skipped now read ({image}); writing it again"
+        in lines
+    )
+    assert again["shards_written_this_run"] == 1 and len(again["train"]["skipped"]) == 2
+    assert shard_bytes(out) == shard_bytes(by_a_process)
+    assert convert(raw, out)["shards_already_done"] == 5  # the other skips still fail
+
+
+def lossless_jpeg(pixels):
+    """An RGB lossless JPEG (ITU T.81 process 14, SOF3, predictor 1), which
+    Pillow's libjpeg-turbo (3.x) decodes and TensorFlow's (2.1) does not."""
+    height, width, _ = pixels.shape
+    bits = []
+    for y in range(height):
+        for x in range(width):
+            for c in range(3):
+                predicted = (
+                    128 if x == y == 0 else pixels[y, x - 1, c] if x else pixels[y - 1, 0, c]
+                )
+                difference = int(pixels[y, x, c]) - int(predicted)
+                size = abs(difference).bit_length()
+                bits.append(f"{size:04b}")  # the Huffman code of `size`
+                if size:
+                    extra = difference if difference > 0 else difference - 1
+                    bits.append(f"{extra & ((1 << size) - 1):0{size}b}")
+    stream = "".join(bits)
+    stream += "1" * (-len(stream) % 8)
+    data = bytes(int(stream[i : i + 8], 2) for i in range(0, len(stream), 8))
+
+    def segment(marker, payload):
+        return struct.pack(">HH", marker, len(payload) + 2) + payload
+
+    frame = struct.pack(">BHHB", 8, height, width, 3) + bytes([1, 0x11, 0, 2, 0x11, 0, 3, 0x11, 0])
+    table = bytes([0, 0, 0, 0, 9] + [0] * 12) + bytes(range(9))  # sizes 0..8: 4-bit codes
+    scan = bytes([3, 1, 0, 2, 0, 3, 0, 1, 0, 0])  # the three components, predictor 1
+    return b"".join(
+        [
+            b"\xff\xd8",
+            segment(0xFFC3, frame),
+            segment(0xFFC4, table),
+            segment(0xFFDA, scan),
+            data.replace(b"\xff", b"\xff\x00"),
+            b"\xff\xd9",
+        ]
+    )
+
+
+def test_images_training_cannot_crop_or_decode_are_skipped_or_re_encoded(fake, tmp_path):
+    """A 1x1 image passes Pillow but not training's crops: skipped. A
+    lossless JPEG passes Pillow but not tf.io.decode_jpeg: re-encoded.
+    --verify names both in shards written without these checks."""
+    pixels = make_fake_imagenet.texture(np.random.default_rng(0), 1, CLASSES, (12, 16))
+    lossless = lossless_jpeg(pixels)
+    with Image.open(io.BytesIO(lossless)) as image:
+        assert (image.format, image.mode) == ("JPEG", "RGB")
+        assert (np.asarray(image) == pixels).all()
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        tf.io.decode_jpeg(lossless, channels=3)
+    raw = copy_raw(fake, tmp_path)
+    folder = raw / "train" / wnid(1)
+    small = {"one_pixel.JPEG": (1, 1), "one_row.JPEG": (1, 16)}
+    for name, size in small.items():
+        (folder / name).write_bytes(make_fake_imagenet.jpeg(pixels[: size[0], : size[1]]))
+    (folder / "lossless.JPEG").write_bytes(lossless)
+
+    summary = convert(raw, tmp_path / "out")
+    for name, (height, width) in small.items():
+        assert (
+            f"{folder / name}: {width}x{height} pixels; training's crops need at least 2x2"
+            in summary["train"]["skipped"]
+        )
+    reencoded = f"{folder / 'lossless.JPEG'}: JPEG RGB that tf.io.decode_jpeg cannot decode"
+    assert reencoded in summary["train"]["reencoded"]
+    assert converter.verify(str(tmp_path / "out")) == []
+
+    shard = tmp_path / "out" / "validation-00001-of-00002"
+    unchecked = {"tiny.JPEG": make_fake_imagenet.jpeg(pixels[:1, :1]), "lossless.JPEG": lossless}
+    with tf.io.TFRecordWriter(str(shard)) as writer:
+        for name, jpeg in unchecked.items():
+            ref = imagenet_layouts.ImageRef(name, wnid(0), "")
+            writer.write(converter.make_example(tf, ref, jpeg, 1, 1, 1, "").SerializeToString())
+    problems = converter.verify(str(tmp_path / "out"))
+    assert f"{shard}: tiny.JPEG is 1x1 pixels; training's crops need at least 2x2" in problems
+    assert f"{shard}: lossless.JPEG does not decode" in problems
+
+
+def test_the_smallest_image_side_is_the_smallest_training_crops():
+    """MIN_IMAGE_SIDE is where every preset's crops start to work."""
+    from recipes.imagenet import input_pipeline
+
+    def crops(side):
+        pixels = np.full((side, 40, 3), 128, np.uint8)
+        image = tf.constant(make_fake_imagenet.jpeg(pixels))
+        try:
+            for preprocessing in input_pipeline.PREPROCESSING:
+                input_pipeline.preprocess(image, False, 16, preprocessing)
+                for seed in range(5):
+                    input_pipeline.preprocess(
+                        image, True, 16, preprocessing, tf.constant([seed, 0])
+                    )
+            return True
+        except tf.errors.InvalidArgumentError:
+            return False
+
+    assert crops(converter.MIN_IMAGE_SIDE)
+    assert not crops(converter.MIN_IMAGE_SIDE - 1)
 
 
 def test_skipped_files_are_listed_by_the_command_line(fake, tmp_path):
@@ -372,6 +635,101 @@ def test_unreadable_labels_and_names_files_are_named(fake, tmp_path):
         validation_labels=str(raw / "validation_labels.txt"),
         synset_names=str(names),
     )
+
+
+# --- Statistics and --verify ------------------------------------------------------
+
+
+def test_statistics_that_are_damaged_or_disagree_are_named_and_rewritten(
+    fake, by_a_process, tmp_path, capsys
+):
+    """The training recipe counts its examples from the statistics: --verify
+    checks them against the records, and a rerun against the shard's inputs,
+    writing that shard again."""
+    out = tmp_path / "out"
+    shutil.copytree(by_a_process, out)
+    work = out / converter.WORK_DIR
+    disagrees, damaged, not_stats = (
+        work / f"{name}.json"
+        for name in ("train-00000-of-00003", "train-00001-of-00003", "validation-00000-of-00002")
+    )
+    original = json.loads(disagrees.read_text())
+    disagrees.write_text(json.dumps({**original, "count": 999}))
+    damaged.write_text(damaged.read_text()[:20])
+    not_stats.write_text("[]")
+
+    problems = converter.verify(str(out))
+    assert (
+        f"{disagrees}: 999 records, but {out / 'train-00000-of-00003'} holds {original['count']}"
+        in problems
+    )
+    assert any(p.startswith(f"{damaged}: cannot be read (") for p in problems), problems
+    assert f"{not_stats}: damaged (not the statistics the converter writes)" in problems
+    assert len(problems) == 3, problems
+
+    capsys.readouterr()
+    summary = convert(fake / "raw", out)
+    lines = capsys.readouterr().out.split("\n")
+    files = original["count"] + len(original["skipped"])
+    assert (
+        f"{disagrees}: 999 records and {len(original['skipped'])} skipped, but "
+        f"train-00000-of-00003 is written from {files} files; writing train-00000-of-00003 again"
+    ) in lines
+    assert any(
+        line.startswith(f"{damaged}: cannot be read (")
+        and line.endswith("; writing train-00001-of-00003 again")
+        for line in lines
+    ), lines
+    assert (
+        f"{not_stats}: damaged (not the statistics the converter writes); writing "
+        "validation-00000-of-00002 again"
+    ) in lines
+    assert summary["shards_written_this_run"] == 3
+    assert shard_bytes(out) == shard_bytes(by_a_process)
+    assert converter.verify(str(out)) == []
+
+
+def test_a_shard_written_again_replaces_the_old_one_only_when_complete(
+    fake, by_a_process, tmp_path, monkeypatch
+):
+    """A rerun stopped while it writes a shard again (its statistics were
+    damaged) keeps the old shard; without statistics beside it, the next run
+    writes it again."""
+    out = tmp_path / "out"
+    shutil.copytree(by_a_process, out)
+    shard = out / "train-00002-of-00003"
+    stats = out / converter.WORK_DIR / f"{shard.name}.json"
+    stats.write_text("")
+    replace = os.replace
+
+    def stopped_at_the_shard(source, target):
+        if str(target) == str(shard):
+            raise KeyboardInterrupt
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", stopped_at_the_shard)
+    with pytest.raises(KeyboardInterrupt):
+        convert(fake / "raw", out)
+    monkeypatch.undo()
+    assert shard_bytes(out) == shard_bytes(by_a_process)
+    assert not stats.exists()
+    assert convert(fake / "raw", out)["shards_written_this_run"] == 1
+    assert shard_bytes(out) == shard_bytes(by_a_process)
+    assert converter.verify(str(out)) == []
+
+
+def test_verify_names_a_labels_file_that_is_a_directory(by_a_process, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(by_a_process, out)
+    (out / "labels.txt").unlink()
+    (out / "labels.txt").mkdir()
+    command = commands.module("tools.imagenet_to_tfrecords", "--verify", f"--output_dir={out}")
+    code, output = commands.run(command, tmp_path / "log")
+    assert code == 1, output[-3000:]
+    assert [line for line in output.splitlines() if line.strip()] == [
+        f"PROBLEM {out / 'labels.txt'}: cannot be read (Is a directory)",
+        f"verify: 1 problem(s) in {out}",
+    ]
 
 
 # --- The output directory --------------------------------------------------------

@@ -21,10 +21,18 @@ The devkit numbers its classes by ILSVRC2012_ID (1..1000, not in wnid order);
 gives one ID per validation image, in file-number order. Labels in the output
 are always 1..1000 by sorted wnid.
 
+A class folder is named by its wnid (n + 8 digits) or by a name that
+--validation_labels or --synset_names gives; any other folder among them (a
+stray `tmp/`) would become a class and shift every label after it, so it is
+refused, or skipped with --allow_skips. Hidden entries (`.ipynb_checkpoints/`)
+are ignored, saying so. A file name that is not UTF-8 cannot be stored as
+image/filename: refused, or skipped with --allow_skips.
+
 What cannot be used is refused with a `ConversionError` naming the path or
-flag and what is wrong: a split or a class without images, a folder that
-cannot be listed, a file of labels or names that cannot be read or parsed,
-an archive that is truncated or damaged.
+flag and what is wrong: a split or a class without images, a class left as an
+archive among the class folders, a folder that cannot be listed, a file of
+labels or names that cannot be read or parsed, an archive that is truncated or
+damaged.
 """
 
 import contextlib
@@ -46,6 +54,14 @@ KAGGLE_IMAGES = os.path.join("ILSVRC", "Data", "CLS-LOC")
 KAGGLE_SOLUTION = "LOC_val_solution.csv"
 KAGGLE_SYNSETS = "LOC_synset_mapping.txt"
 VALIDATION_NUMBER = re.compile(r"ILSVRC2012_val_(\d+)")
+WNID = re.compile(r"n\d{8}")
+# A class folder's name with one of these after it is a class left unextracted.
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
+NOT_A_CLASS = (
+    "not a class folder: its name is neither a wnid (n + 8 digits) nor in "
+    "--validation_labels or --synset_names"
+)
+NOT_UTF8 = "the file name is not UTF-8"
 
 
 class ConversionError(ValueError):
@@ -83,17 +99,110 @@ class Inputs:
     train: list  # ImageRefs
     validation: list | None  # ImageRefs, None if not asked for
     names: dict  # wnid -> class name ({} if no source gave them)
+    names_source: str | None = None  # where the names came from, for warnings
+    skipped: dict = dataclasses.field(default_factory=dict)  # split -> lines
+    notes: list = dataclasses.field(default_factory=list)  # lines for the log
 
 
-def find_inputs(raw_dir, splits=("train", "validation"), validation_labels=None, synset_names=None):
+@dataclasses.dataclass
+class Listing:
+    """What listing the split folders found besides images. `known`: the
+    names that the labels and names files give, any of which may name a class
+    folder."""
+
+    known: set
+    not_classes: dict = dataclasses.field(default_factory=dict)  # split -> folder paths
+    notes: list = dataclasses.field(default_factory=list)
+
+
+def find_inputs(
+    raw_dir,
+    splits=("train", "validation"),
+    validation_labels=None,
+    synset_names=None,
+    allow_skips=False,
+):
     """The images of `splits` with their wnids, and class names. Errors name
-    the file or flag that is missing, or the layouts that are mixed."""
+    the file or flag that is missing, or the layouts that are mixed. Folders
+    that are not classes and file names that are not UTF-8 are refused, or
+    with `allow_skips` left out and listed in `Inputs.skipped`."""
     layout = detect_layout(raw_dir)
+    names = read_synset_names(synset_names) if synset_names else None
+    known = set(names or ())
+    if validation_labels and "validation" in splits:
+        known.update(_label_words(validation_labels))
+    listing = Listing(known)
     finder = {"tree": _tree, "official": _official, "kaggle": _kaggle}[layout]
-    inputs = finder(raw_dir, "validation" in splits, validation_labels)
-    if synset_names:
-        inputs.names = read_synset_names(synset_names)
+    inputs = finder(raw_dir, "validation" in splits, validation_labels, listing)
+    if names is not None:
+        inputs.names, inputs.names_source = names, f"--synset_names={synset_names}"
+    inputs.notes = listing.notes
+    not_utf8 = {}
+    for split in ("train", "validation"):
+        if getattr(inputs, split) is not None:
+            usable, not_utf8[split] = _utf8_named(split, getattr(inputs, split))
+            setattr(inputs, split, usable)
+    _refuse_unless_skipped(listing.not_classes, not_utf8, allow_skips)
+    inputs.skipped = {
+        split: [f"{path}: {NOT_A_CLASS}" for path in listing.not_classes.get(split, [])]
+        + [f"{path}: {NOT_UTF8}" for path in paths]
+        for split, paths in not_utf8.items()
+    }
     return inputs
+
+
+def _refuse_unless_skipped(not_classes, not_utf8, allow_skips):
+    """Refuses, in one line, folders that are not classes and file names that
+    are not UTF-8, unless `allow_skips`."""
+    if allow_skips:
+        return
+    for folders in not_classes.values():
+        if folders:
+            raise ConversionError(
+                f"{os.path.dirname(folders[0])}: {_not_classes(folders)}; move them out, or "
+                "rerun with --allow_skips to skip them"
+            )
+    for paths in not_utf8.values():
+        if paths:
+            more = f" (and {len(paths) - 1} more)" if len(paths) > 1 else ""
+            raise ConversionError(
+                f"{paths[0]}: {NOT_UTF8}{more}; rename it, or rerun with --allow_skips to skip it"
+            )
+
+
+def _utf8_named(split, refs):
+    """(the refs whose names are UTF-8, the others' paths). Refuses, even
+    with --allow_skips, a class none of whose file names is UTF-8: skipping
+    them all would leave the class out."""
+    usable, others = [], []
+    for ref in refs:
+        if _is_utf8(ref.filename) and _is_utf8(ref.synset):
+            usable.append(ref)
+        else:
+            others.append(shown(ref.where))
+    emptied = sorted({r.synset for r in refs} - {r.synset for r in usable})
+    if emptied:
+        first = next(r for r in refs if r.synset == emptied[0])
+        raise ConversionError(
+            f"{split}: class {shown(emptied[0])} has no image whose file name is UTF-8 "
+            f"({shown(first.where)}, ...); rename them"
+        )
+    return usable, others
+
+
+def _is_utf8(name):
+    """Whether a name listed from disk or a tar is UTF-8: Python keeps the
+    bytes of one that is not as surrogates, which cannot be encoded."""
+    try:
+        name.encode()
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def shown(path):
+    """`path` printable: the bytes of a name that is not UTF-8 escaped."""
+    return os.fsencode(path).decode(errors="backslashreplace")
 
 
 def detect_layout(raw_dir):
@@ -138,19 +247,20 @@ def _require(raw_dir, *names):
 # --- The three layouts -----------------------------------------------------------
 
 
-def _tree(raw_dir, with_validation, labels_file):
+def _tree(raw_dir, with_validation, labels_file, listing):
     _require(raw_dir, "train")
-    train = _class_folders(os.path.join(raw_dir, "train"), "train")
+    train = _class_folders(os.path.join(raw_dir, "train"), "train", listing)
     names = _devkit_names(raw_dir)
     validation = None
     if with_validation:
         _require(raw_dir, "validation")
         folder = os.path.join(raw_dir, "validation")
-        entries = _listdir(folder)
+        entries = _visible(folder, listing)
         if not entries:
             raise ConversionError(f"validation: no images in {folder}")
         if all(os.path.isdir(os.path.join(folder, e)) for e in entries):
-            validation = _class_folders(folder, "validation")
+            listing.known.update(r.synset for r in train)
+            validation = _class_folders(folder, "validation", listing)
             source = "sorted into wnid folders"
         else:
             refs = [ImageRef(name, "", os.path.join(folder, name)) for name in entries]
@@ -158,10 +268,10 @@ def _tree(raw_dir, with_validation, labels_file):
     description = f"extracted tree: train/ ({len(train)} images)" + (
         f", validation/ ({len(validation)} images, labels {source})" if validation else ""
     )
-    return Inputs("tree", description, train, validation, names)
+    return Inputs("tree", description, train, validation, names, DEVKIT if names else None)
 
 
-def _official(raw_dir, with_validation, labels_file):
+def _official(raw_dir, with_validation, labels_file, listing):
     _require(raw_dir, TRAIN_ARCHIVE)
     train = _train_archive(os.path.join(raw_dir, TRAIN_ARCHIVE))
     names = _devkit_names(raw_dir)
@@ -178,13 +288,13 @@ def _official(raw_dir, with_validation, labels_file):
     description = f"official archives: {TRAIN_ARCHIVE} ({len(train)} images)" + (
         f", {VALIDATION_ARCHIVE} ({len(validation)} images, labels {source})" if validation else ""
     )
-    return Inputs("official", description, train, validation, names)
+    return Inputs("official", description, train, validation, names, DEVKIT if names else None)
 
 
-def _kaggle(raw_dir, with_validation, labels_file):
+def _kaggle(raw_dir, with_validation, labels_file, listing):
     images = os.path.join(raw_dir, KAGGLE_IMAGES)
     _require(raw_dir, os.path.join(KAGGLE_IMAGES, "train"))
-    train = _class_folders(os.path.join(images, "train"), "train")
+    train = _class_folders(os.path.join(images, "train"), "train", listing)
     names = {}
     if os.path.isfile(os.path.join(raw_dir, KAGGLE_SYNSETS)):
         names = read_synset_names(os.path.join(raw_dir, KAGGLE_SYNSETS))
@@ -194,7 +304,7 @@ def _kaggle(raw_dir, with_validation, labels_file):
         if not labels_file:
             _require(raw_dir, KAGGLE_SOLUTION)
         folder = os.path.join(images, "val")
-        refs = [ImageRef(n, "", os.path.join(folder, n)) for n in _listdir(folder)]
+        refs = [ImageRef(n, "", os.path.join(folder, n)) for n in _visible(folder, listing)]
         if not refs:
             raise ConversionError(f"validation: no images in {folder}")
         if labels_file:
@@ -206,7 +316,9 @@ def _kaggle(raw_dir, with_validation, labels_file):
     description = f"Kaggle CLS-LOC: train/ ({len(train)} images)" + (
         f", val/ ({len(validation)} images, labels {source})" if validation else ""
     )
-    return Inputs("kaggle", description, train, validation, names)
+    return Inputs(
+        "kaggle", description, train, validation, names, KAGGLE_SYNSETS if names else None
+    )
 
 
 # --- Sources of labels and names ----------------------------------------------------
@@ -299,14 +411,19 @@ def _kaggle_solution(path):
 
 
 def read_validation_labels(labels_file, expected):
-    lines = read_text(labels_file, f"--validation_labels={labels_file}").splitlines()
-    wnids = [line.split()[0] for line in lines if line.strip()]
+    wnids = _label_words(labels_file)
     if len(wnids) != expected:
         raise ConversionError(
             f"--validation_labels={labels_file} has {len(wnids)} labels for {expected} "
             "validation images"
         )
     return wnids
+
+
+def _label_words(labels_file):
+    """The first word of each line of --validation_labels."""
+    lines = read_text(labels_file, f"--validation_labels={labels_file}").splitlines()
+    return [line.split()[0] for line in lines if line.strip()]
 
 
 def read_synset_names(path):
@@ -353,22 +470,67 @@ def _listdir(folder):
         raise ConversionError(f"{folder}: cannot be listed ({reason(error)})") from None
 
 
-def _class_folders(root, split):
-    """The images of each wnid folder under `root`. Every entry of a class
+def _visible(folder, listing):
+    """The sorted entries of a split's folder but the hidden ones
+    (`.ipynb_checkpoints`, `.DS_Store`), which `listing` notes."""
+    entries = _listdir(folder)
+    hidden = [e for e in entries if e.startswith(".")]
+    if hidden:
+        listing.notes.append(f"{folder}: ignoring the hidden {', '.join(hidden)}")
+    return [e for e in entries if not e.startswith(".")]
+
+
+def _class_folders(root, split, listing):
+    """The images of each class folder under `root`. Every entry of a class
     folder is listed: one that is not an image is skipped, by name, when it is
-    read. A split or a class without any entry is refused."""
+    read. A split or a class without any entry is refused, and so is a class
+    left as an archive; a folder whose name is neither a wnid nor among
+    `listing.known` is not a class: it goes to `listing.not_classes`."""
     refs = []
-    for wnid in _listdir(root):
+    entries = _visible(root, listing)
+    for wnid in entries:
         folder = os.path.join(root, wnid)
         if not os.path.isdir(folder):
+            _refuse_a_class_archive(root, wnid, entries, listing.known)
+            continue
+        if not (WNID.fullmatch(wnid) or wnid in listing.known):
+            listing.not_classes.setdefault(split, []).append(shown(folder))
             continue
         names = _listdir(folder)
         if not names:
             raise ConversionError(f"{split}: class {wnid} has no images ({folder} is empty)")
         refs += [ImageRef(name, wnid, os.path.join(folder, name)) for name in names]
+    if not refs and listing.not_classes.get(split):
+        raise ConversionError(
+            f"{split}: no images in {root}: {_not_classes(listing.not_classes[split])}"
+        )
     if not refs:
         raise ConversionError(f"{split}: no images in {root}")
     return refs
+
+
+def _not_classes(folders):
+    """The folders that are not classes, and why, in words."""
+    listed = ", ".join(os.path.basename(f) for f in folders[:5])
+    more = f" and {len(folders) - 5} more" if len(folders) > 5 else ""
+    return (
+        f"{len(folders)} folder(s) are not classes: {listed}{more} (a class folder is named "
+        "by its wnid, n + 8 digits, or in --validation_labels or --synset_names)"
+    )
+
+
+def _refuse_a_class_archive(root, name, entries, known):
+    """Refuses a file among the class folders that is a class's archive
+    (`n01440764.tar`) with no folder of that class beside it: left
+    unextracted, the class would be missing and every label after it shift."""
+    for suffix in ARCHIVE_SUFFIXES:
+        wnid = name[: -len(suffix)]
+        is_class = WNID.fullmatch(wnid) or wnid in known
+        if name.endswith(suffix) and is_class and wnid not in entries:
+            raise ConversionError(
+                f"{os.path.join(root, name)}: class {wnid} left as an archive; extract it "
+                f"into {os.path.join(root, wnid)}/ (or remove it)"
+            )
 
 
 @contextlib.contextmanager

@@ -15,15 +15,20 @@ plus `labels.txt` (label, wnid, name) and `summary.json` (counts, skipped files)
 
     python -m tools.imagenet_to_tfrecords --raw_data_dir=RAW --output_dir=OUT
 
-Every image is decoded; CMYK, greyscale and PNG files are re-encoded as RGB
-JPEG. Files that cannot be read or decoded (a broken symbolic link, a folder
-inside a class folder, a truncated JPEG) are listed with their paths and
-skipped, and the run exits non-zero unless --allow_skips. Shards are written under OUT/.conversion/
-and renamed when complete, so a killed run leaves no partial shard under a final
-name and a rerun only writes the missing shards, byte-identical to an
-uninterrupted run. OUT/inputs.json records what the shards were written from
-(the layout, the file lists, label map and names): a rerun pointed at other
-inputs is refused, naming what differs. --verify reads every shard back.
+Every image is decoded, by Pillow and by tf.io.decode_jpeg as training
+decodes it; CMYK, greyscale and PNG files, and JPEGs that TensorFlow cannot
+decode (lossless ones), are re-encoded as RGB JPEG. Files that cannot be read
+or decoded (a broken symbolic link, a folder inside a class folder, a
+truncated JPEG) or are smaller than training's crops need (MIN_IMAGE_SIDE)
+are listed with their paths and skipped, and the run exits non-zero unless
+--allow_skips; a class left without images is refused even then. Shards are
+written under OUT/.conversion/ and renamed when complete, so a killed run
+leaves no partial shard under a final name and a rerun only writes the
+missing shards, byte-identical to an uninterrupted run, and the shards whose
+statistics (OUT/.conversion/*.json) do not describe their inputs or whose
+skipped files now read. OUT/inputs.json records what the shards were written
+from (the layout, the file lists, label map and names): a rerun pointed at
+other inputs is refused, naming what differs. --verify reads every shard back.
 
 Everything a user can fix (a flag, an input, an output directory that is a
 file, a full disk) stops the run with one line naming the path or flag and
@@ -60,6 +65,10 @@ SHUFFLE_SEED = 12345  # training files are shuffled before sharding
 WORK_DIR = ".conversion"  # unfinished shards and per-shard statistics
 SHARD_NAME = re.compile(r"^(train|validation)-(\d{5})-of-(\d{5})$")
 INPUTS_RECORD = "inputs.json"  # what the shards were written from
+# The shortest side training can crop: the evaluation crop, which the random
+# crop falls back to, is int(eval_crop_fraction x the short side) pixels
+# (0.875 in recipes/imagenet/preprocessing.py), none below 2 pixels.
+MIN_IMAGE_SIDE = 2
 # Each worker process imports TensorFlow (about 0.5 to 1 GB resident), so the
 # default does not follow a 96-core host's core count into tens of GB.
 MAX_DEFAULT_WORKERS = 8
@@ -92,22 +101,52 @@ def read_image(ref):
         raise BadImage(f"{ref.where}: cannot be read: {why}") from None
 
 
+def training_jpeg(ref):
+    """(JPEG bytes that training decodes, height, width, what was re-encoded
+    or None); BadImage naming `ref` if it cannot be."""
+    return rgb_jpeg(read_image(ref), ref.where)
+
+
 def rgb_jpeg(data, where):
     """(JPEG bytes, height, width, what was re-encoded or None); BadImage if
-    the file does not decode completely."""
+    the file does not decode completely, is smaller than training's crops
+    need, or does not decode with tf.io.decode_jpeg even re-encoded."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
+            height, width = image.height, image.width
+            if min(height, width) < MIN_IMAGE_SIDE:
+                raise BadImage(
+                    f"{where}: {width}x{height} pixels; training's crops need at least "
+                    f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}"
+                )
             if image.format == "JPEG" and image.mode == "RGB":
-                return data, image.height, image.width, None
-            reason = f"{image.format} {image.mode}"
+                if decodes(data):
+                    return data, height, width, None
+                # Pillow's libjpeg reads processes that TensorFlow's does not.
+                reason = "JPEG RGB that tf.io.decode_jpeg cannot decode"
+            else:
+                reason = f"{image.format} {image.mode}"
             out = io.BytesIO()
             image.convert("RGB").save(out, "JPEG", quality=JPEG_QUALITY)
-            return out.getvalue(), image.height, image.width, reason
     except UnidentifiedImageError:
         raise BadImage(f"{where}: not an image format Pillow recognises") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise BadImage(f"{where}: {type(error).__name__}: {error}") from None
+    if not decodes(out.getvalue()):
+        raise BadImage(f"{where}: tf.io.decode_jpeg cannot decode it, even re-encoded")
+    return out.getvalue(), height, width, reason
+
+
+def decodes(jpeg):
+    """Whether tf.io.decode_jpeg, as training calls it, decodes `jpeg`."""
+    import tensorflow as tf  # only once Pillow has decoded an image
+
+    try:
+        tf.io.decode_jpeg(jpeg, channels=3)
+        return True
+    except tf.errors.InvalidArgumentError:
+        return False
 
 
 def make_example(tf, ref, jpeg, height, width, label, name):
@@ -167,26 +206,129 @@ def stats_path(output_dir, name):
     return os.path.join(output_dir, WORK_DIR, name + ".json")
 
 
+class StatsProblem(ConversionError):
+    """A shard's statistics that are damaged or disagree with the shard."""
+
+
+def read_stats(output_dir, name, refs=None, records=None):
+    """The statistics written with shard `name`; StatsProblem naming their
+    file if they cannot be read, are not what `write_shard` writes, or
+    disagree with the shard: with its count of `records`, as read back, or
+    with its inputs, `refs`, each of which they must count once."""
+    path = stats_path(output_dir, name)
+    try:
+        with open(path) as f:
+            stats = json.load(f)
+    except (OSError, ValueError) as error:
+        raise StatsProblem(f"{path}: cannot be read ({imagenet_layouts.reason(error)})") from None
+    if not _stats_shaped(stats):
+        raise StatsProblem(f"{path}: damaged (not the statistics the converter writes)")
+    if records is not None and stats["count"] != records:
+        raise StatsProblem(
+            f"{path}: {stats['count']} records, but {os.path.join(output_dir, name)} holds "
+            f"{records}"
+        )
+    if refs is not None and (
+        stats["count"] + len(stats["skipped"]) != len(refs)
+        or skipped_refs(refs, stats["skipped"]) is None
+    ):
+        raise StatsProblem(
+            f"{path}: {stats['count']} records and {len(stats['skipped'])} skipped, but "
+            f"{name} is written from {len(refs)} files"
+        )
+    if stats["count"] != sum(stats["class_counts"].values()):
+        raise StatsProblem(
+            f"{path}: damaged (count {stats['count']}, but its class counts add up to "
+            f"{sum(stats['class_counts'].values())})"
+        )
+    return stats
+
+
+def _stats_shaped(stats):
+    def natural(value):
+        return type(value) is int and value >= 0
+
+    def lines(value):
+        return isinstance(value, list) and all(isinstance(x, str) for x in value)
+
+    return (
+        isinstance(stats, dict)
+        and natural(stats.get("count"))
+        and isinstance(stats.get("class_counts"), dict)
+        and all(natural(n) for n in stats["class_counts"].values())
+        and lines(stats.get("skipped"))
+        and lines(stats.get("reencoded"))
+    )
+
+
+def skipped_refs(refs, skipped):
+    """The inputs that the lines of `skipped` ("where: why") name, or None if
+    a line names none of `refs`."""
+    if not skipped:
+        return []
+    by_where = {ref.where: ref for ref in refs}
+    found = []
+    for line in skipped:
+        ends = [match.start() for match in re.finditer(": ", line)]
+        ref = next((by_where[line[:i]] for i in ends if line[:i] in by_where), None)
+        if ref is None:
+            return None
+        found.append(ref)
+    return found
+
+
 def shard_is_done(job):
     return os.path.exists(os.path.join(job.output_dir, job.name)) and os.path.exists(
         stats_path(job.output_dir, job.name)
     )
 
 
+def stale(job):
+    """Why a shard that is done must be written again, in one line, or None:
+    its statistics do not describe its inputs, or files it skipped now read
+    (they were fixed since). Its recorded skips say which files to try."""
+    try:
+        stats = read_stats(job.output_dir, job.name, job.refs)
+    except StatsProblem as problem:
+        return f"{problem}; writing {job.name} again"
+    skipped = skipped_refs(job.refs, stats["skipped"])
+    now_read = [ref.where for ref in skipped if _reads(ref)]
+    if now_read:
+        return (
+            f"{job.name}: {len(now_read)} of the {len(skipped)} file(s) it skipped now read "
+            f"({now_read[0]}); writing it again"
+        )
+    return None
+
+
+def _reads(ref):
+    try:
+        training_jpeg(ref)
+        return True
+    except BadImage:
+        return False
+
+
 def write_shard(job):
     """Writes one shard: to a temporary name, then its statistics, then the
-    rename, so a shard under its final name is always complete."""
+    renames, so a shard under its final name is always complete. A shard
+    written again loses its old statistics first: a run stopped between the
+    renames leaves a shard without statistics, which the next run rewrites."""
     import tensorflow as tf
 
     partial = os.path.join(job.output_dir, WORK_DIR, job.name + ".partial")
+    stats_file = stats_path(job.output_dir, job.name)
     stats = dict(count=0, class_counts=collections.Counter(), skipped=[], reencoded=[])
     with writing(partial, shard=True):
         try:
             _write_records(tf, job, partial, stats)
         except tf.errors.OpError as error:
             raise _as_os_error(error) from None
-        _write_json_atomically(stats_path(job.output_dir, job.name), stats)
+        _write_json(stats_file + ".partial", stats)
+        if os.path.exists(stats_file):
+            os.remove(stats_file)
         os.replace(partial, os.path.join(job.output_dir, job.name))
+        os.replace(stats_file + ".partial", stats_file)
     return job.name, stats
 
 
@@ -194,7 +336,7 @@ def _write_records(tf, job, path, stats):
     with tf.io.TFRecordWriter(path) as writer:
         for ref in job.refs:
             try:
-                jpeg, height, width, reencoded = rgb_jpeg(read_image(ref), ref.where)
+                jpeg, height, width, reencoded = training_jpeg(ref)
             except BadImage as error:
                 stats["skipped"].append(str(error))
                 continue
@@ -232,10 +374,14 @@ def writing(path, shard=False):
         raise ConversionError(f"cannot write {path}: {why}{kept}") from None
 
 
+def _write_json(path, data):
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+
+
 def _write_json_atomically(path, data):
     with writing(path):
-        with open(path + ".partial", "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
+        _write_json(path + ".partial", data)
         os.replace(path + ".partial", path)
 
 
@@ -248,8 +394,11 @@ def convert(
     validation_shards=128,
     num_workers=1,
     splits=SPLITS,
+    allow_skips=False,
 ):
-    """Converts the splits; returns a summary dict (also in summary.json)."""
+    """Converts the splits; returns a summary dict (also in summary.json).
+    `allow_skips`: folders that are not classes and file names that are not
+    UTF-8 are skipped (and listed), not refused."""
     for name, value in (("train_shards", train_shards), ("validation_shards", validation_shards)):
         if value < 1:
             raise ValueError(f"`{name}` must be >= 1. Received: {name}={value}")
@@ -257,8 +406,12 @@ def convert(
     if unknown_splits:
         raise ValueError(f"`splits` must be among {SPLITS}. Received: {sorted(unknown_splits)}")
     check_output_dir(output_dir)
-    inputs = imagenet_layouts.find_inputs(raw_dir, splits, validation_labels, synset_names)
+    inputs = imagenet_layouts.find_inputs(
+        raw_dir, splits, validation_labels, synset_names, allow_skips
+    )
     print(f"Found the {inputs.description}.")
+    for note in inputs.notes:
+        print(note)
     refs = {"train": inputs.train}
     if "validation" in splits:
         refs["validation"] = inputs.validation
@@ -271,6 +424,7 @@ def convert(
         )
     labels = {wnid: i + 1 for i, wnid in enumerate(synsets)}  # 0 stays unused
     names = inputs.names
+    warn_of_unnamed_classes(synsets, names, inputs.names_source)
     make_output_dir(output_dir)
     shards = {"train": train_shards, "validation": validation_shards}
     check_inputs(output_dir, fingerprint(inputs.layout, refs, labels, names, shards))
@@ -284,7 +438,13 @@ def convert(
         for split in splits
         for job in shard_jobs(split, refs[split], shards[split], output_dir, labels, names)
     ]
-    todo = [job for job in jobs if not shard_is_done(job)]
+    todo = []
+    for job in jobs:
+        if not shard_is_done(job):
+            todo.append(job)
+        elif why := stale(job):
+            print(why)
+            todo.append(job)
     start = time.time()
     written = 0
     with tqdm(total=sum(len(j.refs) for j in todo), unit="img", desc="converting") as bar:
@@ -301,11 +461,11 @@ def convert(
         "shards_already_done": len(jobs) - len(todo),
     }
     for split in splits:
-        per_shard = []
-        for job in jobs:
-            if job.name.startswith(split + "-"):
-                with open(stats_path(output_dir, job.name)) as f:
-                    per_shard.append(json.load(f))
+        per_shard = [
+            read_stats(output_dir, job.name, job.refs)
+            for job in jobs
+            if job.name.startswith(split + "-")
+        ]
         class_counts = collections.Counter()
         for s in per_shard:
             class_counts.update(s["class_counts"])
@@ -313,11 +473,44 @@ def convert(
             "images": sum(s["count"] for s in per_shard),
             "shards": len(per_shard),
             "class_counts": dict(sorted(class_counts.items())),
-            "skipped": sorted(x for s in per_shard for x in s["skipped"]),
+            "skipped": sorted(
+                inputs.skipped.get(split, []) + [x for s in per_shard for x in s["skipped"]]
+            ),
             "reencoded": sorted(x for s in per_shard for x in s["reencoded"]),
         }
-    _write_json_atomically(os.path.join(output_dir, "summary.json"), summary)
+    summary_file = os.path.join(output_dir, "summary.json")
+    _write_json_atomically(summary_file, summary)
+    for split in splits:
+        refuse_emptied_classes(split, refs[split], summary[split]["class_counts"], summary_file)
     return summary
+
+
+def warn_of_unnamed_classes(synsets, names, source):
+    """One line if some classes have no name: labels.txt and image/class/text
+    would leave them empty."""
+    unnamed = [wnid for wnid in synsets if not names.get(wnid)]
+    empty = "labels.txt and image/class/text leave them empty"
+    if unnamed and not source:
+        print(f"warning: no class names (no --synset_names, none in --raw_data_dir): {empty}")
+    elif unnamed:
+        few = ", ".join(unnamed[:3]) + (", ..." if len(unnamed) > 3 else "")
+        print(
+            f"warning: {len(unnamed)} of the {len(synsets)} classes have no name in {source} "
+            f"({few}): {empty}"
+        )
+
+
+def refuse_emptied_classes(split, refs, class_counts, summary_file):
+    """Refuses, even with --allow_skips, a class all of whose files were
+    skipped: it would have no images (the shards written stay, for the rerun
+    once they are fixed)."""
+    emptied = sorted({r.synset for r in refs} - {w for w, n in class_counts.items() if n})
+    if emptied:
+        few = ", ".join(emptied[:5]) + (", ..." if len(emptied) > 5 else "")
+        raise ConversionError(
+            f"{split}: every file of class(es) {few} was skipped (listed in {summary_file}); "
+            "fix or replace them and rerun, which rewrites only the shards that skipped them"
+        )
 
 
 def refuse_duplicate_names(refs):
@@ -419,12 +612,17 @@ def _map(function, jobs, num_workers):
 
 def verify(output_dir):
     """Reads every shard back; returns a list of problems (empty if none),
-    among them a split without records and a training class without one."""
+    among them a split without records, a training class without one, an
+    image training cannot crop, and statistics that do not describe their
+    shard."""
     labels_file = os.path.join(output_dir, "labels.txt")
     if not os.path.exists(labels_file):
         return [f"{labels_file}: missing; is {output_dir} the converter's output?"]
-    with open(labels_file) as f:
-        num_classes = sum(1 for line in f if line.strip())
+    try:
+        with open(labels_file) as f:
+            num_classes = sum(1 for line in f if line.strip())
+    except (OSError, UnicodeDecodeError) as error:
+        return [f"{labels_file}: cannot be read ({imagenet_layouts.reason(error)})"]
     shards = collections.defaultdict(dict)
     for name in sorted(os.listdir(output_dir)):
         match = SHARD_NAME.match(name)
@@ -456,9 +654,9 @@ def verify(output_dir):
 
 
 def _verify_shard(output_dir, name, num_classes, seen, labels):
-    """Problems with one shard: labels (counted in `labels`), decoding,
-    duplicates (updating `seen`), and its record count against the statistics
-    written with it."""
+    """Problems with one shard: labels (counted in `labels`), decoding and
+    size, duplicates (updating `seen`), and its record count against the
+    statistics written with it."""
     import tensorflow as tf
 
     feature_spec = {
@@ -478,7 +676,12 @@ def _verify_shard(output_dir, name, num_classes, seen, labels):
             if not 1 <= label <= num_classes:
                 problems.append(f"{path}: {filename} has label {label}, outside 1..{num_classes}")
             try:
-                tf.io.decode_jpeg(example["image/encoded"], channels=3)
+                height, width, _ = tf.io.decode_jpeg(example["image/encoded"], channels=3).shape
+                if min(height, width) < MIN_IMAGE_SIDE:
+                    problems.append(
+                        f"{path}: {filename} is {width}x{height} pixels; training's crops need "
+                        f"at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}"
+                    )
             except tf.errors.InvalidArgumentError:
                 problems.append(f"{path}: {filename} does not decode")
             if filename in seen:
@@ -487,12 +690,11 @@ def _verify_shard(output_dir, name, num_classes, seen, labels):
             count += 1
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
         return problems + [f"{path}: unreadable after {count} records: {error.message}"]
-    stats = stats_path(output_dir, name)
-    if os.path.exists(stats):
-        with open(stats) as f:
-            expected = json.load(f)["count"]
-        if count != expected:
-            problems.append(f"{path}: {count} records, expected {expected}")
+    if os.path.exists(stats_path(output_dir, name)):
+        try:
+            read_stats(output_dir, name, records=count)
+        except StatsProblem as problem:
+            problems.append(str(problem))
     return problems
 
 
@@ -532,7 +734,10 @@ def define_flags():
     )
     flags.DEFINE_list("splits", list(SPLITS), "Which splits to convert.")
     flags.DEFINE_bool(
-        "allow_skips", False, "Exit 0 even if some files did not decode (they are still listed)."
+        "allow_skips",
+        False,
+        "Skip files that cannot be read or decoded, folders that are not classes and file "
+        "names that are not UTF-8, listing them, and exit 0.",
     )
     flags.DEFINE_bool("verify", False, "Only read back and check existing shards.")
 
@@ -591,6 +796,7 @@ def _convert_from_flags():
         FLAGS.validation_shards,
         FLAGS.num_workers,
         tuple(FLAGS.splits),
+        FLAGS.allow_skips,
     )
 
 
