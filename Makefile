@@ -18,11 +18,11 @@ $(VENV)/.study: setup.py constraints.txt | $(PYTHON)
 	$(PIP) -e '.[tensorflow-cpu,recipes]'
 	touch $@
 
-# The tests need every backend. torch is pinned first: this machine keeps a
-# CPU build of 2.13.0 on disk, and an unpinned torch would pull a multi-GB CUDA
-# build from the registry. constraints.txt pins versions without local labels
-# (`2.13.0`, not `2.13.0+cpu`, which PyPI cannot serve): `==2.13.0` accepts the
-# CPU build where one is on disk, and PyPI's elsewhere.
+# The tests need every backend. torch is pinned first: an unpinned torch
+# would pull a multi-GB CUDA build from the registry, where a CPU build of
+# 2.13.0 may be at hand in pip's local wheel directory. constraints.txt pins
+# versions without local labels (`2.13.0`, not `2.13.0+cpu`, which PyPI cannot
+# serve): `==2.13.0` accepts a local CPU build, and PyPI's elsewhere.
 install: $(VENV)/.installed
 $(VENV)/.installed: setup.py constraints.txt | $(PYTHON)
 	$(PIP) torch==2.13.0

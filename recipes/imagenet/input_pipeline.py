@@ -40,6 +40,7 @@ import hashlib
 import json
 import math
 import os
+import re
 
 import tensorflow as tf
 from tqdm import tqdm
@@ -296,8 +297,7 @@ class TFDSSource:
 
     def fingerprint(self):
         info = self.builder.info
-        split = info.splits[self.split]
-        text = f"{info.name} {info.version} {self.split} {split.num_examples} {split.num_shards}"
+        text = f"{info.name} {info.version} {self.split} {self.count()}"
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -612,8 +612,16 @@ def _first_problem(path, schema):
                 )
             count += 1
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
-        return f"{path}: record {count}: {error.message.strip().splitlines()[0]}"
+        return f"{path}: record {count}: {_cause(error.message)}"
     return None
+
+
+def _cause(message):
+    """What a TensorFlow error says, without its op framing ("{{function_node
+    ...}}" before, "[Op:...]" after)."""
+    line = message.strip().splitlines()[0]
+    line = re.sub(r"^(\{\{function_node [^}]*\}\}\s*)+", "", line)
+    return re.sub(r"\s*\[Op:\w+\]\s*$", "", line)
 
 
 def find_first_bad_file(files, schema="imagenet", threads=RESCAN_THREADS):

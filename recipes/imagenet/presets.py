@@ -10,8 +10,8 @@ Every field can be overridden by the flag of the same name
 over `train_steps − warmup_steps + 1` steps, as MLPerf does
 (`keras_lars.PolynomialWarmup`).
 
-`reported` is what the source reached with these settings; nothing here has
-been trained to completion on this project's machines.
+`reported` is what the source reached with these settings; no preset has
+been trained to completion with this recipe yet.
 """
 
 # Shared by every ResNet-50 preset of MLPerf and tensorflow/tpu.
