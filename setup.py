@@ -53,7 +53,16 @@ setup(
         # What the recipes (the ImageNet recipe, the study) and the ImageNet
         # tools need besides a backend; recipes/scripts.py lists the same. scipy
         # reads the ImageNet devkit's meta.mat.
-        "recipes": ["absl-py", "matplotlib", "pillow", "scipy", "tensorboard", "tqdm"],
+        # mlperf-logging writes ResNet-50's mlperf.log and checks it.
+        "recipes": [
+            "absl-py",
+            "matplotlib",
+            "mlperf-logging",
+            "pillow",
+            "scipy",
+            "tensorboard",
+            "tqdm",
+        ],
         # --tfds_data_dir: ImageNet prepared by tensorflow-datasets.
         "tfds": ["tensorflow-datasets>=4.9"],
         "test": ["pytest", "optax>=0.2", "ruff", "build"],

@@ -20,6 +20,7 @@ import sys
 RECIPES_EXTRA = {
     "absl": "absl-py",
     "matplotlib": "matplotlib",
+    "mlperf_logging": "mlperf-logging",
     "PIL": "pillow",
     "scipy": "scipy",
     "tensorboard": "tensorboard",

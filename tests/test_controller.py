@@ -78,6 +78,12 @@ def test_loops_end_at_multiples_of_the_loop_evaluations_and_the_end(shape, start
     assert execution == math.gcd(*lengths)
 
 
+def test_a_profiles_steps_end_loops_too():
+    p = plan(every=3, offset=2)
+    assert list(controller.loop_ends(p, 0, also=(6, 7))) == [2, 4, 5, 6, 7, 8, 11, 12]
+    assert controller.profile_steps("6,7") == (6, 7) and controller.profile_steps(None) == ()
+
+
 class CountingRunner:
     """A runner that trains nothing: it counts micro-steps as an optimizer
     would (plus `extra` each loop), answers `agree` with the chief's
@@ -108,6 +114,7 @@ class CountingRunner:
             first_non_finite_step=None,
             state_finite=True,
             micro_steps=self.micro_steps,
+            steps=steps,
         )
 
     def evaluate(self, evaluation):
@@ -119,8 +126,20 @@ class CountingRunner:
             return decision
         return self.chief_decisions.pop(0)
 
+    def any_process(self, flag):
+        return flag
+
+    def request_stop(self):
+        pass
+
     def save(self, progress):
         self.saved.append(progress.step)
+
+    def profile_start(self, logdir):
+        self.profiled = [sum(self.loops)]
+
+    def profile_stop(self):
+        self.profiled.append(sum(self.loops))
 
     def wait(self):
         pass
@@ -142,6 +161,8 @@ class Settings:
     global_batch_size: int = 8
     checkpoint_every_minutes: float = 0.0
     target_accuracy: float | None = None
+    profile_steps: str | None = None
+    model_dir: str = "/unused"
 
 
 def run(runner, p, settings=Settings(), start=0, accuracy=lambda step: 0.5, faults=None):
@@ -222,6 +243,12 @@ def test_a_loop_that_ran_other_updates_than_asked_stops_the_run(k, extra):
     with pytest.raises(controller.LoopMiscounted, match="After step 2 the optimizer has run"):
         run(runner, plan(every=3, offset=2))
     assert runner.saved == []
+
+
+def test_a_profile_covers_the_steps_it_names():
+    runner = CountingRunner()
+    run(runner, plan(every=0), Settings(profile_steps="5,7"))
+    assert runner.loops == [4, 1, 2, 1, 4] and runner.profiled == [5, 7]
 
 
 def test_a_resumed_run_counts_from_its_step_and_adds_its_training_time():

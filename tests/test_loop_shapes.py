@@ -81,3 +81,11 @@ def test_a_run_stopped_at_its_target_resumes_from_there_without_it(data_dir, tmp
     assert resumed["resumed_from_step"] == 2 and resumed["steps"] == TRAIN_STEPS
     assert resumed["train_seconds"] > first["train_seconds"]  # summed over both starts
     assert_logged_at(tmp_path, LOOP_ENDS)
+
+
+def test_a_profile_traces_the_steps_it_names_without_changing_a_step(data_dir, tmp_path):
+    summary = run(**SHAPE, profile_steps="5,8", data_dir=str(data_dir), model_dir=str(tmp_path))
+    assert summary["steps"] == TRAIN_STEPS
+    assert_logged_at(tmp_path, LOOP_ENDS)  # 5 and 8 end loops already
+    traces = list((tmp_path / "profile").rglob("*.xplane.pb"))
+    assert traces and all(trace.stat().st_size > 0 for trace in traces), traces

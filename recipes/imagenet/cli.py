@@ -133,8 +133,8 @@ def define_flags():
         "dtype",
         None,
         config_lib.DTYPES,
-        "Compute precision (default bfloat16 with --strategy=tpu, else float32; pass "
-        "bfloat16 for TPUs on JAX too); float16 scales the loss.",
+        "Compute precision (default: bfloat16 on TPUs, --strategy=tpu or JAX on a TPU, "
+        "else float32); float16 scales the loss.",
     )
     flags.DEFINE_bool(
         "zero_init_residual",
@@ -154,6 +154,34 @@ def define_flags():
         "Where AlexNet-BN's BN sits.",
     )
     flags.DEFINE_integer("seed", DEFAULT["seed"], "Seed of initialisation and input order.")
+    flags.DEFINE_string(
+        "profile_steps",
+        None,
+        "A,B: trace the steps after step A up to step B (tf.profiler or jax.profiler) "
+        "into model_dir/profile, for TensorBoard's profile tab.",
+    )
+    flags.DEFINE_string(
+        "mlperf_submission_org",
+        DEFAULT["mlperf_submission_org"],
+        "ResNet-50: submission_org in model_dir/mlperf.log.",
+    )
+    flags.DEFINE_string(
+        "mlperf_submission_platform",
+        None,
+        "ResNet-50: submission_platform in mlperf.log (default: the devices found).",
+    )
+    flags.DEFINE_enum(
+        "mlperf_submission_division",
+        DEFAULT["mlperf_submission_division"],
+        config_lib.MLPERF_DIVISIONS,
+        "ResNet-50: submission_division in mlperf.log.",
+    )
+    flags.DEFINE_enum(
+        "mlperf_submission_status",
+        DEFAULT["mlperf_submission_status"],
+        config_lib.MLPERF_STATUSES,
+        "ResNet-50: submission_status in mlperf.log.",
+    )
     flags.DEFINE_bool(
         "deterministic",
         DEFAULT["deterministic"],

@@ -50,8 +50,16 @@ MAY_CHANGE_ON_RESUME = frozenset(
         "data_dir",
         "tfds_data_dir",
         "model_dir",
+        "profile_steps",
+        "mlperf_submission_org",
+        "mlperf_submission_platform",
+        "mlperf_submission_division",
+        "mlperf_submission_status",
     }
 )
+# MLPerf's closed_common rules: the divisions and a submission's status.
+MLPERF_DIVISIONS = ("closed", "open")
+MLPERF_STATUSES = ("cloud", "onprem", "preview", "research")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,12 +102,20 @@ class TrainConfig:
     eval_batch_size: int | None = None  # default: the global batch size
     accumulation_steps: int = 1
     image_size: int | None = None  # default: the model's
-    dtype: str | None = None  # default: bfloat16 with --strategy=tpu, else float32
+    # Default: bfloat16 on TPUs (--strategy=tpu here; JAX on a TPU when its
+    # runner finds one: `Runner.default_dtype`), else float32.
+    dtype: str | None = None
     zero_init_residual: bool = True
     alexnet_groups: str = "split"
     alexnet_bn_variant: str = "authors"
     seed: int = 0
     deterministic: bool = False
+    profile_steps: str | None = None  # "A,B": trace the steps after A up to B
+    # ResNet-50's model_dir/mlperf.log (recipes/imagenet/mlperf_log.py).
+    mlperf_submission_org: str = "keras_lars"
+    mlperf_submission_platform: str | None = None  # default: the devices found
+    mlperf_submission_division: str = "closed"
+    mlperf_submission_status: str = "research"
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -151,7 +167,7 @@ def resolve(preset=None, model=None, **overrides):
     settings.update({k: v for k, v in overrides.items() if v is not None})
     config = TrainConfig(**settings)
     image_size = config.image_size or IMAGE_SIZE[config.model]
-    dtype = config.dtype or ("bfloat16" if config.strategy == "tpu" else "float32")
+    dtype = config.dtype or ("bfloat16" if config.strategy == "tpu" else None)
     config = dataclasses.replace(config, image_size=image_size, dtype=dtype)
     check(config)
     return config
@@ -171,10 +187,14 @@ def check(config):
     check_choice("--strategy", config.strategy, STRATEGIES)
     if config.tpu and config.strategy != "tpu":
         raise ValueError(f"--tpu={config.tpu} needs --strategy=tpu")
-    check_choice("--dtype", config.dtype, DTYPES)
+    if config.dtype is not None:
+        check_choice("--dtype", config.dtype, DTYPES)
     check_choice("--alexnet_groups", config.alexnet_groups, ALEXNET_GROUPS)
     check_choice("--alexnet_bn_variant", config.alexnet_bn_variant, ALEXNET_BN_VARIANTS)
     check_choice("--preprocessing", config.preprocessing, tuple(PREPROCESSING))
+    division, status = config.mlperf_submission_division, config.mlperf_submission_status
+    check_choice("--mlperf_submission_division", division, MLPERF_DIVISIONS)
+    check_choice("--mlperf_submission_status", status, MLPERF_STATUSES)
     for name in ("global_batch_size", "accumulation_steps", "image_size"):
         check_integer(f"--{name}", getattr(config, name), low=1)
     for name in ("train_steps", "steps_per_loop", "train_images", "eval_batch_size"):
@@ -183,6 +203,8 @@ def check(config):
     check_integer("--logical_cpus", config.logical_cpus, low=0)
     check_integer("--bn_span", config.bn_span, low=0)
     check_integer("--seed", config.seed, low=0)
+    if config.profile_steps is not None:
+        _check_profile_steps(config.profile_steps)
     min_size = MIN_IMAGE_SIZE[config.model]
     if config.image_size < min_size:
         raise ValueError(
@@ -215,6 +237,18 @@ def check(config):
         )
     for name in ("momentum", "label_smoothing", "dropout"):
         check_number(f"--{name}", getattr(config, name), low=0.0, high=1.0)
+
+
+def _check_profile_steps(text):
+    try:
+        first, last = (int(part) for part in text.split(","))
+    except ValueError:
+        first = last = None
+    if first is None or not 0 <= first < last:
+        raise ValueError(
+            "--profile_steps is two steps A,B with 0 <= A < B (the steps after A up to "
+            f"B are traced). Received: --profile_steps={text}"
+        )
 
 
 def backend():

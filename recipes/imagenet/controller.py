@@ -36,11 +36,13 @@ process's own wall time.
 
 import dataclasses
 import math
+import os
 import time
 
 from tqdm import tqdm
 
 from .. import faults as faults_lib
+from . import mlperf_log
 from . import preemption
 from .runner import Progress
 
@@ -81,13 +83,15 @@ class Cadence:
         return self.first + ((step - self.first) // self.every + 1) * self.every
 
 
-def loop_ends(plan, start):
+def loop_ends(plan, start, also=()):
     """The steps after `start` at which loops end, in order: every multiple of
-    `steps_per_loop`, every evaluation, and the last step."""
+    `steps_per_loop`, every evaluation, the last step, and the steps `also`
+    (where a profile starts and ends)."""
     evaluations = Cadence.evaluations(plan)
     step = start
     while step < plan.train_steps:
         candidates = [(step // plan.steps_per_loop + 1) * plan.steps_per_loop, plan.train_steps]
+        candidates += [s for s in also if step < s < plan.train_steps]
         evaluation = evaluations.next_after(step)
         if evaluation is not None:
             candidates.append(evaluation)
@@ -95,10 +99,15 @@ def loop_ends(plan, start):
         yield step
 
 
-def loop_lengths(plan, start):
+def loop_lengths(plan, start, also=()):
     """The distinct lengths of the loops from `start` on."""
-    ends = list(loop_ends(plan, start))
+    ends = list(loop_ends(plan, start, also))
     return {b - a for a, b in zip([start, *ends], ends)}
+
+
+def profile_steps(text):
+    """ "A,B" -> (A, B): the steps after the A-th up to the B-th are traced."""
+    return tuple(int(part) for part in text.split(",")) if text else ()
 
 
 class CheckpointPolicy:
@@ -140,16 +149,27 @@ class Outcome:
 class Controller:
     """Runs the loops of one start of a run (see the module docstring)."""
 
-    def __init__(self, config, plan, runner, lars, log, faults=None):
+    def __init__(self, config, plan, runner, lars, log, faults=None, mlperf=None):
         self.config, self.plan, self.runner, self.lars, self.log = config, plan, runner, lars, log
         self.faults = faults or faults_lib.Faults()
+        self.mlperf = mlperf or mlperf_log.NoLog()
         self.evaluations = Cadence.evaluations(plan)
         self.target = Target(config.target_accuracy)
 
     def run(self, start, training, evaluation_input):
         """Trains from `start` (a `Progress`) to the end or the target; an `Outcome`."""
+        try:
+            return self._run(start, training, evaluation_input)
+        except (TrainingDiverged, LoopMiscounted):
+            self.mlperf.run_stops(success=False)
+            raise
+
+    def _run(self, start, training, evaluation_input):
         config, plan, runner = self.config, self.plan, self.runner
-        runner.start(start.step, training, loop_lengths(plan, start.step))
+        profile = profile_steps(config.profile_steps)
+        runner.start(start.step, training, loop_lengths(plan, start.step, profile))
+        self.mlperf.training_starts(start.step > 0)
+        self._block_starts(start.step)
         policy = CheckpointPolicy(config.checkpoint_every_minutes, self.faults.clock)
         step, evaluation, reached = start.step, None, None
         measured_images, measured_seconds = 0, 0.0
@@ -160,10 +180,15 @@ class Controller:
 
         bar = tqdm(total=plan.train_steps, initial=step, unit="step", desc="training")
         with bar, preemption.StopRequests(on_request=runner.request_stop) as requests:
-            for end in loop_ends(plan, step):
+            for end in loop_ends(plan, step, profile):
                 loop_started = time.monotonic()
                 self.faults.loop_starting(step)
+                if profile and step == profile[0]:
+                    runner.profile_start(os.path.join(config.model_dir, "profile"))
                 result = runner.train(end - step)
+                if profile and end == profile[1]:
+                    runner.profile_stop()
+                    bar.write(f"Traced steps {profile[0] + 1} to {end}: model_dir/profile")
                 end = step + result.steps  # earlier if asked to stop
                 self._check(result, step, end)
                 steps = result.steps
@@ -179,6 +204,7 @@ class Controller:
                 if evaluation_input and (self.evaluations.due(step) or step == plan.train_steps):
                     evaluation = runner.evaluate(evaluation_input)
                     self.log.evaluation(step, evaluation)
+                    self.mlperf.evaluated(self._epoch(step), evaluation.top1)
                     bar.write(
                         f"step {step}: top-1 {100 * evaluation.top1:.2f}%, top-5 "
                         f"{100 * evaluation.top5:.2f}% on {evaluation.examples} images"
@@ -206,8 +232,12 @@ class Controller:
                     )
                 if reached:
                     break
+                if self.evaluations.due(step):
+                    self._block_starts(step)
         if evaluation is None and evaluation_input:  # a finished run started again: no loop ran
             evaluation = runner.evaluate(evaluation_input)
+        if step == plan.train_steps or reached:
+            self.mlperf.run_stops(success=reached is not None)
         return Outcome(
             step=step,
             evaluation=evaluation,
@@ -215,6 +245,16 @@ class Controller:
             train_seconds=train_seconds(),
             images_per_second=measured_images / measured_seconds if measured_seconds else None,
         )
+
+    def _epoch(self, step):
+        return round(step / self.plan.steps_per_epoch, 3)
+
+    def _block_starts(self, step):
+        """MLPerf's block: the training from `step` to the next evaluation."""
+        last = self.plan.train_steps
+        if step < last:
+            end = min(self.evaluations.next_after(step) or last, last)
+            self.mlperf.block_starts(self._epoch(step), self._epoch(end - step))
 
     def _check(self, result, step, end):
         """Stops the run, saving nothing, unless the loop from `step` to `end`

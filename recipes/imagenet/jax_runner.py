@@ -101,6 +101,7 @@ class JaxRunner(Runner):
         self.micro_steps_per_update = config.accumulation_steps
         self.skips_overflowing_steps = config.dtype == "float16"
         platform = devices[0].platform.upper()
+        self.default_dtype = "bfloat16" if platform == "TPU" else "float32"
         self.distribution = None
         self.replicas = 1
         self.description = f"one {platform} device"
@@ -255,6 +256,16 @@ class JaxRunner(Runner):
         from jax.experimental import multihost_utils
 
         return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
+
+    def profile_start(self, logdir):
+        import jax
+
+        jax.profiler.start_trace(logdir)
+
+    def profile_stop(self):
+        import jax
+
+        jax.profiler.stop_trace()
 
     def request_stop(self):
         """Ends the loop after the execution under way, with one process; with

@@ -22,6 +22,7 @@ stopped (`input_pipeline.resume_position`): exactly, with `deterministic=True`.
 """
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -37,6 +38,7 @@ from .. import optimization
 from . import config as config_lib
 from . import controller
 from . import input_pipeline
+from . import mlperf_log
 from . import model_dir
 from . import models
 from . import run_lock
@@ -49,18 +51,21 @@ TRACKED_LAYERS = 4  # kernels whose trust ratio goes to TensorBoard
 
 def run(config):
     """Trains as `config` says; returns the summary dict (also in summary.json)."""
+    started_ms = int(time.time() * 1000)  # MLPerf's init_start
     backend = keras.backend.backend()
     config_lib.check_backend(config, backend)
     runner = _runner(config, backend)
+    if config.dtype is None:  # the devices decide: bfloat16 on TPUs
+        config = dataclasses.replace(config, dtype=runner.default_dtype)
     try:
         # The chief alone writes the run's files: one writer per run.
         with run_lock.RunLock(config.model_dir) if runner.chief else contextlib.nullcontext():
-            return _run(config, backend, runner)
+            return _run(config, backend, runner, started_ms)
     finally:
         runner.close()
 
 
-def _run(config, backend, runner):
+def _run(config, backend, runner, started_ms):
     train_source, eval_source = _sources(config)
     plan = _plan(config, runner.replicas, train_source, eval_source)
     plan = model_dir.plan_to_run(config, plan, backend, runner.chief)
@@ -81,7 +86,12 @@ def _run(config, backend, runner):
                 f"nothing to do; its summary is {model_dir.summary_path(config)}"
             )
             return finished
-        summary = _train(config, plan, runner, model, lars, progress, train_source, eval_source)
+        mlperf = _mlperf_log(config, runner)
+        resumed = progress.step > 0
+        mlperf.initialising(config, plan, _submission(config, runner), resumed, started_ms)
+        summary = _train(
+            config, plan, runner, model, lars, progress, train_source, eval_source, mlperf
+        )
         runner.wait()
         return summary
 
@@ -276,7 +286,23 @@ def _build(config, plan, runner):
     return model, lars
 
 
-def _train(config, plan, runner, model, lars, progress, train_source, eval_source):
+def _mlperf_log(config, runner):
+    """ResNet-50's MLPerf log, written by the chief of a run on real data."""
+    if config.model == "resnet50" and runner.chief and not config.synthetic:
+        return mlperf_log.MLPerfLog(config.model_dir)
+    return mlperf_log.NoLog()
+
+
+def _submission(config, runner):
+    return mlperf_log.Submission(
+        org=config.mlperf_submission_org,
+        platform=config.mlperf_submission_platform or runner.description,
+        division=config.mlperf_submission_division,
+        status=config.mlperf_submission_status,
+    )
+
+
+def _train(config, plan, runner, model, lars, progress, train_source, eval_source, mlperf):
     """Trains from `progress` through the loop controller; writes and returns
     the summary."""
     if progress.step:
@@ -287,7 +313,7 @@ def _train(config, plan, runner, model, lars, progress, train_source, eval_sourc
     log = _Log(config, runner.chief, [v.path for v in model.trainable_variables])
     started = time.time()
     outcome = controller.Controller(
-        config, plan, runner, lars, log, faults.Faults.from_environment()
+        config, plan, runner, lars, log, faults.Faults.from_environment(), mlperf
     ).run(
         progress,
         train_source and training_input(config, train_source, progress.step),

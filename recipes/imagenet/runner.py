@@ -120,6 +120,8 @@ class Runner(abc.ABC):
             accumulates, else 1).
         skips_overflowing_steps: whether an update may be skipped uncounted
             (float16's loss scaling, after an overflow).
+        default_dtype: the precision when none is asked for: "bfloat16" on
+            TPUs, else "float32".
     """
 
     backend: str
@@ -129,6 +131,7 @@ class Runner(abc.ABC):
     accumulates_in_optimizer: bool
     micro_steps_per_update: int
     skips_overflowing_steps: bool
+    default_dtype: str
 
     @abc.abstractmethod
     def scope(self):
@@ -164,6 +167,15 @@ class Runner(abc.ABC):
         """Runs `steps` updates; returns a `LoopResult`. After
         `request_stop` it may stop early, after a whole update, every
         process after the same one."""
+
+    @abc.abstractmethod
+    def profile_start(self, logdir):
+        """Starts tracing this process's host and devices into `logdir`
+        (TensorBoard's profile plugin reads it)."""
+
+    @abc.abstractmethod
+    def profile_stop(self):
+        """Stops the trace `profile_start` began and writes it."""
 
     @abc.abstractmethod
     def request_stop(self):

@@ -54,6 +54,7 @@ class TensorFlowRunner(Runner):
         self.multi_worker = isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
         self.micro_steps_per_update = 1
         self.skips_overflowing_steps = config.dtype == "float16"
+        self.default_dtype = "bfloat16" if config.strategy == "tpu" else "float32"
         accelerators = bool(tf.config.list_logical_devices("GPU")) or config.strategy == "tpu"
         self.jit_compile = accelerators if config.jit_compile is None else config.jit_compile
         self.description = strategies.describe(self.strategy) + (
@@ -198,6 +199,12 @@ class TensorFlowRunner(Runner):
         steps = evaluation.steps(contexts[0].num_input_pipelines)
         with evaluation.naming_bad_files():
             return self.trainer.evaluate(iterator, steps)
+
+    def profile_start(self, logdir):
+        tf.profiler.experimental.start(logdir)
+
+    def profile_stop(self):
+        tf.profiler.experimental.stop()
 
     def request_stop(self):
         self.trainer.request_stop()
