@@ -48,6 +48,7 @@ class MLPerfLog:
 
     def __init__(self, model_dir):
         from mlperf_logging import mllog
+        from mlperf_logging.mllog.mllog import MLLogger
 
         self.constants = mllog.constants
         self.path = os.path.join(model_dir, FILE)
@@ -55,7 +56,7 @@ class MLPerfLog:
         logger = logging.Logger(f"keras_lars.mlperf.{id(self)}")  # not in the global registry
         logger.propagate = False
         logger.addHandler(_Lines(self.lines))
-        self.mllogger = mllog.MLLogger(logger=logger, default_stack_offset=2)
+        self.mllogger = MLLogger(logger=logger, default_stack_offset=2)
         self._block = None  # the first epoch of the block under way
 
     # --- Before training -----------------------------------------------------
