@@ -46,6 +46,7 @@ def load(data_dir=None):
     for directory in candidates:
         if all(os.path.exists(os.path.join(directory, f)) for f in FILES.values()):
             arrays = {k: _read_idx(os.path.join(directory, f)) for k, f in FILES.items()}
+            _check(arrays, directory)
             return Dataset(
                 **{k: _prepare(k, v) for k, v in arrays.items()},
                 source=f"Fashion-MNIST ({directory})",
@@ -56,6 +57,30 @@ def load(data_dir=None):
     raise FileNotFoundError(
         f"No Fashion-MNIST in {DEBIAN_DIR} or {KERAS_CACHE_DIR}. {INSTALL_HINT}"
     )
+
+
+def _check(arrays, directory):
+    """ValueError naming the file, before anything trains, unless the images
+    are 28x28, each has one label and every label is a class."""
+    for split in ("train", "test"):
+        images, labels = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        images_file = os.path.join(directory, FILES[f"x_{split}"])
+        labels_file = os.path.join(directory, FILES[f"y_{split}"])
+        if images.ndim != 3 or images.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
+            raise ValueError(
+                f"{images_file}: images of shape {images.shape[1:]}, not Fashion-MNIST's "
+                f"{IMAGE_SIDE}x{IMAGE_SIDE}"
+            )
+        if labels.ndim != 1 or len(labels) != len(images):
+            raise ValueError(
+                f"{labels_file}: {labels.size} labels for the {len(images)} images of "
+                f"{images_file}: each image needs one"
+            )
+        if labels.size and labels.max() >= NUM_CLASSES:
+            raise ValueError(
+                f"{labels_file}: label {labels.max()} outside Fashion-MNIST's classes "
+                f"0..{NUM_CLASSES - 1}"
+            )
 
 
 def _read_idx(path):
