@@ -236,6 +236,10 @@ class TensorFlowRunner(Runner):
             self.latest = self._prefix(step)
             return
         prefix = self._prefix(step)
+        # Files of this step can only be a damaged checkpoint's (an intact one
+        # this far would have been resumed from): removed, not written
+        # through (they may be links to another run's files).
+        self._remove(step)
         try:
             self.checkpoint.write(prefix)
         except (tf.errors.OpError, OSError) as error:
