@@ -218,12 +218,7 @@ class JaxRunner(Runner):
             "train_seconds": jax.ShapeDtypeStruct((), np.float64),
         }
         try:
-            # Named, not Orbax's single-item shorthand: a junk step folder
-            # makes Orbax take a directory for a multi-item one, and then
-            # refuse the shorthand for every step.
-            restored = self.manager.restore(
-                step, args=ocp.args.Composite(default=ocp.args.StandardRestore(target))
-            )["default"]
+            restored = self.manager.restore(step, args=ocp.args.StandardRestore(target))
         except Exception as error:  # noqa: BLE001 - Orbax and TensorStore raise many kinds
             raise checkpoints.DamagedCheckpoint(_first_line(error)) from None
         if int(restored["step"]) != step:
@@ -395,9 +390,7 @@ class JaxRunner(Runner):
                 self.manager.delete(step)
             # Forced: a damaged step folder past this step would make Orbax
             # skip the save (it saves only steps after its latest).
-            self.manager.save(
-                step, args=ocp.args.Composite(default=ocp.args.StandardSave(state)), force=True
-            )
+            self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
             self._damaged.discard(step)
         except Exception as error:  # noqa: BLE001 - Orbax and TensorStore raise many kinds
             raise checkpoints.CheckpointNotSaved(
