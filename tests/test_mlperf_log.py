@@ -61,7 +61,9 @@ def events(model_dir):
 def check(log, package_root=None):
     """(exit status, output) of MLPerf's compliance checker on `log`, from
     the installed package or a copy of it under `package_root`."""
-    env = {**os.environ, "PYTHONPATH": package_root or ""}
+    # Under Bazel the installed packages are on PYTHONPATH: a copy goes before them.
+    path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
     result = subprocess.run(
         [sys.executable, "-m", "mlperf_logging.compliance_checker", "--usage", "training"]
         + ["--ruleset", RULESET, "--log_output", os.devnull, str(log)],

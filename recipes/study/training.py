@@ -52,8 +52,8 @@ def make_optimizer(run, config, steps_per_epoch, track_trust_ratios=False):
     coupled L2 decay (LARS with adaptation switched off for every variable,
     so λ = 1: the paper's baseline). Both decay the kernels and not the biases
     or normalisation variables; LARS adapts every variable (as the authors'
-    Caffe code does: excluded biases, moving at the raw global rate, made LARS
-    unstable at high rates in a pilot)."""
+    Caffe code does: excluded biases, moving at the raw global rate, make LARS
+    unstable at high rates, docs/optimizer.md)."""
     return optimization.lars(
         run.learning_rate,
         train_steps=steps_per_epoch * config.epochs,
