@@ -403,14 +403,23 @@ def test_an_interrupted_study_resumes_without_retraining(fashion_dir, tmp_path, 
     assert first.trained + second.trained == runs
     assert (interrupted / "results.csv").read_text() == (uninterrupted / "results.csv").read_text()
     assert f"3 of {len(runs)} runs resumed" in (interrupted / "summary.md").read_text()
-    assert not list((interrupted / "completed").glob("*.tmp"))
+    assert not list((interrupted / "completed").rglob("*.tmp"))
+    assert "every run trained" in (uninterrupted / "summary.md").read_text()
 
-    # Saved runs count only for the same settings, code and versions;
-    # --noresume retrains all.
+    # Saved runs count only for the same settings, code and versions, and
+    # other settings' runs are saved beside them, not over them; --noresume
+    # retrains all.
     other_settings = FakeTraining()
     monkeypatch.setattr(training, "train", other_settings)
     experiment.run_study(dataclasses.replace(config, epochs=3), dataset, str(interrupted))
     assert other_settings.trained == runs
+    assert "every run trained" in (interrupted / "summary.md").read_text()
+    same_again = FakeTraining()
+    monkeypatch.setattr(training, "train", same_again)
+    experiment.run_study(config, dataset, str(interrupted))
+    assert same_again.trained == []
+    assert f"{len(runs)} of {len(runs)} runs resumed" in (interrupted / "summary.md").read_text()
+    assert len(list((interrupted / "completed").iterdir())) == 2  # one folder per settings
     other_version = FakeTraining()
     monkeypatch.setattr(training, "train", other_version)
     monkeypatch.setattr(experiment.keras_lars, "__version__", "9.9.9")
@@ -461,7 +470,7 @@ def test_a_killed_study_resumes_to_the_same_results(fashion_dir, tmp_path):
     code, output = commands.run(study(tmp_path / "killed"), tmp_path / "killed.log", killed)
     assert code == -signal.SIGKILL, output[-3000:]
     done, total = 2, 5  # (1 + 1) + (2 + 1) runs
-    assert len(list((tmp_path / "killed" / "completed").glob("*.json"))) == done
+    assert len(list((tmp_path / "killed" / "completed").rglob("*.json"))) == done
 
     code, output = commands.run(
         study(tmp_path / "killed"), tmp_path / "resumed.log", commands.environment()

@@ -1,11 +1,13 @@
 """Runs the study: every planned run (or its saved result), then the table,
 the claim check, the CSV files and the figures.
 
-Each finished run is saved in `<out_dir>/completed/` with what produced it:
-the run itself, the settings it depends on, the data, and a fingerprint of the
-code and versions (keras_lars, Keras, the backend and its version, and the
-source of the training code and the optimizer). A rerun reuses a saved run
-only when all of these match, and the summary says how many it reused.
+Each finished run is saved in `<out_dir>/completed/<key>/` with what produced
+it: the run itself, the settings it depends on, the data, and a fingerprint of
+the code and versions (keras_lars, Keras, the backend and its version, and the
+source of the training code and the optimizer); `<key>` is a hash of all but
+the run, so studies with other settings in the same `out_dir` keep each
+other's runs. A rerun reuses a saved run only when all of these match, and the
+summary says how many it reused.
 """
 
 import csv
@@ -60,7 +62,7 @@ def run_study(config, dataset, out_dir, thresholds=None, resume=True):
     rows, records, reused, trained = [], {}, 0, 0
     with tqdm(total=len(runs) * config.epochs, unit="epoch", desc="study") as bar:
         for run in runs:
-            path = _completed_path(out_dir, run)
+            path = _completed_path(out_dir, settings, run)
             saved = _load_completed(path, settings, run) if resume else None
             if saved:
                 row, record = saved
@@ -145,12 +147,12 @@ def write_outputs(
                         [model, line, batch, cell.learning_rate, cell.mean, cell.std, config.seeds]
                     )
     verdict = {True: "HELD", False: "FAILED", None: "NOT TESTED"}
-    wall_time = f"Wall time {seconds / 60:.1f} min"
-    if reused:
-        wall_time += (
-            f", with {reused} of {len(rows)} runs resumed from an earlier start "
-            "(same settings, data, code and versions)"
-        )
+    wall_time = f"Wall time {seconds / 60:.1f} min, " + (
+        f"with {reused} of {len(rows)} runs resumed from an earlier start "
+        "(same settings, data, code and versions)"
+        if reused
+        else "every run trained (none saved earlier with these settings, data, code and versions)"
+    )
     text = [
         "# Large-batch study: SGD with linear scaling vs LARS",
         "",
@@ -189,13 +191,14 @@ def write_outputs(
     return "\n".join(text)
 
 
-def _completed_path(out_dir, run):
+def _completed_path(out_dir, settings, run):
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     linear = "-linear" if run.linear_scaled else ""
     name = (
         f"{run.model}-{run.optimizer}-b{run.batch_size}-lr{run.learning_rate:g}{linear}"
         f"-seed{run.seed}"
     )
-    return os.path.join(out_dir, "completed", name + ".json")
+    return os.path.join(out_dir, "completed", key, name + ".json")
 
 
 def _load_completed(path, settings, run):
