@@ -54,11 +54,11 @@ def test_mlperf_presets_use_label_smoothing_and_end_rate():
 # 4 until 75.9%, the LARS authors' NVCaffe AlexNet-BN (512 a GPU, mean and
 # 1/256), BVLC's AlexNet data layer.
 REFERENCE_RUNS = {
-    "mlperf_4k": (128, "mlperf_tf2", 0.759, 2),
-    "mlperf_8k": (128, "tensorflow_tpu", 0.759, 2),
+    "mlperf_4k": (64, "mlperf_tf2", 0.759, 2),
+    "mlperf_8k": (128, "tensorflow_tpu", 0.759, 0),
     "tpu_16k": (128, "tensorflow_tpu", None, 0),
-    "mlperf_32k": (64, "tensorflow_tpu", 0.759, 2),
-    "mlperf_64k": (64, "tensorflow_tpu", 0.759, 2),
+    "mlperf_32k": (64, "tensorflow_tpu", 0.759, 0),
+    "mlperf_64k": (64, "tensorflow_tpu", 0.759, 0),
     "paper_resnet_8k": (32, "model_garden", None, 0),
     "paper_alexnet_8k": (0, "caffe", None, 0),
     "paper_alexnet_bn_8k": (512, "nvcaffe_alexnet_bn", None, 0),
@@ -70,6 +70,56 @@ def test_presets_run_as_their_sources_ran(name):
     config = config_lib.resolve(name, model_dir="/m", synthetic=True)
     fields = (config.bn_span, config.preprocessing, config.target_accuracy)
     assert (*fields, config.eval_offset_epochs) == REFERENCE_RUNS[name]
+
+
+# (preset, field of the config or of the plan on ImageNet's 1,281,167
+# images, value, source). Google's commands give steps: their epoch is
+# N / B steps (39.1 at 32K), where an epoch here is a whole ceil(N / B) (40).
+STEPS_AS_RUN = [
+    ("mlperf_4k", "bn_span", 64, "MLPerf TF2 reference TPU command, --num_replicas=64"),
+    ("mlperf_4k", "eval_offset_steps", 2 * 313, "MLPerf TF2 reference: epoch 2"),
+    ("mlperf_4k", "eval_every_steps", 4 * 313, "MLPerf TF2 reference: every 4 epochs"),
+    ("mlperf_8k", "eval_every_steps", 625, "Google TPU v4, --steps_per_eval=625"),
+    ("mlperf_8k", "eval_offset_steps", 0, "Google TPU v4: from the start"),
+    ("mlperf_32k", "train_steps", 2355, "Google MLPerf v1.0, --train_steps=2355"),
+    ("mlperf_32k", "warmup_steps", 703, "Google MLPerf v1.0: 18 epochs of 39.1 steps"),
+    ("mlperf_32k", "eval_every_steps", 157, "Google MLPerf v1.0, --steps_per_eval=157"),
+    ("mlperf_32k", "eval_offset_steps", 0, "Google MLPerf v1.0: from the start"),
+    ("mlperf_64k", "train_steps", 1738, "Google MLPerf v0.7: 88.9 epochs of 19.5 steps"),
+    ("mlperf_64k", "warmup_steps", 606, "Google MLPerf v0.7: 31 epochs of 19.5 steps"),
+    ("mlperf_64k", "eval_every_steps", 79, "Google MLPerf v0.7, --steps_per_eval=79"),
+    ("mlperf_64k", "eval_offset_steps", 0, "Google MLPerf v0.7: from the start"),
+    ("tpu_16k", "train_steps", 91 * 79, "tensorflow/tpu v3-128: 91 epochs"),
+]
+
+
+@pytest.mark.parametrize("name, field, value, source", STEPS_AS_RUN)
+def test_presets_run_to_their_sources_step(name, field, value, source):
+    from recipes.imagenet import job
+
+    config = config_lib.resolve(name, model_dir="/m", synthetic=True)
+    plan = job._plan(config, 1, None, None)
+    actual = getattr(plan, field) if hasattr(plan, field) else getattr(config, field)
+    assert actual == value, source
+
+
+def test_a_preset_step_count_gives_way_to_epochs_and_other_batches():
+    as_run = config_lib.resolve("mlperf_32k", model_dir="/m", synthetic=True)
+    assert (as_run.train_steps, as_run.warmup_steps, as_run.eval_every_steps) == (2355, 703, 157)
+    epochs = config_lib.resolve("mlperf_32k", model_dir="/m", synthetic=True, train_epochs=30)
+    assert (epochs.train_steps, epochs.warmup_steps, epochs.eval_every_steps) == (None, 703, 157)
+    steps = config_lib.resolve("mlperf_32k", model_dir="/m", synthetic=True, train_steps=100)
+    assert steps.train_steps == 100
+    batch = config_lib.resolve("mlperf_32k", model_dir="/m", synthetic=True, global_batch_size=4096)
+    assert (batch.train_steps, batch.warmup_steps, batch.eval_every_steps) == (None, None, None)
+    from recipes.imagenet import job
+
+    plan = job._plan(batch, 1, None, None)  # 313 steps an epoch
+    assert (plan.train_steps, plan.warmup_steps, plan.eval_every_steps) == (
+        60 * 313,
+        18 * 313,
+        4 * 313,
+    )
 
 
 def test_a_span_that_does_not_divide_the_micro_batch_is_refused():

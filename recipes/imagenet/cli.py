@@ -80,6 +80,10 @@ def define_flags():
     flags.DEFINE_float("warmup_epochs", None, "Linear warm-up from 0, in epochs.")
     flags.DEFINE_float("train_epochs", None, "Epochs to train.")
     flags.DEFINE_integer("train_steps", None, "Updates to train; overrides --train_epochs.")
+    flags.DEFINE_integer("warmup_steps", None, "Warm-up in updates; overrides --warmup_epochs.")
+    flags.DEFINE_integer(
+        "eval_every_steps", None, "Evaluate every this many updates; overrides --eval_every_epochs."
+    )
     flags.DEFINE_integer(
         "train_images",
         None,

@@ -36,6 +36,13 @@ BACKENDS = ("tensorflow", "jax")
 # Settings that may change when a run is resumed: where and how it runs, or
 # when it stops, not what it computes. (The backend may not: its checkpoints
 # are its own. The data may move, but not change: the plan says.)
+# Each step count and the epoch setting it overrides.
+STEPS_OVERRIDING_EPOCHS = {
+    "train_steps": "train_epochs",
+    "warmup_steps": "warmup_epochs",
+    "eval_every_steps": "eval_every_epochs",
+}
+
 MAY_CHANGE_ON_RESUME = frozenset(
     {
         "strategy",
@@ -95,7 +102,11 @@ class TrainConfig:
     bn_span: int = 0  # images a batch-norm statistic covers (0: a replica's micro-batch)
     preprocessing: str = "model_garden"  # preprocessing.PREPROCESSING
     # Steps, precision, model options.
+    # Step counts as a source ran them, overriding the epochs (a preset's hold
+    # at its own batch size only: `resolve` drops them at another).
     train_steps: int | None = None  # overrides train_epochs
+    warmup_steps: int | None = None  # overrides warmup_epochs
+    eval_every_steps: int | None = None  # overrides eval_every_epochs
     train_images: int | None = None  # default: counted (the converter records the count)
     steps_per_loop: int | None = None  # default: one epoch
     checkpoint_every_minutes: float = 5.0  # 0: after every loop; always at the end
@@ -164,13 +175,26 @@ def resolve(preset=None, model=None, **overrides):
     settings = {**presets.BASE, **values, "preset": preset}
     for name in presets.DESCRIPTIVE:
         del settings[name]
-    settings.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    other_batch = given.get("global_batch_size", settings["global_batch_size"])
+    for steps, epochs in STEPS_OVERRIDING_EPOCHS.items():
+        # A preset's step count holds at its batch; a flag in epochs replaces it.
+        if other_batch != settings["global_batch_size"] or epochs in given:
+            settings[steps] = None
+    settings.update(given)
     config = TrainConfig(**settings)
     image_size = config.image_size or IMAGE_SIZE[config.model]
     dtype = config.dtype or ("bfloat16" if config.strategy == "tpu" else None)
     config = dataclasses.replace(config, image_size=image_size, dtype=dtype)
     check(config)
     return config
+
+
+def configured_warmup_steps(config, steps_per_epoch):
+    """The warm-up the settings ask for, in steps (before a short run cuts it)."""
+    if config.warmup_steps is not None:
+        return config.warmup_steps
+    return round(config.warmup_epochs * steps_per_epoch)
 
 
 def check(config):
@@ -200,6 +224,9 @@ def check(config):
     for name in ("train_steps", "steps_per_loop", "train_images", "eval_batch_size"):
         if getattr(config, name) is not None:
             check_integer(f"--{name}", getattr(config, name), low=1)
+    for name in ("warmup_steps", "eval_every_steps"):
+        if getattr(config, name) is not None:
+            check_integer(f"--{name}", getattr(config, name), low=0)
     check_integer("--logical_cpus", config.logical_cpus, low=0)
     check_integer("--bn_span", config.bn_span, low=0)
     check_integer("--seed", config.seed, low=0)

@@ -167,13 +167,16 @@ def _plan(config, replicas, train_source, eval_source):
         )
     steps_per_epoch = math.ceil(train_images / config.global_batch_size)
     train_steps = config.train_steps or math.ceil(config.train_epochs * steps_per_epoch)
-    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
+    warmup_steps = config_lib.configured_warmup_steps(config, steps_per_epoch)
     if warmup_steps > train_steps:  # a short run of a long preset: a smoke or speed test
         print(
-            f"Note: --warmup_epochs={config.warmup_epochs:g} is {warmup_steps} steps, longer "
-            f"than the run's {train_steps}: the whole run warms up."
+            f"Note: the warm-up (--warmup_epochs={config.warmup_epochs:g}) is {warmup_steps} "
+            f"steps, longer than the run's {train_steps}: the whole run warms up."
         )
         warmup_steps = train_steps
+    eval_every_steps = config.eval_every_steps
+    if eval_every_steps is None:
+        eval_every_steps = round(config.eval_every_epochs * steps_per_epoch)
     fingerprint = "synthetic"
     if not config.synthetic:
         fingerprint = f"{train_source.fingerprint()}/{eval_source.fingerprint()}"
@@ -187,7 +190,7 @@ def _plan(config, replicas, train_source, eval_source):
         train_steps=train_steps,
         warmup_steps=warmup_steps,
         steps_per_loop=config.steps_per_loop or min(steps_per_epoch, train_steps),
-        eval_every_steps=round(config.eval_every_epochs * steps_per_epoch),
+        eval_every_steps=eval_every_steps,
         eval_offset_steps=round(config.eval_offset_epochs * steps_per_epoch),
     )
 

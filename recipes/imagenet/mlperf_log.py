@@ -25,6 +25,8 @@ import os
 
 import tensorflow as tf
 
+from .config import configured_warmup_steps
+
 FILE = "mlperf.log"
 BENCHMARK = "resnet"
 # The rules MLPerf's checker applies (closed_resnet_lars.yaml): the LARS
@@ -92,7 +94,7 @@ class MLPerfLog:
         event(key=c.LARS_OPT_LR_DECAY_STEPS, value=plan.train_steps - plan.warmup_steps + 1)
         event(key=c.LARS_EPSILON, value=LARS_EPSILON)
         warmup_epochs = config.warmup_epochs
-        if plan.warmup_steps != round(warmup_epochs * plan.steps_per_epoch):  # cut to the run
+        if plan.warmup_steps != configured_warmup_steps(config, plan.steps_per_epoch):  # cut
             warmup_epochs = plan.warmup_steps / plan.steps_per_epoch
         event(key=c.LARS_OPT_LEARNING_RATE_WARMUP_EPOCHS, value=warmup_epochs)
         event(key=c.LARS_OPT_MOMENTUM, value=config.momentum)

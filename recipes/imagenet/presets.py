@@ -56,10 +56,10 @@ PRESETS = {
         momentum=0.9,
         train_epochs=42,
         preprocessing="mlperf_tf2",
-        # The reference normalises over each replica's batch (it logs
-        # model_bn_span = batch / replicas); its TPU command does not state
-        # the replicas: 128, as Google's 8K runs.
-        bn_span=128,
+        # The reference normalises over each replica's batch and logs
+        # model_bn_span = batch / replicas; its TPU command runs
+        # --num_replicas=64: 4096 / 64.
+        bn_span=64,
         source="MLPerf Training ResNet-50 TF2 reference (TPU command)",
         reported="75.9% top-1 (MLPerf target) in 40 epochs, RCP mean",
     ),
@@ -74,6 +74,9 @@ PRESETS = {
         train_epochs=44,
         preprocessing="tensorflow_tpu",
         bn_span=128,  # 128 images a replica, distributed_group_size=1
+        # --steps_per_eval=625 from the start (no offset).
+        eval_every_steps=625,
+        eval_offset_epochs=0,
         source="Google MLPerf TPU v4 runs",
         reported="75.9% top-1 (MLPerf target) in 42 epochs, RCP",
     ),
@@ -105,6 +108,12 @@ PRESETS = {
         train_epochs=60,
         preprocessing="tensorflow_tpu",
         bn_span=64,  # groups of replicas, 64 images a statistic
+        # Its command's explicit steps (epochs there are N / B = 39.1 steps,
+        # not the whole 40 the epochs above would give here).
+        train_steps=2355,
+        warmup_steps=703,
+        eval_every_steps=157,
+        eval_offset_epochs=0,
         source="Google MLPerf Training v1.0",
         reported="75.9% top-1 (MLPerf target) within 60 epochs",
     ),
@@ -119,6 +128,11 @@ PRESETS = {
         train_epochs=88.9,
         preprocessing="tensorflow_tpu",
         bn_span=64,  # groups of replicas, 64 images a statistic
+        # Its explicit steps (19.5 steps an epoch there, 20 here).
+        train_steps=1738,
+        warmup_steps=606,
+        eval_every_steps=79,
+        eval_offset_epochs=0,
         source="Google MLPerf Training v0.7",
         reported="75.9% top-1 (MLPerf target) in 88.9 epochs",
     ),
