@@ -90,6 +90,15 @@ STEPS_AS_RUN = [
     ("mlperf_64k", "eval_every_steps", 79, "Google MLPerf v0.7, --steps_per_eval=79"),
     ("mlperf_64k", "eval_offset_steps", 0, "Google MLPerf v0.7: from the start"),
     ("tpu_16k", "train_steps", 91 * 79, "tensorflow/tpu v3-128: 91 epochs"),
+    # Convolution kernels: tensorflow/tpu resnet_model.py's
+    # tf.variance_scaling_initializer() (Google's MLPerf code builds the same
+    # model); Model Garden's ResNet, which the MLPerf TF2 reference runs, He-normal.
+    ("mlperf_4k", "conv_initializer", "he_normal", "Model Garden resnet_model.py"),
+    ("mlperf_8k", "conv_initializer", "variance_scaling", "Google MLPerf, tensorflow/tpu"),
+    ("tpu_16k", "conv_initializer", "variance_scaling", "tensorflow/tpu resnet_model.py"),
+    ("mlperf_32k", "conv_initializer", "variance_scaling", "Google MLPerf, tensorflow/tpu"),
+    ("mlperf_64k", "conv_initializer", "variance_scaling", "Google MLPerf, tensorflow/tpu"),
+    ("paper_resnet_8k", "conv_initializer", "he_normal", "Goyal et al. 2017: He et al."),
 ]
 
 

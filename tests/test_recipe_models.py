@@ -71,6 +71,24 @@ def test_resnet50_is_v1_5_with_the_tf_references_batch_norm():
     )
 
 
+@pytest.mark.parametrize("initializer, variance", [("he_normal", 2.0), ("variance_scaling", 1.0)])
+def test_resnet50_convolutions_start_with_their_sources_variance(initializer, variance):
+    """Every convolution kernel's sample variance times its fan-in: 2 for
+    He-normal (Model Garden, the MLPerf TF2 reference), 1 for tensorflow/tpu's
+    `tf.variance_scaling_initializer()` (scale 1, fan-in, truncated normal);
+    the classifier N(0, 0.01) either way."""
+    keras.utils.set_random_seed(0)
+    model = models.build("resnet50", 10, 32, conv_initializer=initializer)
+    convolutions = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    for layer in convolutions:
+        kernel = keras.ops.convert_to_numpy(layer.kernel).astype(np.float64)
+        fan_in = np.prod(kernel.shape[:-1])
+        # 4,096 values at least (a 1x1 from 64 to 64 channels): within 10%.
+        assert kernel.var() * fan_in == pytest.approx(variance, rel=0.1), layer.name
+    fc = keras.ops.convert_to_numpy(model.get_layer("fc").kernel)
+    assert fc.std() == pytest.approx(0.01, rel=0.1)
+
+
 @pytest.mark.parametrize(
     "name,options,trainable,non_trainable_bn",
     [
@@ -159,6 +177,7 @@ def test_models_save_and_load(tmp_path):
         (lambda: models.build("alexnet", 10, 227, alexnet_groups="three"), "groups"),
         (lambda: models.build("alexnet_bn", 10, 227, alexnet_bn_variant="x"), "variant"),
         (lambda: models.build("vgg16", 10, 224), "model"),
+        (lambda: models.build("resnet50", 10, 32, conv_initializer="glorot"), "conv_initializer"),
     ],
 )
 def test_bad_model_arguments_are_named(call, argument):

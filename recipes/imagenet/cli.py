@@ -140,6 +140,13 @@ def define_flags():
         "Compute precision (default: bfloat16 on TPUs, --strategy=tpu or JAX on a TPU, "
         "else float32); float16 scales the loss.",
     )
+    flags.DEFINE_enum(
+        "conv_initializer",
+        None,
+        config_lib.CONV_INITIALIZERS,
+        "ResNet-50's convolution kernels: he_normal (variance 2/fan-in) or variance_scaling "
+        "(1/fan-in, tensorflow/tpu's); default: the preset's.",
+    )
     flags.DEFINE_bool(
         "zero_init_residual",
         DEFAULT["zero_init_residual"],

@@ -24,6 +24,7 @@ IMAGE_SIZE = {"resnet50": 224, "alexnet": 227, "alexnet_bn": 227}
 # the smallest input whose pool5 keeps one pixel).
 MIN_IMAGE_SIZE = {"resnet50": 32, "alexnet": 67, "alexnet_bn": 67}
 ALEXNET_GROUPS = ("split", "native", "none")
+CONV_INITIALIZERS = ("he_normal", "variance_scaling")  # models/resnet.py
 ALEXNET_BN_VARIANTS = ("authors", "conv_bn_relu")
 DTYPES = ("float32", "bfloat16", "float16")
 # tf.distribute strategies (recipes/imagenet/strategies.py) and
@@ -101,6 +102,7 @@ class TrainConfig:
     target_accuracy: float | None = None  # stop at the first evaluation reaching this top-1
     bn_span: int = 0  # images a batch-norm statistic covers (0: a replica's micro-batch)
     preprocessing: str = "model_garden"  # preprocessing.PREPROCESSING
+    conv_initializer: str = "he_normal"  # ResNet-50's: CONV_INITIALIZERS
     # Steps, precision, model options.
     # Step counts as a source ran them, overriding the epochs (a preset's hold
     # at its own batch size only: `resolve` drops them at another).
@@ -214,6 +216,7 @@ def check(config):
     if config.dtype is not None:
         check_choice("--dtype", config.dtype, DTYPES)
     check_choice("--alexnet_groups", config.alexnet_groups, ALEXNET_GROUPS)
+    check_choice("--conv_initializer", config.conv_initializer, CONV_INITIALIZERS)
     check_choice("--alexnet_bn_variant", config.alexnet_bn_variant, ALEXNET_BN_VARIANTS)
     check_choice("--preprocessing", config.preprocessing, tuple(PREPROCESSING))
     division, status = config.mlperf_submission_division, config.mlperf_submission_status

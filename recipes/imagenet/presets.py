@@ -73,6 +73,7 @@ PRESETS = {
         momentum=0.9,
         train_epochs=44,
         preprocessing="tensorflow_tpu",
+        conv_initializer="variance_scaling",  # tf.variance_scaling_initializer()
         bn_span=128,  # 128 images a replica, distributed_group_size=1
         # --steps_per_eval=625 from the start (no offset).
         eval_every_steps=625,
@@ -90,6 +91,7 @@ PRESETS = {
         momentum=0.9,
         train_epochs=91,
         preprocessing="tensorflow_tpu",
+        conv_initializer="variance_scaling",  # tf.variance_scaling_initializer()
         bn_span=128,  # 16384 over the 128 cores of a v3-128, each its own statistics
         # tensorflow/tpu evaluates at the end and sets no target.
         eval_offset_epochs=0,
@@ -107,6 +109,7 @@ PRESETS = {
         momentum=0.929,
         train_epochs=60,
         preprocessing="tensorflow_tpu",
+        conv_initializer="variance_scaling",  # tf.variance_scaling_initializer()
         bn_span=64,  # groups of replicas, 64 images a statistic
         # Its command's explicit steps (epochs there are N / B = 39.1 steps,
         # not the whole 40 the epochs above would give here).
@@ -127,6 +130,7 @@ PRESETS = {
         momentum=0.951807,
         train_epochs=88.9,
         preprocessing="tensorflow_tpu",
+        conv_initializer="variance_scaling",  # tf.variance_scaling_initializer()
         bn_span=64,  # groups of replicas, 64 images a statistic
         # Its explicit steps (19.5 steps an epoch there, 20 here).
         train_steps=1738,
@@ -225,6 +229,7 @@ DEFAULT_PRESET = {
 }
 # Fields a preset does not set, and their values.
 BASE = dict(
+    conv_initializer="he_normal",
     label_smoothing=0.0,
     end_learning_rate=0.0,
     dropout=0.0,

@@ -33,6 +33,7 @@ def build(
     alexnet_bn_variant="authors",
     bn_span=None,
     preprocessing=None,
+    conv_initializer="he_normal",
 ):
     """The named model, taking uint8 images that it normalises as
     `preprocessing` (a name in `preprocessing.PREPROCESSING`; None: the
@@ -48,6 +49,7 @@ def build(
             image_size,
             zero_init_residual=zero_init_residual,
             bn_span=bn_span,
+            conv_initializer=conv_initializer,
             **normalization,
         )
     if name == "alexnet":
@@ -81,4 +83,5 @@ def build_for(config, num_classes, bn_span=None):
         alexnet_bn_variant=config.alexnet_bn_variant,
         bn_span=bn_span,
         preprocessing=config.preprocessing,
+        conv_initializer=config.conv_initializer,
     )
