@@ -123,11 +123,6 @@ def test_junk_in_tensorflows_checkpoint_index_file_changes_nothing(copy, data_di
     assert "This run is over (step 6)" in out  # restored from checkpoint 6
 
 
-@pytest.mark.skipif(
-    JAX,
-    reason="Orbax: a step folder that is not a checkpoint makes every restore of the "
-    "manager fail ('Must provide args of type Composite'); not yet worked around",
-)
 def test_a_junk_step_neither_hides_nor_evicts_intact_checkpoints(data_dir, tmp_path, capsys):
     """A 12-step run stopped by its target at step 6 (checkpoints 2, 4, 6),
     then a junk step 14 beside them (JAX: an empty folder; TensorFlow: an

@@ -182,6 +182,11 @@ class JaxRunner(Runner):
         self._state_check = jax.jit(state_check)
         self.manager = ocp.CheckpointManager(
             self.directory,
+            # One unnamed item, declared: left to guess, Orbax takes the mode
+            # from the first step it restores, and a junk step folder (no
+            # `default/`) would lock it into the multi-item mode, in which
+            # every intact checkpoint fails to restore.
+            item_handlers=ocp.StandardCheckpointHandler(),
             options=ocp.CheckpointManagerOptions(
                 # Kept by `_keep_newest`, which counts intact checkpoints only
                 # (Orbax would count a junk step folder too).
