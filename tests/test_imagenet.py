@@ -373,6 +373,130 @@ def test_caffe_crops_by_hand(tmp_path):
     assert any(np.array_equal(crop.numpy(), window) for window in windows)
 
 
+def jpeg(pixels, path):
+    from PIL import Image
+
+    Image.fromarray(pixels).save(path, quality=100, subsampling=0)
+    return path.read_bytes()
+
+
+def write_records(path, image_bytes, copies, boxes=None):
+    """`copies` records of one image, label 1, with `boxes` ([(ymin, xmin,
+    ymax, xmax)], normalised) in tensorflow/tpu's schema if given."""
+
+    def floats(values):
+        return tf.train.Feature(float_list=tf.train.FloatList(value=values))
+
+    feature = {
+        "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_bytes])),
+        "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[1])),
+    }
+    if boxes is not None:
+        for corner, key in enumerate(input_pipeline.BOX_KEYS):
+            feature[key] = floats([box[corner] for box in boxes])
+    record = tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for _ in range(copies):
+            writer.write(record)
+
+
+def test_mlperf_tf2_training_crops_cover_the_annotated_box(tmp_path):
+    """A black 64² image whose top-left 16² (1/16 of it) is white and
+    annotated: every mlperf_tf2 crop covers at least 0.1 of that box, so
+    holds white; the same records without boxes crop anywhere in the image,
+    and some of 64 crops miss the corner (the reference's "whole image")."""
+    pixels = np.zeros((64, 64, 3), np.uint8)
+    pixels[:16, :16] = 255
+    image_bytes = jpeg(pixels, tmp_path / "corner.jpg")
+    write_records(tmp_path / "boxed-00000", image_bytes, 64, boxes=[(0.0, 0.0, 0.25, 0.25)])
+    write_records(tmp_path / "plain-00000", image_bytes, 64)
+
+    def crops(name):
+        source = input_pipeline.TFRecordSource(str(tmp_path / f"{name}-*"))
+        batch = input_pipeline.batches(
+            source,
+            training=True,
+            global_batch_size=64,
+            image_size=16,
+            preprocessing="mlperf_tf2",
+            deterministic=True,
+        )
+        return source, next(iter(batch))[0].numpy()
+
+    boxed, boxed_crops = crops("boxed")
+    plain, plain_crops = crops("plain")
+    assert boxed.has_bounding_boxes() and not plain.has_bounding_boxes()
+    assert all(crop.max() > 128 for crop in boxed_crops)
+    assert any(crop.max() < 128 for crop in plain_crops)
+
+
+def test_records_boxes_parse_in_the_samplers_order(tmp_path):
+    write_records(tmp_path / "r", b"jpeg", 1, boxes=[(0.1, 0.2, 0.3, 0.4), (0.5, 0.6, 0.7, 0.8)])
+    serialized = next(iter(tf.data.TFRecordDataset(str(tmp_path / "r"))))
+    _, label, boxes = input_pipeline.parse(serialized, boxes=True)
+    np.testing.assert_allclose(boxes.numpy(), [[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]])
+    assert label.numpy() == 0  # 1 in the file, minus the schema's offset
+    write_records(tmp_path / "plain", b"jpeg", 1)
+    serialized = next(iter(tf.data.TFRecordDataset(str(tmp_path / "plain"))))
+    assert input_pipeline.parse(serialized, boxes=True)[2].shape == (0, 4)
+
+
+def test_mlperf_tf2_falls_back_to_the_whole_image(tmp_path):
+    """A 2x200 image has no crop of 3/4..4/3 aspect with 5% of its area: the
+    sampler gives up, and the MLPerf TF2 reference resizes the whole image
+    (tensorflow_tpu takes its centre crop instead)."""
+    rng = np.random.default_rng(4)
+    image_bytes = tf.constant(
+        jpeg(rng.integers(0, 256, (2, 200, 3), dtype=np.uint8), tmp_path / "thin.jpg")
+    )
+    whole = tf.image.resize(tf.io.decode_jpeg(image_bytes), [16, 16]).numpy()
+    whole = np.clip(whole + 0.5, 0, 255).astype(np.uint8)
+    seed = tf.constant([5, 6], tf.int64)
+    crop = input_pipeline.preprocess(image_bytes, True, 16, "mlperf_tf2", seed=seed).numpy()
+    assert np.array_equal(crop, whole) or np.array_equal(crop, whole[:, ::-1])
+    centre = input_pipeline.preprocess(image_bytes, True, 16, "tensorflow_tpu", seed=seed).numpy()
+    assert not (np.array_equal(centre, whole) or np.array_equal(centre, whole[:, ::-1]))
+
+
+def test_mlperf_tf2_evaluation_resizes_the_short_side_then_crops_the_centre(tmp_path):
+    """A 30x70 image for a 28² input: the short side to round(28 * 256 /
+    224) = 32, so 32x75 (70 * 32 / 30 = 74.7), then the centre 28², from row
+    (32 - 28) // 2 = 2 and column (75 - 28) // 2 = 23."""
+    rng = np.random.default_rng(3)
+    image_bytes = tf.constant(
+        jpeg(rng.integers(0, 256, (30, 70, 3), dtype=np.uint8), tmp_path / "wide.jpg")
+    )
+    resized = tf.image.resize(tf.io.decode_jpeg(image_bytes), [32, 75]).numpy()
+    expected = np.clip(resized[2:30, 23:51] + 0.5, 0, 255).astype(np.uint8)
+    got = input_pipeline.preprocess(image_bytes, False, 28, "mlperf_tf2").numpy()
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_mlperf_tf2_subtracts_the_references_mean_only():
+    from recipes.imagenet import models
+
+    layer = models.build("resnet50", 4, 32, preprocessing="mlperf_tf2").get_layer("normalize")
+    pixels = np.array([[[[0, 128, 255]]]], "uint8")
+    expected = np.array([0 - 123.68, 128 - 116.78, 255 - 103.94], "float32")  # CHANNEL_MEANS
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(pixels))[0, 0, 0], expected)
+
+
+def test_a_run_without_boxes_says_its_crops_use_the_whole_image(tmp_path, capsys):
+    from recipes.imagenet import config as config_lib
+    from recipes.imagenet import job
+
+    write_records(tmp_path / "train-00000", b"jpeg", 1)
+    source = input_pipeline.TFRecordSource(str(tmp_path / "train-*"))
+    for preprocessing, said in (("mlperf_tf2", True), ("tensorflow_tpu", False)):
+        config = config_lib.resolve(
+            "mlperf_4k", model_dir="/m", data_dir=str(tmp_path), preprocessing=preprocessing
+        )
+        capsys.readouterr()
+        job._say_if_no_bounding_boxes(config, source)
+        out = capsys.readouterr().out
+        assert ("crops use the whole image" in out) == said, out
+
+
 def test_evaluation_reads_only_its_pipelines_files(converted):
     """Two pipelines over the two validation shards: each reads one file, the
     two together every image once, each padded to the same number of steps."""

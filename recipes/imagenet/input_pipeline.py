@@ -46,6 +46,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from .preprocessing import DEFAULT_PREPROCESSING
+from .preprocessing import EVAL_SHORT_SIDE
 from .preprocessing import PREPROCESSING
 
 IMAGE_SIZE = 224
@@ -77,6 +78,9 @@ SCHEMAS = {
     "imagenet": ("image/encoded", "image/class/label", 1),
     "tfds": ("image", "label", 0),
 }
+# ImageNet's annotated objects in tensorflow/tpu's schema (the converter's
+# --bounding_boxes), normalised to [0, 1]; in the order the box samplers take.
+BOX_KEYS = tuple(f"image/object/bbox/{c}" for c in ("ymin", "xmin", "ymax", "xmax"))
 
 
 class BadDataError(RuntimeError):
@@ -123,18 +127,26 @@ def read_records(files, *, training, input_context=None, deterministic=False, se
     return dataset
 
 
-def parse(serialized, schema="imagenet", label_offset=None):
-    """(JPEG bytes, int32 label − offset) from one serialized example."""
+def parse(serialized, schema="imagenet", label_offset=None, boxes=False):
+    """(JPEG bytes, int32 label − offset) from one serialized example, and
+    with `boxes` its annotated objects, [N, 4] (ymin, xmin, ymax, xmax),
+    none where the record holds none."""
     image_key, label_key, default_offset = SCHEMAS[schema]
-    features = tf.io.parse_single_example(
-        serialized,
-        {
-            image_key: tf.io.FixedLenFeature([], tf.string),
-            label_key: tf.io.FixedLenFeature([], tf.int64),
-        },
-    )
+    spec = {
+        image_key: tf.io.FixedLenFeature([], tf.string),
+        label_key: tf.io.FixedLenFeature([], tf.int64),
+    }
+    if boxes and schema == "imagenet":
+        spec.update({key: tf.io.VarLenFeature(tf.float32) for key in BOX_KEYS})
+    features = tf.io.parse_single_example(serialized, spec)
     offset = default_offset if label_offset is None else label_offset
-    return features[image_key], tf.cast(features[label_key] - offset, tf.int32)
+    parsed = features[image_key], tf.cast(features[label_key] - offset, tf.int32)
+    if not boxes:
+        return parsed
+    if schema != "imagenet":
+        return (*parsed, tf.zeros([0, 4]))
+    corners = [tf.sparse.to_dense(features[key]) for key in BOX_KEYS]
+    return (*parsed, tf.stack(corners, axis=-1))
 
 
 def count_records(files):
@@ -175,8 +187,9 @@ class TFRecordSource:
                 "classes (the converter writes labels.txt)"
             )
 
-    def examples(self, *, training, input_context=None, deterministic=False, seed=0):
-        """(JPEG bytes, label) of this pipeline's share, one pass."""
+    def examples(self, *, training, input_context=None, deterministic=False, seed=0, boxes=False):
+        """(JPEG bytes, label) of this pipeline's share, one pass; with
+        `boxes`, (JPEG bytes, label, [N, 4] boxes)."""
         records = read_records(
             self.files,
             training=training,
@@ -185,10 +198,19 @@ class TFRecordSource:
             seed=seed,
         )
         return records.map(
-            lambda r: parse(r, self.schema, self.label_offset),
+            lambda r: parse(r, self.schema, self.label_offset, boxes),
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=deterministic,
         )
+
+    def has_bounding_boxes(self):
+        """Whether the records carry annotated objects (`BOX_KEYS`): the
+        first record says, the converter writing them into all or none."""
+        first = next(iter(tf.data.TFRecordDataset(self.files[0]).take(1)), None)
+        if first is None or self.schema != "imagenet":
+            return False
+        features = tf.train.Example.FromString(first.numpy()).features.feature
+        return all(key in features for key in BOX_KEYS)
 
     def count(self):
         return sum(self._file_counts())
@@ -270,14 +292,21 @@ class TFDSSource:
             decoders={"image": tfds.decode.SkipDecoding()},
         )
 
-    def examples(self, *, training, input_context=None, deterministic=False, seed=0):
+    def examples(self, *, training, input_context=None, deterministic=False, seed=0, boxes=False):
         dataset = self._as_dataset(
             training=training,
             input_context=input_context,
             deterministic=deterministic,
             seed=seed,
         )
+        if boxes:  # TFDS's imagenet2012 has none
+            return dataset.map(
+                lambda e: (e["image"], tf.cast(e["label"], tf.int32), tf.zeros([0, 4]))
+            )
         return dataset.map(lambda e: (e["image"], tf.cast(e["label"], tf.int32)))
+
+    def has_bounding_boxes(self):
+        return False
 
     def count(self):
         dataset = self._as_dataset(training=False, input_context=None, deterministic=True, seed=0)
@@ -320,13 +349,15 @@ def _dealt(total, num_pipelines):
     return [len(range(i, total, num_pipelines)) for i in range(num_pipelines)]
 
 
-def decode_and_random_crop(image_bytes, image_size, seed, preprocessing):
-    """An Inception-style random crop, decoded directly from the JPEG and
-    resized; the centre crop if `max_attempts` find none."""
+def decode_and_random_crop(image_bytes, image_size, seed, preprocessing, boxes=None):
+    """An Inception-style random crop covering part of one of `boxes` ([N,
+    4], normalised; none: the whole image), decoded directly from the JPEG
+    and resized; if `max_attempts` find none, the evaluation crop or the
+    whole image, as `preprocessing.centre_fallback` says."""
     shape = tf.io.extract_jpeg_shape(image_bytes)
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         shape,
-        tf.zeros([1, 0, 4]),
+        tf.zeros([1, 0, 4]) if boxes is None else tf.reshape(boxes, [1, -1, 4]),
         seed=seed,
         min_object_covered=preprocessing.min_object_covered,
         aspect_ratio_range=(3.0 / 4.0, 4.0 / 3.0),
@@ -334,23 +365,30 @@ def decode_and_random_crop(image_bytes, image_size, seed, preprocessing):
         max_attempts=preprocessing.max_attempts,
         use_image_if_no_bounding_boxes=True,
     )
+
+    def crop():
+        window = tf.stack([begin[0], begin[1], size[0], size[1]])
+        return tf.image.resize(
+            tf.io.decode_and_crop_jpeg(image_bytes, window, channels=3),
+            [image_size, image_size],
+            method=preprocessing.resize_method,
+        )
+
+    if not preprocessing.centre_fallback:
+        return crop()
     # The sampler returns the whole image when it fails: use the centre crop.
     whole = tf.reduce_all(tf.equal(size[:2], shape[:2]))
     return tf.cond(
-        whole,
-        lambda: decode_and_centre_crop(image_bytes, image_size, preprocessing),
-        lambda: tf.image.resize(
-            tf.io.decode_and_crop_jpeg(
-                image_bytes, tf.stack([begin[0], begin[1], size[0], size[1]]), channels=3
-            ),
-            [image_size, image_size],
-            method=preprocessing.resize_method,
-        ),
+        whole, lambda: decode_and_centre_crop(image_bytes, image_size, preprocessing), crop
     )
 
 
 def decode_and_centre_crop(image_bytes, image_size, preprocessing):
-    """The centre `eval_crop_fraction` of the short side, resized."""
+    """The evaluation crop: the centre `eval_crop_fraction` of the short
+    side, resized; or, with `eval_crop="short_side"`, the image resized to a
+    short side of 256/224 of the input size, aspect kept, then its centre."""
+    if preprocessing.eval_crop == "short_side":
+        return resize_short_side_and_centre_crop(image_bytes, image_size, preprocessing)
     shape = tf.io.extract_jpeg_shape(image_bytes)
     height, width = shape[0], shape[1]
     side = tf.cast(
@@ -360,6 +398,19 @@ def decode_and_centre_crop(image_bytes, image_size, preprocessing):
     window = tf.stack([(height - side + 1) // 2, (width - side + 1) // 2, side, side])
     image = tf.io.decode_and_crop_jpeg(image_bytes, window, channels=3)
     return tf.image.resize(image, [image_size, image_size], method=preprocessing.resize_method)
+
+
+def resize_short_side_and_centre_crop(image_bytes, image_size, preprocessing):
+    image = tf.io.decode_jpeg(image_bytes, channels=3)
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    short_side = round(image_size * EVAL_SHORT_SIDE)
+    scale = short_side / tf.reduce_min(shape)
+    # At least the short side: rounding must leave room for the crop.
+    resized = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), short_side)
+    image = tf.image.resize(image, resized, method=preprocessing.resize_method)
+    top = (resized[0] - image_size) // 2
+    left = (resized[1] - image_size) // 2
+    return image[top : top + image_size, left : left + image_size]
 
 
 def caffe_crop(image_bytes, training, image_size, seed, preprocessing):
@@ -375,10 +426,12 @@ def caffe_crop(image_bytes, training, image_size, seed, preprocessing):
     return image[offset : offset + image_size, offset : offset + image_size]
 
 
-def preprocess(image_bytes, training, image_size=IMAGE_SIZE, preprocessing=None, seed=None):
+def preprocess(
+    image_bytes, training, image_size=IMAGE_SIZE, preprocessing=None, seed=None, boxes=None
+):
     """An `image_size`² uint8 RGB image (normalised later, on the device),
     cropped and flipped as `preprocessing` (a `Preprocessing` or its name)
-    says."""
+    says; a training crop around one of `boxes` ([N, 4]) if given."""
     preprocessing = _preprocessing(preprocessing)
     crop_seed, flip_seed = (
         tf.unstack(tf.random.experimental.stateless_split(seed, 2)) if training else (None, None)
@@ -386,7 +439,7 @@ def preprocess(image_bytes, training, image_size=IMAGE_SIZE, preprocessing=None,
     if preprocessing.crop == "caffe":
         image = caffe_crop(image_bytes, training, image_size, crop_seed, preprocessing)
     elif training:
-        image = decode_and_random_crop(image_bytes, image_size, crop_seed, preprocessing)
+        image = decode_and_random_crop(image_bytes, image_size, crop_seed, preprocessing, boxes)
     else:
         image = decode_and_centre_crop(image_bytes, image_size, preprocessing)
     if training:
@@ -470,8 +523,13 @@ def batches(
         if input_context
         else global_batch_size
     )
+    with_boxes = training and preprocessing.bounding_boxes
     examples = source.examples(
-        training=training, input_context=input_context, deterministic=deterministic, seed=seed
+        training=training,
+        input_context=input_context,
+        deterministic=deterministic,
+        seed=seed,
+        boxes=with_boxes,
     )
     if cache:
         examples = examples.cache()
@@ -484,12 +542,13 @@ def batches(
         examples = examples.skip(skip)
 
     def preprocess_one(index, example):
-        image_bytes, label = example
+        image_bytes, label, *boxes = example
         label = checked_label(label, num_classes)
         # One random stream per (seed, pipeline), one seed per element in it.
         stream = seed * MAX_INPUT_PIPELINES + pipeline
         element_seed = tf.stack([tf.cast(stream, tf.int64), index])
-        return preprocess(image_bytes, training, image_size, preprocessing, element_seed), label
+        image = preprocess(image_bytes, training, image_size, preprocessing, element_seed, *boxes)
+        return image, label
 
     dataset = examples.map(
         preprocess_one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic

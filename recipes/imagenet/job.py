@@ -41,6 +41,7 @@ from . import input_pipeline
 from . import mlperf_log
 from . import model_dir
 from . import models
+from . import preprocessing as preprocessing_lib
 from . import run_lock
 from .config import Plan
 from .runner import Input
@@ -67,6 +68,7 @@ def run(config):
 
 def _run(config, backend, runner, started_ms):
     train_source, eval_source = _sources(config)
+    _say_if_no_bounding_boxes(config, train_source)
     plan = _plan(config, runner.replicas, train_source, eval_source)
     plan = model_dir.plan_to_run(config, plan, backend, runner.chief)
     print(f"{runner.description}; {_describe(plan)}")
@@ -138,6 +140,16 @@ def _sources(config):
         input_pipeline.TFRecordSource(os.path.join(config.data_dir, "train-*")),
         input_pipeline.TFRecordSource(os.path.join(config.data_dir, "validation-*")),
     )
+
+
+def _say_if_no_bounding_boxes(config, train_source):
+    preprocessing = preprocessing_lib.PREPROCESSING[config.preprocessing]
+    if preprocessing.bounding_boxes and train_source and not train_source.has_bounding_boxes():
+        print(
+            f"Note: --preprocessing={config.preprocessing} crops around ImageNet's bounding "
+            "boxes, and the training records hold none: its crops use the whole image "
+            "(the converter's --bounding_boxes stores them)"
+        )
 
 
 def _plan(config, replicas, train_source, eval_source):
