@@ -6,7 +6,7 @@ PIP := $(PYTHON) -m pip install -q -c constraints.txt
 TESTS ?= tests
 PYTEST := $(PYTHON) -m pytest -q -p no:cacheprovider
 
-.PHONY: install install-study test test-pytest bazel-test study curves data constraints
+.PHONY: install install-study check test test-pytest bazel-test study curves data constraints
 
 $(PYTHON):
 	python3 -m venv $(VENV)
@@ -54,6 +54,19 @@ test: install
 	  $(MAKE) --no-print-directory test-pytest; \
 	fi
 
+# The quick tier, after an edit (about 5 minutes on 2 cores): lint, the
+# optimizer, schedule and configuration tests on every backend, and one tiny
+# run of each recipe backend (and Keras's fit on PyTorch). `make test` is all.
+CHECK_TESTS := tests/test_lars_numerics.py tests/test_schedule.py tests/test_recipe_config.py
+check: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	KERAS_BACKEND=tensorflow $(PYTEST) $(CHECK_TESTS) tests/test_controller.py \
+	  tests/test_imagenet_train.py::test_synthetic_data_needs_no_files
+	KERAS_BACKEND=jax $(PYTEST) $(CHECK_TESTS) \
+	  tests/test_imagenet_train_jax.py::test_synthetic_bfloat16_run
+	KERAS_BACKEND=torch $(PYTEST) $(CHECK_TESTS) tests/test_fit.py
+
 # Tests that do not apply to a backend skip there.
 test-pytest: install
 	KERAS_BACKEND=tensorflow $(PYTEST) $(TESTS)
@@ -76,7 +89,7 @@ bazel-test: install
 	  "build --python_path=$(CURDIR)/$(PYTHON)" \
 	  "test --test_env=PYTHONPATH=$$($(PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
 	  > .bazelrc.local
-	bazel test //...
+	status=0; bazel test //... || status=$$?; $(PYTHON) bazel/test_times.py; exit $$status
 
 # Fashion-MNIST from Debian's package (31 MB, no download at run time).
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz

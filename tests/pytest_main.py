@@ -17,4 +17,5 @@ if __name__ == "__main__":
 
     import pytest
 
-    sys.exit(pytest.main(files))
+    # The slowest tests go into each target's log, for bazel/test_times.py.
+    sys.exit(pytest.main(["--durations=5", "--durations-min=1", *files]))
