@@ -76,3 +76,14 @@ def test_each_test_file_runs_on_the_backends_it_has_tests_for():
     for test_file, backends in targets:
         listed = set(all_backends if backends == "ALL_BACKENDS" else ast.literal_eval(backends))
         assert listed == backends_of(ROOT / test_file), test_file
+
+
+def test_each_file_runs_in_one_target_and_the_unit_target_on_every_backend():
+    """The quick files share `//:BACKEND/unit`, which runs on every backend
+    (a file for fewer skips on the others); no file is in two targets."""
+    build = (ROOT / "BUILD").read_text()
+    unit = ast.literal_eval(re.search(r"UNIT_TESTS = (\[[^\]]*\])", build).group(1))
+    single = re.findall(r'\("(tests/test_\w+\.py)", "\w+", ', build)
+    assert unit and not set(unit) & set(single), "a file in two targets"
+    assert len(unit) == len(set(unit))
+    assert 'name = backend + "/unit"' in build and "for backend in ALL_BACKENDS" in build
