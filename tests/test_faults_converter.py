@@ -873,10 +873,12 @@ def test_a_box_folder_without_annotations_is_refused_naming_it(fake, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+NO_BOX = GOOD_BOX_FILE.split("<object>")[0] + "</annotation>"
+# Each file, and a pattern of why it is refused (the parser's words vary).
 BAD_BOX_FILES = {
-    "not XML": ("<annotation><size>", "not XML (no element found: line 1, column 18)"),
+    "not XML": ("<annotation><size>", r"not XML \(no element found: .+\)"),
     "no size": (GOOD_BOX_FILE.replace("<height>48</height>", ""), "<size/height> missing"),
-    "no box": (GOOD_BOX_FILE.split("<object>")[0] + "</annotation>", "no <object><bndbox>"),
+    "no box": (NO_BOX, "no <object><bndbox>"),
     "a word for a number": (
         GOOD_BOX_FILE.replace("<xmax>40</xmax>", "<xmax>forty</xmax>"),
         "<xmax> 'forty', not a number",
@@ -893,7 +895,7 @@ def test_a_box_file_that_cannot_be_used_is_named(fake, tmp_path, case):
     boxes = box_folder(tmp_path / "bbox", **{f"{wnid(1)}_0": GOOD_BOX_FILE, f"{wnid(2)}_3": text})
     bad = boxes / wnid(2) / f"{wnid(2)}_3.xml"
     refused(
-        f"^{re.escape(f'{bad}: {why}')}; fix or remove it, or rerun with --allow_skips to "
+        f"^{re.escape(str(bad))}: {why}; fix or remove it, or rerun with --allow_skips to "
         "convert its image without boxes$",
         fake / "raw",
         tmp_path / "out",
@@ -907,10 +909,8 @@ def test_a_bad_box_file_stops_the_command_line_or_is_skipped(fake, tmp_path):
     """One line and no traceback; with --allow_skips the image is converted
     without boxes, the file listed, and the report counts the images with
     boxes."""
-    bad_text, why = BAD_BOX_FILES["no box"]
-    boxes = box_folder(
-        tmp_path / "bbox", **{f"{wnid(1)}_0": GOOD_BOX_FILE, f"{wnid(2)}_3": bad_text}
-    )
+    why = "no <object><bndbox>"
+    boxes = box_folder(tmp_path / "bbox", **{f"{wnid(1)}_0": GOOD_BOX_FILE, f"{wnid(2)}_3": NO_BOX})
     bad = boxes / wnid(2) / f"{wnid(2)}_3.xml"
     command = converter_command(fake / "raw", tmp_path / "out", f"--bounding_boxes={boxes}")
     code, output = commands.run(command, tmp_path / "refused.log")
