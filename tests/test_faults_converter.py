@@ -831,6 +831,139 @@ def test_duplicate_file_names_are_refused_naming_both(fake, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+# --- Bounding boxes ------------------------------------------------------------
+
+GOOD_BOX_FILE = (
+    "<annotation><size><width>64</width><height>48</height></size>"
+    "<object><bndbox><xmin>8</xmin><ymin>12</ymin><xmax>40</xmax><ymax>36</ymax></bndbox>"
+    "</object></annotation>"
+)
+
+
+def box_folder(path, **files):
+    """A folder of annotation files by image stem, each in its class folder."""
+    for stem, text in files.items():
+        (path / stem.split("_")[0]).mkdir(parents=True, exist_ok=True)
+        (path / stem.split("_")[0] / f"{stem}.xml").write_text(text)
+    return path
+
+
+def test_a_box_folder_without_annotations_is_refused_naming_it(fake, tmp_path):
+    """Missing, empty (no .xml at any depth), or with two files for one image."""
+    labels = fake / "raw" / "validation_labels.txt"
+
+    def refused_boxes(message, boxes):
+        refused(
+            "^" + re.escape(message),
+            fake / "raw",
+            tmp_path / "out",
+            validation_labels=str(labels),
+            bounding_boxes=str(boxes),
+        )
+
+    refused_boxes(f"--bounding_boxes={tmp_path / 'missing'} does not exist", tmp_path / "missing")
+    empty = tmp_path / "empty"
+    (empty / wnid(0)).mkdir(parents=True)
+    (empty / wnid(0) / "README.txt").write_text("not an annotation")
+    refused_boxes(f"--bounding_boxes={empty} holds no .xml files", empty)
+    twice = box_folder(tmp_path / "twice", **{f"{wnid(0)}_0": GOOD_BOX_FILE})
+    (twice / f"{wnid(0)}_0.xml").write_text(GOOD_BOX_FILE)
+    first, second = twice / f"{wnid(0)}_0.xml", twice / wnid(0) / f"{wnid(0)}_0.xml"
+    refused_boxes(f"{first} and {second} both annotate image {wnid(0)}_0: remove one", twice)
+    assert not (tmp_path / "out").exists()
+
+
+NO_BOX = GOOD_BOX_FILE.split("<object>")[0] + "</annotation>"
+# Each file, and a pattern of why it is refused (the parser's words vary).
+BAD_BOX_FILES = {
+    "not XML": ("<annotation><size>", r"not XML \(no element found: .+\)"),
+    "no size": (GOOD_BOX_FILE.replace("<height>48</height>", ""), "<size/height> missing"),
+    "no box": (NO_BOX, "no <object><bndbox>"),
+    "a word for a number": (
+        GOOD_BOX_FILE.replace("<xmax>40</xmax>", "<xmax>forty</xmax>"),
+        "<xmax> 'forty', not a number",
+    ),
+    "a zero width": (GOOD_BOX_FILE.replace(">64<", ">0<"), "the image's size is 0x48 pixels"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_BOX_FILES))
+def test_a_box_file_that_cannot_be_used_is_named(fake, tmp_path, case):
+    """Refused before anything is written, as a folder that is not a class
+    is: its image's boxes would be missing from the shards."""
+    text, why = BAD_BOX_FILES[case]
+    boxes = box_folder(tmp_path / "bbox", **{f"{wnid(1)}_0": GOOD_BOX_FILE, f"{wnid(2)}_3": text})
+    bad = boxes / wnid(2) / f"{wnid(2)}_3.xml"
+    refused(
+        f"^{re.escape(str(bad))}: {why}; fix or remove it, or rerun with --allow_skips to "
+        "convert its image without boxes$",
+        fake / "raw",
+        tmp_path / "out",
+        validation_labels=str(fake / "raw" / "validation_labels.txt"),
+        bounding_boxes=str(boxes),
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_box_file_stops_the_command_line_or_is_skipped(fake, tmp_path):
+    """One line and no traceback; with --allow_skips the image is converted
+    without boxes, the file listed, and the report counts the images with
+    boxes."""
+    why = "no <object><bndbox>"
+    boxes = box_folder(tmp_path / "bbox", **{f"{wnid(1)}_0": GOOD_BOX_FILE, f"{wnid(2)}_3": NO_BOX})
+    bad = boxes / wnid(2) / f"{wnid(2)}_3.xml"
+    command = converter_command(fake / "raw", tmp_path / "out", f"--bounding_boxes={boxes}")
+    code, output = commands.run(command, tmp_path / "refused.log")
+    assert code == 1 and "Traceback" not in output, output[-3000:]
+    assert error_lines(output) == [
+        f"{ERROR} {bad}: {why}; fix or remove it, or rerun with --allow_skips to convert its "
+        "image without boxes"
+    ]
+    assert not (tmp_path / "out").exists()
+
+    code, output = commands.run(command + ["--allow_skips"], tmp_path / "allowed.log")
+    assert code == 0 and "Traceback" not in output, output[-3000:]
+    lines = output.splitlines()
+    images = CLASSES * TRAIN_PER_CLASS + 3  # and the 3 re-encoded
+    assert f"  boxes for 1 of {images} training images" in lines, output[-3000:]
+    assert f"  SKIPPED {bad}: {why} (its image has no boxes)" in lines, output[-3000:]
+    assert converter.verify(str(tmp_path / "out")) == []
+
+
+def test_a_rerun_with_other_boxes_is_refused_keeping_the_shards(fake, by_a_process, tmp_path):
+    """Boxes added, removed or changed would leave shards written with other
+    boxes beside the new ones: refused, naming the boxes, like other inputs.
+    A record from before boxes existed stands for shards without them."""
+    raw = fake / "raw"
+    boxes = box_folder(tmp_path / "bbox", **{f"{wnid(1)}_0": GOOD_BOX_FILE})
+    out = tmp_path / "out"
+    convert(raw, out, allow_skips=True)
+    written = shard_bytes(out)
+    assert written == shard_bytes(by_a_process)
+    differ = r"holds shards written from other inputs \(bounding boxes differ\)"
+    with pytest.raises(converter.ConversionError, match=differ):
+        convert(raw, out, allow_skips=True, bounding_boxes=str(boxes))
+    record = json.loads((out / converter.INPUTS_RECORD).read_text())
+    del record["bounding boxes"]  # as the converter wrote it before boxes
+    (out / converter.INPUTS_RECORD).write_text(json.dumps(record))
+    with pytest.raises(converter.ConversionError, match=differ):
+        convert(raw, out, allow_skips=True, bounding_boxes=str(boxes))
+    assert shard_bytes(out) == written
+
+    with_boxes = tmp_path / "with_boxes"
+    convert(raw, with_boxes, allow_skips=True, bounding_boxes=str(boxes))
+    with pytest.raises(converter.ConversionError, match=differ):
+        convert(raw, with_boxes, allow_skips=True)  # removed
+    (boxes / wnid(1) / f"{wnid(1)}_0.xml").write_text(GOOD_BOX_FILE.replace(">8<", ">9<"))
+    with pytest.raises(converter.ConversionError, match=differ):
+        convert(raw, with_boxes, allow_skips=True, bounding_boxes=str(boxes))  # changed
+    (boxes / wnid(1) / f"{wnid(1)}_0.xml").write_text(GOOD_BOX_FILE)
+    shutil.move(boxes, tmp_path / "moved")  # the same boxes elsewhere
+    summary = convert(raw, with_boxes, allow_skips=True, bounding_boxes=str(tmp_path / "moved"))
+    assert summary["shards_written_this_run"] == 0
+    assert summary["train"]["images_with_boxes"] == 1
+
+
 # --- A full disk ----------------------------------------------------------------
 
 
@@ -913,6 +1046,10 @@ CONVERTER_FLAG_ERRORS = {
     "missing raw_data_dir": (
         ["--output_dir={out}", "--raw_data_dir={tmp}/missing"],
         "--raw_data_dir={tmp}/missing does not exist (see --help)",
+    ),
+    "missing bounding_boxes": (
+        ["--output_dir={out}", "--raw_data_dir={raw}", "--bounding_boxes={tmp}/missing"],
+        "--bounding_boxes={tmp}/missing does not exist (see --help)",
     ),
     "no train shards": (
         ["--output_dir={out}", "--raw_data_dir={raw}", "--train_shards=0"],

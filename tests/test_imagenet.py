@@ -264,6 +264,86 @@ def test_verify_passes_then_catches_tampering(fake, tmp_path):
     assert any("also in validation-00000-of-00002" in p for p in problems), problems
 
 
+def box_file(width, height, *boxes):
+    """A PASCAL VOC annotation, as ILSVRC2012_bbox_train_v2.tar.gz holds:
+    the image's size and each (xmin, ymin, xmax, ymax) box in pixels."""
+    objects = "".join(
+        "<object><name>n01440764</name><bndbox>"
+        + "".join(f"<{c}>{v}</{c}>" for c, v in zip(("xmin", "ymin", "xmax", "ymax"), box))
+        + "</bndbox></object>"
+        for box in boxes
+    )
+    return (
+        f"<annotation><folder>n01440764</folder><filename>x</filename><size><width>{width}"
+        f"</width><height>{height}</height><depth>3</depth></size>{objects}</annotation>"
+    )
+
+
+def box_records(directory, split):
+    """{file name: (label, [(xmin, ymin, xmax, ymax), ...], box labels)}."""
+    spec = {
+        "image/filename": tf.io.FixedLenFeature([], tf.string),
+        "image/class/label": tf.io.FixedLenFeature([], tf.int64),
+        **{k: tf.io.VarLenFeature(tf.float32) for k in converter.BOX_KEYS},
+        "image/object/bbox/label": tf.io.VarLenFeature(tf.int64),
+    }
+    files = sorted(str(directory / n) for n in os.listdir(directory) if n.startswith(split + "-"))
+    found = {}
+    for record in tf.data.TFRecordDataset(files):
+        example = tf.io.parse_single_example(record, spec)
+        xmin, ymin, xmax, ymax = (example[k].values.numpy() for k in converter.BOX_KEYS)
+        found[example["image/filename"].numpy().decode()] = (
+            int(example["image/class/label"]),
+            list(zip(xmin, ymin, xmax, ymax)),
+            example["image/object/bbox/label"].values.numpy().tolist(),
+        )
+    return found
+
+
+def test_bounding_boxes_are_stored_as_tensorflow_tpu_stores_them(fake, tmp_path, capsys):
+    """Pixels over the annotated size, min and max swapped where reversed,
+    clamped to [0, 1]; the image's label once per box; empty lists for
+    images without an annotation and for validation."""
+    wnids = [make_fake_imagenet.wnid(c) for c in range(CLASSES)]
+    boxes = tmp_path / "bbox"
+    for folder in wnids[:3]:
+        (boxes / folder).mkdir(parents=True)
+    annotations = {  # image file name -> its annotation's path and text
+        f"{wnids[0]}_0.JPEG": (boxes / wnids[0], box_file(64, 48, (8, 12, 40, 36))),
+        f"{wnids[1]}_1.JPEG": (
+            boxes / wnids[1],
+            box_file(64, 48, (0, 0, 64, 48), (16, 6, 32, 30)),
+        ),
+        f"{wnids[2]}_2.JPEG": (boxes / wnids[2], box_file(64, 48, (48, 36, 16, 12))),  # reversed
+        # Past every edge; at the top of the folder, not in a class folder.
+        f"{wnids[3]}_3.JPEG": (boxes, box_file(64, 48, (-8, 24, 80, 60))),
+        # An image that the converter skips (truncated): counted without boxes.
+        f"{wnids[0]}_truncated.JPEG": (boxes / wnids[0], box_file(64, 48, (1, 1, 2, 2))),
+        "n09999999_1.JPEG": (boxes, box_file(64, 48, (1, 1, 2, 2))),  # no such image
+    }
+    for name, (folder, text) in annotations.items():
+        (folder / name.replace(".JPEG", ".xml")).write_text(text)
+    expected = {  # worked out by hand: x / 64, y / 48
+        f"{wnids[0]}_0.JPEG": [(0.125, 0.25, 0.625, 0.75)],
+        f"{wnids[1]}_1.JPEG": [(0.0, 0.0, 1.0, 1.0), (0.25, 0.125, 0.5, 0.625)],
+        f"{wnids[2]}_2.JPEG": [(0.25, 0.25, 0.75, 0.75)],
+        f"{wnids[3]}_3.JPEG": [(0.0, 0.5, 1.0, 1.0)],
+    }
+    summary = convert(fake / "raw", tmp_path / "out", bounding_boxes=str(boxes))
+    train = box_records(tmp_path / "out", "train")
+    assert len(train) == summary["train"]["images"] == CLASSES * TRAIN_PER_CLASS + GOOD_ODDITIES
+    for name, (label, found, box_labels) in train.items():
+        want = expected.get(name, [])
+        assert np.allclose(found, want, atol=1e-7) and len(found) == len(want), name
+        assert box_labels == [label] * len(want), name
+    validation = box_records(tmp_path / "out", "validation")
+    assert len(validation) == CLASSES * VAL_PER_CLASS
+    assert all(found == [] and box_labels == [] for _, found, box_labels in validation.values())
+    assert summary["train"]["images_with_boxes"] == len(expected)
+    assert summary["bounding_boxes"] == str(boxes)
+    assert converter.verify(str(tmp_path / "out")) == []
+
+
 @pytest.mark.parametrize(
     "kwargs,argument",
     [

@@ -27,8 +27,18 @@ leaves no partial shard under a final name and a rerun only writes the
 missing shards, byte-identical to an uninterrupted run, and the shards whose
 statistics (OUT/.conversion/*.json) do not describe their inputs or whose
 skipped files now read. OUT/inputs.json records what the shards were written
-from (the layout, the file lists, label map and names): a rerun pointed at
-other inputs is refused, naming what differs. --verify reads every shard back.
+from (the layout, the file lists, label map, names and boxes): a rerun pointed
+at other inputs is refused, naming what differs. --verify reads every shard
+back.
+
+--bounding_boxes=DIR (the extracted ILSVRC2012_bbox_train_v2.tar.gz, read by
+`tools/imagenet_boxes.py`) adds each training image's annotated boxes, as
+tensorflow/tpu's build_imagenet_data.py stores them: image/object/bbox/xmin,
+ymin, xmax and ymax (fractions of the image) and image/object/bbox/label (the
+image's label, once per box). Every example has these keys, so every record
+parses with one spec: their lists are empty for an image without an
+annotation file, for every validation image, and for every image when
+--bounding_boxes is not given.
 
 Everything a user can fix (a flag, an input, an output directory that is a
 file, a full disk) stops the run with one line naming the path or flag and
@@ -56,6 +66,7 @@ from PIL import Image
 from PIL import UnidentifiedImageError
 from tqdm import tqdm
 
+from . import imagenet_boxes
 from . import imagenet_layouts
 from .imagenet_layouts import ConversionError
 
@@ -65,6 +76,11 @@ SHUFFLE_SEED = 12345  # training files are shuffled before sharding
 WORK_DIR = ".conversion"  # unfinished shards and per-shard statistics
 SHARD_NAME = re.compile(r"^(train|validation)-(\d{5})-of-(\d{5})$")
 INPUTS_RECORD = "inputs.json"  # what the shards were written from
+# Parts of that record added since its first version, and what a record
+# without one stands for: shards written without boxes.
+RECORDED_LATER = {"bounding boxes": imagenet_boxes.NO_BOXES}
+BOX_KEYS = tuple(f"image/object/bbox/{c}" for c in imagenet_boxes.COORDINATES)
+BOX_LABEL_KEY = "image/object/bbox/label"
 # The shortest side training can crop: the evaluation crop, which the random
 # crop falls back to, is int(eval_crop_fraction x the short side) pixels
 # (0.875 in recipes/imagenet/preprocessing.py), none below 2 pixels.
@@ -149,12 +165,18 @@ def decodes(jpeg):
         return False
 
 
-def make_example(tf, ref, jpeg, height, width, label, name):
+def make_example(tf, ref, jpeg, height, width, label, name, boxes=()):
+    """tensorflow/tpu's Example for one image; `boxes` are its (xmin, ymin,
+    xmax, ymax) fractions of the image, written as one list per coordinate."""
+
     def bytes_feature(value):
         return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
 
     def int_feature(value):
         return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+
+    def floats_feature(values):
+        return tf.train.Feature(float_list=tf.train.FloatList(value=values))
 
     features = {
         "image/encoded": bytes_feature(jpeg),
@@ -166,7 +188,10 @@ def make_example(tf, ref, jpeg, height, width, label, name):
         "image/colorspace": bytes_feature(b"RGB"),
         "image/channels": int_feature(3),
         "image/filename": bytes_feature(ref.filename.encode()),
+        BOX_LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[label] * len(boxes))),
     }
+    for i, key in enumerate(BOX_KEYS):
+        features[key] = floats_feature([box[i] for box in boxes])
     if name:
         features["image/class/text"] = bytes_feature(name.encode())
     return tf.train.Example(features=tf.train.Features(feature=features))
@@ -182,24 +207,32 @@ class ShardJob:
     refs: list
     labels: dict  # wnid -> label
     names: dict  # wnid -> human-readable name
+    boxes: dict  # file name -> its boxes, for this shard's images that have some
 
 
-def shard_jobs(split, refs, num_shards, output_dir, labels, names):
+def shard_jobs(split, refs, num_shards, output_dir, labels, names, boxes):
     if split == "train":
         refs = list(refs)
         random.Random(SHUFFLE_SEED).shuffle(refs)
     num_shards = max(1, min(num_shards, len(refs)))
     bounds = [len(refs) * i // num_shards for i in range(num_shards + 1)]
-    return [
-        ShardJob(
-            output_dir,
-            f"{split}-{i:05d}-of-{num_shards:05d}",
-            refs[bounds[i] : bounds[i + 1]],
-            labels,
-            names,
+    jobs = []
+    for i in range(num_shards):
+        shard_refs = refs[bounds[i] : bounds[i + 1]]
+        # Each job carries only its own images' boxes: a job is pickled to a
+        # worker, and all of ImageNet's boxes are half a million entries.
+        shard_boxes = {r.filename: boxes[r.filename] for r in shard_refs if r.filename in boxes}
+        jobs.append(
+            ShardJob(
+                output_dir,
+                f"{split}-{i:05d}-of-{num_shards:05d}",
+                shard_refs,
+                labels,
+                names,
+                shard_boxes,
+            )
         )
-        for i in range(num_shards)
-    ]
+    return jobs
 
 
 def stats_path(output_dir, name):
@@ -343,7 +376,14 @@ def _write_records(tf, job, path, stats):
             if reencoded:
                 stats["reencoded"].append(f"{ref.where}: {reencoded}")
             example = make_example(
-                tf, ref, jpeg, height, width, job.labels[ref.synset], job.names.get(ref.synset)
+                tf,
+                ref,
+                jpeg,
+                height,
+                width,
+                job.labels[ref.synset],
+                job.names.get(ref.synset),
+                job.boxes.get(ref.filename, ()),
             )
             # Protobuf orders a map's entries differently in each process
             # unless asked not to: the feature map would differ across runs.
@@ -395,10 +435,13 @@ def convert(
     num_workers=1,
     splits=SPLITS,
     allow_skips=False,
+    bounding_boxes=None,
 ):
     """Converts the splits; returns a summary dict (also in summary.json).
-    `allow_skips`: folders that are not classes and file names that are not
-    UTF-8 are skipped (and listed), not refused."""
+    `allow_skips`: folders that are not classes, file names that are not
+    UTF-8 and annotation files that cannot be used are skipped (and listed),
+    not refused. `bounding_boxes`: the folder of training images' annotation
+    files (tools/imagenet_boxes.py), or None for none."""
     for name, value in (("train_shards", train_shards), ("validation_shards", validation_shards)):
         if value < 1:
             raise ValueError(f"`{name}` must be >= 1. Received: {name}={value}")
@@ -425,9 +468,16 @@ def convert(
     labels = {wnid: i + 1 for i, wnid in enumerate(synsets)}  # 0 stays unused
     names = inputs.names
     warn_of_unnamed_classes(synsets, names, inputs.names_source)
+    boxes = imagenet_boxes.Boxes({}, [])
+    if bounding_boxes:
+        print(f"Reading the bounding boxes under {bounding_boxes}...")
+        boxes = imagenet_boxes.read_boxes(bounding_boxes, refs["train"], allow_skips)
     make_output_dir(output_dir)
     shards = {"train": train_shards, "validation": validation_shards}
-    check_inputs(output_dir, fingerprint(inputs.layout, refs, labels, names, shards))
+    check_inputs(
+        output_dir,
+        fingerprint(inputs.layout, refs, labels, names, shards, boxes.by_filename),
+    )
     labels_file = os.path.join(output_dir, "labels.txt")
     with writing(labels_file), open(labels_file, "w") as f:
         for wnid in synsets:
@@ -436,7 +486,15 @@ def convert(
     jobs = [
         job
         for split in splits
-        for job in shard_jobs(split, refs[split], shards[split], output_dir, labels, names)
+        for job in shard_jobs(
+            split,
+            refs[split],
+            shards[split],
+            output_dir,
+            labels,
+            names,
+            boxes.by_filename if split == "train" else {},
+        )
     ]
     todo = []
     for job in jobs:
@@ -459,22 +517,26 @@ def convert(
         "images_per_second": round(written / seconds, 1) if seconds else 0.0,
         "shards_written_this_run": len(todo),
         "shards_already_done": len(jobs) - len(todo),
+        "bounding_boxes": bounding_boxes,
     }
+    skipped_box_files = {"train": boxes.skipped}
     for split in splits:
-        per_shard = [
-            read_stats(output_dir, job.name, job.refs)
-            for job in jobs
-            if job.name.startswith(split + "-")
-        ]
+        split_jobs = [job for job in jobs if job.name.startswith(split + "-")]
+        per_shard = [read_stats(output_dir, job.name, job.refs) for job in split_jobs]
         class_counts = collections.Counter()
         for s in per_shard:
             class_counts.update(s["class_counts"])
         summary[split] = {
             "images": sum(s["count"] for s in per_shard),
+            "images_with_boxes": sum(
+                images_with_boxes(job, s) for job, s in zip(split_jobs, per_shard)
+            ),
             "shards": len(per_shard),
             "class_counts": dict(sorted(class_counts.items())),
             "skipped": sorted(
-                inputs.skipped.get(split, []) + [x for s in per_shard for x in s["skipped"]]
+                inputs.skipped.get(split, [])
+                + skipped_box_files.get(split, [])
+                + [x for s in per_shard for x in s["skipped"]]
             ),
             "reencoded": sorted(x for s in per_shard for x in s["reencoded"]),
         }
@@ -483,6 +545,13 @@ def convert(
     for split in splits:
         refuse_emptied_classes(split, refs[split], summary[split]["class_counts"], summary_file)
     return summary
+
+
+def images_with_boxes(job, stats):
+    """How many of a shard's records have boxes: its images with boxes but
+    those it skipped."""
+    skipped = {ref.filename for ref in skipped_refs(job.refs, stats["skipped"])}
+    return len(set(job.boxes) - skipped)
 
 
 def warn_of_unnamed_classes(synsets, names, source):
@@ -547,10 +616,11 @@ def make_output_dir(output_dir):
         os.makedirs(work, exist_ok=True)
 
 
-def fingerprint(layout, refs, labels, names, shards):
+def fingerprint(layout, refs, labels, names, shards, boxes=None):
     """What the shards depend on, one digest per part, so that a rerun can
     say which part changed: the layout, each split's (wnid, file) list and
-    shard count, the label map and the class names."""
+    shard count, the label map, the class names and the training images'
+    bounding boxes (file name -> boxes; none if empty)."""
 
     def digest(lines):
         return hashlib.sha256("\n".join(lines).encode()).hexdigest()
@@ -559,6 +629,7 @@ def fingerprint(layout, refs, labels, names, shards):
         "layout": layout,
         "label map": digest(f"{wnid}\t{label}" for wnid, label in sorted(labels.items())),
         "class names": digest(f"{wnid}\t{name}" for wnid, name in sorted(names.items())),
+        "bounding boxes": imagenet_boxes.digest(boxes or {}),
     }
     for split, split_refs in refs.items():
         record[f"{split} images"] = digest(f"{r.synset}/{r.filename}" for r in split_refs)
@@ -582,12 +653,14 @@ def check_inputs(output_dir, record):
                 f"{path}: cannot be read ({imagenet_layouts.reason(error)}); it records "
                 "what the shards beside it were written from: use a new --output_dir"
             ) from None
+        saved = {**RECORDED_LATER, **saved}
         differ = sorted(k for k in record if k in saved and saved[k] != record[k])
         if differ:
             raise ConversionError(
                 f"--output_dir={output_dir} holds shards written from other inputs "
                 f"({', '.join(differ)} differ): use a new --output_dir, or the same "
-                "--raw_data_dir, --validation_labels and --synset_names as before"
+                "--raw_data_dir, --validation_labels, --synset_names and --bounding_boxes "
+                "as before"
             )
         record = {**saved, **record}
     elif has_shards:
@@ -613,8 +686,8 @@ def _map(function, jobs, num_workers):
 def verify(output_dir):
     """Reads every shard back; returns a list of problems (empty if none),
     among them a split without records, a training class without one, an
-    image training cannot crop, and statistics that do not describe their
-    shard."""
+    image training cannot crop, bounding boxes that are not boxes, and
+    statistics that do not describe their shard."""
     labels_file = os.path.join(output_dir, "labels.txt")
     if not os.path.exists(labels_file):
         return [f"{labels_file}: missing; is {output_dir} the converter's output?"]
@@ -655,14 +728,17 @@ def verify(output_dir):
 
 def _verify_shard(output_dir, name, num_classes, seen, labels):
     """Problems with one shard: labels (counted in `labels`), decoding and
-    size, duplicates (updating `seen`), and its record count against the
-    statistics written with it."""
+    size, bounding boxes, duplicates (updating `seen`), and its record count
+    against the statistics written with it."""
     import tensorflow as tf
 
     feature_spec = {
         "image/encoded": tf.io.FixedLenFeature([], tf.string),
         "image/class/label": tf.io.FixedLenFeature([], tf.int64),
         "image/filename": tf.io.FixedLenFeature([], tf.string),
+        # Variable-length: a shard written before boxes existed has no keys.
+        BOX_LABEL_KEY: tf.io.VarLenFeature(tf.int64),
+        **{key: tf.io.VarLenFeature(tf.float32) for key in BOX_KEYS},
     }
     path = os.path.join(output_dir, name)
     problems = []
@@ -675,6 +751,8 @@ def _verify_shard(output_dir, name, num_classes, seen, labels):
             labels[label] += 1
             if not 1 <= label <= num_classes:
                 problems.append(f"{path}: {filename} has label {label}, outside 1..{num_classes}")
+            if why := _box_problem(example, label):
+                problems.append(f"{path}: {filename} has bounding boxes {why}")
             try:
                 height, width, _ = tf.io.decode_jpeg(example["image/encoded"], channels=3).shape
                 if min(height, width) < MIN_IMAGE_SIDE:
@@ -696,6 +774,25 @@ def _verify_shard(output_dir, name, num_classes, seen, labels):
         except StatsProblem as problem:
             problems.append(str(problem))
     return problems
+
+
+def _box_problem(example, label):
+    """What is wrong with one parsed example's bounding boxes, or None: the
+    lists must have one entry per box, coordinates in [0, 1] with each min at
+    most its max, and the example's label for each box."""
+    xmin, ymin, xmax, ymax = (example[key].values.numpy() for key in BOX_KEYS)
+    box_labels = example[BOX_LABEL_KEY].values.numpy()
+    lengths = [len(values) for values in (xmin, ymin, xmax, ymax, box_labels)]
+    if len(set(lengths)) > 1:
+        return f"of unequal lengths {lengths} (xmin, ymin, xmax, ymax, label)"
+    for values in xmin, ymin, xmax, ymax:
+        if any(not 0.0 <= v <= 1.0 for v in values):
+            return "outside [0, 1]"
+    if any(xmin > xmax) or any(ymin > ymax):
+        return "whose min exceeds their max"
+    if any(box_labels != label):
+        return f"labelled {sorted(set(box_labels.tolist()))}, not the image's label {label}"
+    return None
 
 
 # --- Command line ------------------------------------------------------------
@@ -737,7 +834,17 @@ def define_flags():
         "allow_skips",
         False,
         "Skip files that cannot be read or decoded, folders that are not classes and file "
-        "names that are not UTF-8, listing them, and exit 0.",
+        "names that are not UTF-8 and bounding-box files that cannot be used, listing "
+        "them, and exit 0.",
+    )
+    flags.DEFINE_string(
+        "bounding_boxes",
+        None,
+        "The extracted ILSVRC2012_bbox_train_v2.tar.gz (from ImageNet's download page): "
+        "PASCAL VOC <image stem>.xml files, found at any depth. Each training image's "
+        "boxes are stored as image/object/bbox/{xmin,ymin,xmax,ymax} (fractions of the "
+        "image) and image/object/bbox/label, as tensorflow/tpu does; images without a "
+        "file, and validation images, get empty lists.",
     )
     flags.DEFINE_bool("verify", False, "Only read back and check existing shards.")
 
@@ -770,9 +877,11 @@ def flag_problem(arguments):
         return None
     if not FLAGS.raw_data_dir:
         return "--raw_data_dir is required"
-    if not os.path.isdir(FLAGS.raw_data_dir):
-        what = "is not a directory" if os.path.exists(FLAGS.raw_data_dir) else "does not exist"
-        return f"--raw_data_dir={FLAGS.raw_data_dir} {what}"
+    for name in ("raw_data_dir", "bounding_boxes"):
+        folder = FLAGS[name].value
+        if folder is not None and not os.path.isdir(folder):
+            what = "is not a directory" if os.path.exists(folder) else "does not exist"
+            return f"--{name}={folder} {what}"
     for name in ("train_shards", "validation_shards", "num_workers"):
         if FLAGS[name].value < 1:
             return f"--{name}={FLAGS[name].value}: must be at least 1"
@@ -797,6 +906,7 @@ def _convert_from_flags():
         FLAGS.num_workers,
         tuple(FLAGS.splits),
         FLAGS.allow_skips,
+        FLAGS.bounding_boxes,
     )
 
 
@@ -811,6 +921,8 @@ def _report(summary):
             f"{len(counts)} classes ({min(counts)}..{max(counts)} per class), "
             f"{len(s['reencoded'])} re-encoded, {len(s['skipped'])} skipped"
         )
+        if split == "train" and summary["bounding_boxes"]:
+            print(f"  boxes for {s['images_with_boxes']} of {s['images']} training images")
         for line in s["skipped"]:
             print(f"  SKIPPED {line}")
         skipped += len(s["skipped"])
