@@ -342,6 +342,11 @@ def test_bounding_boxes_are_stored_as_tensorflow_tpu_stores_them(fake, tmp_path,
     assert summary["train"]["images_with_boxes"] == len(expected)
     assert summary["bounding_boxes"] == str(boxes)
     assert converter.verify(str(tmp_path / "out")) == []
+    # What the training input makes of them: boxes here, none without the flag.
+    assert input_pipeline.TFRecordSource(str(tmp_path / "out" / "train-*")).has_bounding_boxes()
+    convert(fake / "raw", tmp_path / "plain")
+    plain = input_pipeline.TFRecordSource(str(tmp_path / "plain" / "train-*"))
+    assert not plain.has_bounding_boxes()
 
 
 @pytest.mark.parametrize(
