@@ -251,3 +251,42 @@ def test_every_setting_has_its_flag(tmp_path):
     code, output = commands.run([sys.executable, "-c", script], tmp_path / "flags.log")
     assert code == 0, output
     assert set(config_lib.TrainConfig.__dataclass_fields__) <= set(json.loads(output))
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--learning_rate=-1"], "--learning_rate must be > 0.0"),
+        (["--model=alexnet", "--preset=mlperf_8k"], "--preset=mlperf_8k is for --model=resnet50"),
+        (["--strategy=data_parallel"], "--strategy=data_parallel is keras.distribution"),
+    ],
+)
+def test_a_flag_mistake_is_one_line_before_keras_loads(tmp_path, flags, message):
+    """The command line's own path from flags to its error line (cli.main)
+    loads neither Keras nor a backend: the line comes at once."""
+    script = (
+        "import sys; from absl import flags; from recipes.imagenet import cli; "
+        "cli.define_flags(); flags.FLAGS(sys.argv); status = cli.main(sys.argv[:1]); "
+        "heavy = {'keras', 'keras_lars', 'tensorflow', 'jax'}; "
+        "print(status, sorted(m for m in sys.modules if m.split('.')[0] in heavy))"
+    )
+    command = [sys.executable, "-c", script, "--synthetic", "--model_dir=/m", *flags]
+    env = commands.environment(KERAS_BACKEND="tensorflow")
+    code, output = commands.run(command, tmp_path / "error.log", env)
+    assert code == 0, output
+    lines = output.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("imagenet_train: error: "), output
+    assert message in lines[0]
+    assert lines[1] == "1 []"
+
+
+def test_the_backend_is_read_as_keras_reads_it(tmp_path, monkeypatch):
+    from recipes.backend import keras_backend
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    assert keras_backend() == "tensorflow"  # no keras.json
+    (tmp_path / "keras.json").write_text(json.dumps({"backend": "jax"}))
+    assert keras_backend() == "jax"
+    monkeypatch.setenv("KERAS_BACKEND", "torch")  # the environment comes first
+    assert keras_backend() == "torch"

@@ -23,6 +23,7 @@ import sys
 from absl import flags
 from absl import logging
 
+from ..backend import keras_backend
 from . import config as config_lib
 from . import presets
 from .preprocessing import PREPROCESSING
@@ -214,7 +215,7 @@ def main(argv):
     }
     try:
         config = config_lib.resolve(FLAGS.preset, FLAGS.model, **settings)
-        config_lib.check_backend(config, config_lib.backend())
+        config_lib.check_backend(config, keras_backend())
     except ValueError as error:
         return _error(f"{error} (see --help)")
 

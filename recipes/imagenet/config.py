@@ -6,15 +6,15 @@ every field set, or raises `ValueError` naming the flag that is wrong. The
 field names are the flag names of `recipes/imagenet/cli.py`. Each choice list
 (models, strategies, dtypes, ...) is defined here once.
 
-Importing this module loads neither Keras nor TensorFlow, so that --help is
-instant. The checks use the package's one argument checker
-(`keras_lars._validation`), which loads Keras with the optimizer: they import
-it when they run.
+Neither this module nor what it imports loads Keras, TensorFlow or JAX, so
+that --help and a flag's mistake are instant.
 """
 
 import dataclasses
-import os
 
+from ..checks import check_choice
+from ..checks import check_integer
+from ..checks import check_number
 from . import presets
 from .preprocessing import PREPROCESSING
 
@@ -157,8 +157,6 @@ class Plan:
 def resolve(preset=None, model=None, **overrides):
     """The preset (by default the model's smallest-batch paper preset), with
     `overrides` (flag name -> value; None means "not given") on top."""
-    from keras_lars._validation import check_choice
-
     if preset is not None:
         check_choice("--preset", preset, tuple(presets.PRESETS))
     if model is not None:
@@ -201,10 +199,6 @@ def configured_warmup_steps(config, steps_per_epoch):
 
 def check(config):
     """`ValueError` naming the flag of the first setting that is wrong."""
-    from keras_lars._validation import check_choice
-    from keras_lars._validation import check_integer
-    from keras_lars._validation import check_number
-
     sources = [bool(config.data_dir), bool(config.tfds_data_dir), config.synthetic]
     if sum(sources) != 1:
         raise ValueError("Give exactly one of --data_dir, --tfds_data_dir and --synthetic")
@@ -279,22 +273,6 @@ def _check_profile_steps(text):
             "--profile_steps is two steps A,B with 0 <= A < B (the steps after A up to "
             f"B are traced). Received: --profile_steps={text}"
         )
-
-
-def backend():
-    """The Keras backend this process will use, read as Keras reads it (the
-    environment, then ~/.keras/keras.json), without importing Keras."""
-    import json
-
-    name = os.environ.get("KERAS_BACKEND")
-    if name:
-        return name
-    keras_home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
-    try:
-        with open(os.path.join(keras_home, "keras.json")) as f:
-            return json.load(f).get("backend", "tensorflow")
-    except (OSError, ValueError):
-        return "tensorflow"
 
 
 def check_backend(config, backend_name):
