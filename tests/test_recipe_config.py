@@ -138,6 +138,18 @@ def test_a_span_that_does_not_divide_the_micro_batch_is_refused():
         )
 
 
+def test_every_preset_is_complete_and_written_out():
+    """Each preset holds every preset field (η included) and its source, no
+    setting that has a default, and its name literally in presets.py."""
+    with open(presets.__file__) as f:
+        text = f.read()
+    for name, preset in presets.PRESETS.items():
+        assert set(preset) == {*config_lib.PRESET_FIELDS, *presets.DESCRIPTIVE}, name
+        assert not set(preset) & set(config_lib.DEFAULTS), name
+        assert preset["trust_coefficient"] == 0.001, name
+        assert f'"{name}"' in text, name
+
+
 def test_every_preset_resolves_to_a_complete_config():
     for name, preset in presets.PRESETS.items():
         config = config_lib.resolve(name, model_dir="/tmp/x", synthetic=True)
@@ -246,11 +258,15 @@ def test_every_setting_has_its_flag(tmp_path):
     choices come from recipes/imagenet/config.py, defined once there)."""
     script = (
         "import json; from absl import flags; from recipes.imagenet import cli; "
-        "cli.define_flags(); print(json.dumps(sorted(flags.FLAGS)))"
+        "cli.define_flags(); print(json.dumps({n: flags.FLAGS[n].default for n in flags.FLAGS}))"
     )
     code, output = commands.run([sys.executable, "-c", script], tmp_path / "flags.log")
     assert code == 0, output
-    assert set(config_lib.TrainConfig.__dataclass_fields__) <= set(json.loads(output))
+    defaults = json.loads(output)
+    assert set(config_lib.TrainConfig.__dataclass_fields__) <= set(defaults)
+    # A preset's field is not given unless passed; the others default as config.DEFAULTS.
+    assert {name: defaults[name] for name in config_lib.DEFAULTS} == config_lib.DEFAULTS
+    assert all(defaults[name] is None for name in config_lib.PRESET_FIELDS)
 
 
 @pytest.mark.parametrize(
