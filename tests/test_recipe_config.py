@@ -104,10 +104,10 @@ STEPS_AS_RUN = [
 
 @pytest.mark.parametrize("name, field, value, source", STEPS_AS_RUN)
 def test_presets_run_to_their_sources_step(name, field, value, source):
-    from recipes.imagenet import job
+    from recipes.imagenet import plan as plan_lib
 
     config = config_lib.resolve(name, model_dir="/m", synthetic=True)
-    plan = job._plan(config, 1, None, None)
+    plan = plan_lib.compute(config, 1, None, None)
     actual = getattr(plan, field) if hasattr(plan, field) else getattr(config, field)
     assert actual == value, source
 
@@ -121,9 +121,9 @@ def test_a_preset_step_count_gives_way_to_epochs_and_other_batches():
     assert steps.train_steps == 100
     batch = config_lib.resolve("mlperf_32k", model_dir="/m", synthetic=True, global_batch_size=4096)
     assert (batch.train_steps, batch.warmup_steps, batch.eval_every_steps) == (None, None, None)
-    from recipes.imagenet import job
+    from recipes.imagenet import plan as plan_lib
 
-    plan = job._plan(batch, 1, None, None)  # 313 steps an epoch
+    plan = plan_lib.compute(batch, 1, None, None)  # 313 steps an epoch
     assert (plan.train_steps, plan.warmup_steps, plan.eval_every_steps) == (
         60 * 313,
         18 * 313,
@@ -306,3 +306,23 @@ def test_the_backend_is_read_as_keras_reads_it(tmp_path, monkeypatch):
     assert keras_backend() == "jax"
     monkeypatch.setenv("KERAS_BACKEND", "torch")  # the environment comes first
     assert keras_backend() == "torch"
+
+
+def test_a_resume_may_change_where_it_runs_but_not_what_it_computes():
+    import dataclasses
+
+    from recipes.imagenet import plan as plan_lib
+
+    config = config_lib.resolve("mlperf_8k", model_dir="/m", synthetic=True)
+    first = plan_lib.compute(config, 8, None, None)
+    saved_config, saved_plan = config.to_dict(), dataclasses.asdict(first)
+    moved = dataclasses.replace(config, strategy="mirrored", steps_per_loop=10)
+    plan = plan_lib.resumed(moved, plan_lib.compute(moved, 2, None, None), saved_config, saved_plan)
+    assert (plan.replicas, plan.steps_per_loop) == (2, 10)
+    assert dataclasses.replace(plan, replicas=8, steps_per_loop=first.steps_per_loop) == first
+    with pytest.raises(ValueError, match="other settings .*--learning_rate: 17.0 -> 1.0"):
+        other = dataclasses.replace(config, learning_rate=1.0)
+        plan_lib.resumed(other, first, saved_config, saved_plan)
+    with pytest.raises(ValueError, match="other data .*train_images"):
+        other_data = dataclasses.replace(first, train_images=1000)
+        plan_lib.resumed(config, other_data, saved_config, saved_plan)

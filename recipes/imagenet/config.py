@@ -149,49 +149,6 @@ PRESET_FIELDS = tuple(
 )
 
 
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    """Step counts derived from the config and the data, fixed at a run's
-    first start."""
-
-    replicas: int
-    num_classes: int
-    train_images: int
-    eval_images: int  # 0 with synthetic data: no evaluation
-    steps_per_epoch: int
-    train_steps: int
-    warmup_steps: int
-    steps_per_loop: int
-    eval_every_steps: int  # 0: only at the end
-    eval_offset_steps: int  # the first evaluation (with eval_every_steps)
-    # The data's identity (its files' names, sizes and first bytes), so that a
-    # resume on other images of the same counts is refused.
-    data_fingerprint: str = "synthetic"
-
-
-MAY_CHANGE_ON_RESUME = frozenset(
-    {
-        "strategy",
-        "tpu",
-        "logical_cpus",
-        "multi_process",
-        "jit_compile",
-        "steps_per_loop",
-        "checkpoint_every_minutes",
-        "eval_batch_size",
-        "target_accuracy",
-        "data_dir",
-        "tfds_data_dir",
-        "model_dir",
-        "profile_steps",
-        "mlperf_submission_org",
-        "mlperf_submission_platform",
-        "mlperf_submission_division",
-        "mlperf_submission_status",
-    }
-)
-
-
 def resolve(preset=None, model=None, **overrides):
     """The preset (by default the model's smallest-batch paper preset), with
     `overrides` (flag name -> value; None means "not given") on top."""
@@ -224,13 +181,6 @@ def resolve(preset=None, model=None, **overrides):
     config = dataclasses.replace(config, image_size=image_size, dtype=dtype)
     check(config)
     return config
-
-
-def configured_warmup_steps(config, steps_per_epoch):
-    """The warm-up the settings ask for, in steps (before a short run cuts it)."""
-    if config.warmup_steps is not None:
-        return config.warmup_steps
-    return round(config.warmup_epochs * steps_per_epoch)
 
 
 def check(config):
