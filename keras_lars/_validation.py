@@ -1,4 +1,4 @@
-"""Argument checks shared by the optimizer, the schedule and the recipes.
+"""Argument checks shared by the optimizer and the schedule.
 
 Each raises `ValueError` naming the argument. A name that starts with `--` is
 a command-line flag and is shown as given (`--learning_rate must be ...`);

@@ -7,14 +7,17 @@ commands, which share what they do before their command line runs:
    (absl describes `__main__`, which under a console script is pip's
    three-line wrapper and under `python -m recipes.imagenet_train` a shim).
 
-Nothing here is imported at module level but the standard library, so that
-step 1 runs whatever is missing.
+Nothing here is imported at module level but the standard library (and
+`backend.py`, which imports nothing else), so that step 1 runs whatever is
+missing.
 """
 
 import importlib
 import importlib.util
 import os
 import sys
+
+from .backend import keras_backend
 
 # What the `recipes` extra installs (setup.py): import name -> distribution.
 RECIPES_EXTRA = {
@@ -33,7 +36,7 @@ TOOLS = __package__.replace("recipes", "tools")
 
 def train():
     """keras-lars-train: the ImageNet recipe (recipes/imagenet/cli.py)."""
-    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    backend = keras_backend()
     _run(
         "keras-lars-train",
         f"{__package__}.imagenet.cli",

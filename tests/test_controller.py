@@ -12,7 +12,7 @@ import pytest
 
 from recipes.faults import Faults
 from recipes.imagenet import controller
-from recipes.imagenet.config import Plan
+from recipes.imagenet.plan import Plan
 from recipes.imagenet.runner import Evaluation
 from recipes.imagenet.runner import LoopResult
 from recipes.imagenet.runner import Progress

@@ -38,6 +38,7 @@ from recipes.imagenet import controller  # noqa: E402
 from recipes.imagenet import input_pipeline  # noqa: E402
 from recipes.imagenet import job  # noqa: E402
 from recipes.imagenet import models  # noqa: E402
+from recipes.imagenet import plan as plan_lib  # noqa: E402
 from recipes.imagenet.jax_runner import JaxRunner  # noqa: E402
 
 
@@ -253,7 +254,7 @@ def test_evaluation_sees_37_images_exactly_once_on_four_devices(tmp_path):
         preprocessing="model_garden",
     )
     source = input_pipeline.TFRecordSource(str(tmp_path / "validation-*"))
-    plan = config_lib.Plan(
+    plan = plan_lib.Plan(
         replicas=4,
         num_classes=10,
         train_images=37,

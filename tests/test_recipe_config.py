@@ -104,10 +104,10 @@ STEPS_AS_RUN = [
 
 @pytest.mark.parametrize("name, field, value, source", STEPS_AS_RUN)
 def test_presets_run_to_their_sources_step(name, field, value, source):
-    from recipes.imagenet import job
+    from recipes.imagenet import plan as plan_lib
 
     config = config_lib.resolve(name, model_dir="/m", synthetic=True)
-    plan = job._plan(config, 1, None, None)
+    plan = plan_lib.compute(config, 1, None, None)
     actual = getattr(plan, field) if hasattr(plan, field) else getattr(config, field)
     assert actual == value, source
 
@@ -121,9 +121,9 @@ def test_a_preset_step_count_gives_way_to_epochs_and_other_batches():
     assert steps.train_steps == 100
     batch = config_lib.resolve("mlperf_32k", model_dir="/m", synthetic=True, global_batch_size=4096)
     assert (batch.train_steps, batch.warmup_steps, batch.eval_every_steps) == (None, None, None)
-    from recipes.imagenet import job
+    from recipes.imagenet import plan as plan_lib
 
-    plan = job._plan(batch, 1, None, None)  # 313 steps an epoch
+    plan = plan_lib.compute(batch, 1, None, None)  # 313 steps an epoch
     assert (plan.train_steps, plan.warmup_steps, plan.eval_every_steps) == (
         60 * 313,
         18 * 313,
@@ -136,6 +136,18 @@ def test_a_span_that_does_not_divide_the_micro_batch_is_refused():
         config_lib.resolve(
             "mlperf_8k", model_dir="/m", synthetic=True, bn_span=48, accumulation_steps=8
         )
+
+
+def test_every_preset_is_complete_and_written_out():
+    """Each preset holds every preset field (η included) and its source, no
+    setting that has a default, and its name literally in presets.py."""
+    with open(presets.__file__) as f:
+        text = f.read()
+    for name, preset in presets.PRESETS.items():
+        assert set(preset) == {*config_lib.PRESET_FIELDS, *presets.DESCRIPTIVE}, name
+        assert not set(preset) & set(config_lib.DEFAULTS), name
+        assert preset["trust_coefficient"] == 0.001, name
+        assert f'"{name}"' in text, name
 
 
 def test_every_preset_resolves_to_a_complete_config():
@@ -246,8 +258,71 @@ def test_every_setting_has_its_flag(tmp_path):
     choices come from recipes/imagenet/config.py, defined once there)."""
     script = (
         "import json; from absl import flags; from recipes.imagenet import cli; "
-        "cli.define_flags(); print(json.dumps(sorted(flags.FLAGS)))"
+        "cli.define_flags(); print(json.dumps({n: flags.FLAGS[n].default for n in flags.FLAGS}))"
     )
     code, output = commands.run([sys.executable, "-c", script], tmp_path / "flags.log")
     assert code == 0, output
-    assert set(config_lib.TrainConfig.__dataclass_fields__) <= set(json.loads(output))
+    defaults = json.loads(output)
+    assert set(config_lib.TrainConfig.__dataclass_fields__) <= set(defaults)
+    # A preset's field is not given unless passed; the others default as config.DEFAULTS.
+    assert {name: defaults[name] for name in config_lib.DEFAULTS} == config_lib.DEFAULTS
+    assert all(defaults[name] is None for name in config_lib.PRESET_FIELDS)
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--learning_rate=-1"], "--learning_rate must be > 0.0"),
+        (["--model=alexnet", "--preset=mlperf_8k"], "--preset=mlperf_8k is for --model=resnet50"),
+        (["--strategy=data_parallel"], "--strategy=data_parallel is keras.distribution"),
+    ],
+)
+def test_a_flag_mistake_is_one_line_before_keras_loads(tmp_path, flags, message):
+    """The command line's own path from flags to its error line (cli.main)
+    loads neither Keras nor a backend: the line comes at once."""
+    script = (
+        "import sys; from absl import flags; from recipes.imagenet import cli; "
+        "cli.define_flags(); flags.FLAGS(sys.argv); status = cli.main(sys.argv[:1]); "
+        "heavy = {'keras', 'keras_lars', 'tensorflow', 'jax'}; "
+        "print(status, sorted(m for m in sys.modules if m.split('.')[0] in heavy))"
+    )
+    command = [sys.executable, "-c", script, "--synthetic", "--model_dir=/m", *flags]
+    env = commands.environment(KERAS_BACKEND="tensorflow")
+    code, output = commands.run(command, tmp_path / "error.log", env)
+    assert code == 0, output
+    lines = output.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("imagenet_train: error: "), output
+    assert message in lines[0]
+    assert lines[1] == "1 []"
+
+
+def test_the_backend_is_read_as_keras_reads_it(tmp_path, monkeypatch):
+    from recipes.backend import keras_backend
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    assert keras_backend() == "tensorflow"  # no keras.json
+    (tmp_path / "keras.json").write_text(json.dumps({"backend": "jax"}))
+    assert keras_backend() == "jax"
+    monkeypatch.setenv("KERAS_BACKEND", "torch")  # the environment comes first
+    assert keras_backend() == "torch"
+
+
+def test_a_resume_may_change_where_it_runs_but_not_what_it_computes():
+    import dataclasses
+
+    from recipes.imagenet import plan as plan_lib
+
+    config = config_lib.resolve("mlperf_8k", model_dir="/m", synthetic=True)
+    first = plan_lib.compute(config, 8, None, None)
+    saved_config, saved_plan = config.to_dict(), dataclasses.asdict(first)
+    moved = dataclasses.replace(config, strategy="mirrored", steps_per_loop=10)
+    plan = plan_lib.resumed(moved, plan_lib.compute(moved, 2, None, None), saved_config, saved_plan)
+    assert (plan.replicas, plan.steps_per_loop) == (2, 10)
+    assert dataclasses.replace(plan, replicas=8, steps_per_loop=first.steps_per_loop) == first
+    with pytest.raises(ValueError, match="other settings .*--learning_rate: 17.0 -> 1.0"):
+        other = dataclasses.replace(config, learning_rate=1.0)
+        plan_lib.resumed(other, first, saved_config, saved_plan)
+    with pytest.raises(ValueError, match="other data .*train_images"):
+        other_data = dataclasses.replace(first, train_images=1000)
+        plan_lib.resumed(config, other_data, saved_config, saved_plan)

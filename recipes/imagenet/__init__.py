@@ -4,7 +4,8 @@ Run it with `python -m recipes.imagenet_train` (installed: `keras-lars-train`).
 From the command line to the devices:
 
 - `cli.py`: the command line; `config.py`: the settings over a preset
-  (`presets.py`, plain data with sources) and the plan derived from them;
+  (`presets.py`, plain data with sources) and the defaults; `plan.py`: the
+  step counts derived from them and the data, and what a resume may change;
 - `job.py`: one run on any backend (input streams, loops, evaluation, logs,
   summary), driving a `runner.Runner`:
   `tf_runner.py` (a tf.distribute strategy from `strategies.py`, the compiled

@@ -16,22 +16,22 @@ recipes/imagenet/presets.py for the presets and their sources,
 recipes/imagenet/job.py for what a run does.
 """
 
-import dataclasses
 import re
 import sys
 
 from absl import flags
 from absl import logging
 
+from ..backend import keras_backend
 from . import config as config_lib
 from . import presets
 from .preprocessing import PREPROCESSING
 
 FLAGS = flags.FLAGS
 PROGRAM = "imagenet_train"
-# The settings no preset fixes take TrainConfig's defaults; a preset's fields
-# default to None, "not given", so that the preset's value stands.
-DEFAULT = {f.name: f.default for f in dataclasses.fields(config_lib.TrainConfig)}
+# The settings no preset fixes default to theirs (config.DEFAULTS); a preset's
+# fields to None, "not given", so that the preset's value stands.
+DEFAULTS = config_lib.DEFAULTS
 
 
 def define_flags():
@@ -44,34 +44,40 @@ def define_flags():
         "Large-batch settings (default: the model's paper preset at its smallest batch):\n"
         + presets.describe(),
     )
-    flags.DEFINE_string("data_dir", None, "TFRecords from tools/imagenet_to_tfrecords.py.")
-    flags.DEFINE_string("tfds_data_dir", None, "A TFDS data_dir holding imagenet2012.")
-    flags.DEFINE_bool(
-        "synthetic", DEFAULT["synthetic"], "Random images made on the device: throughput only."
+    flags.DEFINE_string(
+        "data_dir", DEFAULTS["data_dir"], "TFRecords from tools/imagenet_to_tfrecords.py."
     )
-    flags.DEFINE_string("model_dir", None, "Checkpoints, TensorBoard logs, config and summary.")
+    flags.DEFINE_string(
+        "tfds_data_dir", DEFAULTS["tfds_data_dir"], "A TFDS data_dir holding imagenet2012."
+    )
+    flags.DEFINE_bool(
+        "synthetic", DEFAULTS["synthetic"], "Random images made on the device: throughput only."
+    )
+    flags.DEFINE_string(
+        "model_dir", DEFAULTS["model_dir"], "Checkpoints, TensorBoard logs, config and summary."
+    )
     flags.DEFINE_enum(
         "strategy",
-        DEFAULT["strategy"],
+        DEFAULTS["strategy"],
         config_lib.STRATEGIES,
         "TensorFlow: a tf.distribute strategy (multi_worker reads the cluster from "
         "TF_CONFIG). JAX (KERAS_BACKEND=jax): data_parallel, keras.distribution over "
         "every local device. default: one device.",
     )
-    flags.DEFINE_string("tpu", None, "TPU name or grpc:// address; 'local' on a TPU VM.")
+    flags.DEFINE_string("tpu", DEFAULTS["tpu"], "TPU name or grpc:// address; 'local' on a TPU VM.")
     flags.DEFINE_integer(
         "logical_cpus",
-        DEFAULT["logical_cpus"],
+        DEFAULTS["logical_cpus"],
         "Split the CPU into N devices (to try strategies without GPUs).",
     )
     flags.DEFINE_bool(
         "multi_process",
-        DEFAULT["multi_process"],
+        DEFAULTS["multi_process"],
         "JAX: several hosts (a TPU pod slice); calls keras.distribution.initialize().",
     )
     flags.DEFINE_bool(
         "jit_compile",
-        DEFAULT["jit_compile"],
+        DEFAULTS["jit_compile"],
         "Compile each replica's forward and backward pass with XLA (default: with GPUs "
         "or TPUs; JAX compiles its whole step anyway).",
     )
@@ -86,7 +92,7 @@ def define_flags():
     )
     flags.DEFINE_integer(
         "train_images",
-        None,
+        DEFAULTS["train_images"],
         "Training images per epoch (default: counted; the converter's shards record "
         "their counts, other TFRecords are read once to count them).",
     )
@@ -121,21 +127,29 @@ def define_flags():
         "Crop, resize and normalisation of a source:\n"
         + "\n".join(f"  {name}: {p.describe()}" for name, p in PREPROCESSING.items()),
     )
-    flags.DEFINE_integer("eval_batch_size", None, "Evaluation batch (default: the training one).")
+    flags.DEFINE_integer(
+        "eval_batch_size",
+        DEFAULTS["eval_batch_size"],
+        "Evaluation batch (default: the training one).",
+    )
     flags.DEFINE_float(
         "checkpoint_every_minutes",
-        DEFAULT["checkpoint_every_minutes"],
+        DEFAULTS["checkpoint_every_minutes"],
         "Checkpoint after the first loop that ends this long after the last checkpoint "
         "(0: after every loop); always at the end.",
     )
-    flags.DEFINE_integer("steps_per_loop", None, "Steps per host call and checkpoint.")
     flags.DEFINE_integer(
-        "accumulation_steps", DEFAULT["accumulation_steps"], "Micro-batches per update."
+        "steps_per_loop", DEFAULTS["steps_per_loop"], "Steps per host call and checkpoint."
     )
-    flags.DEFINE_integer("image_size", None, "Input size (default 224 ResNet, 227 AlexNet).")
+    flags.DEFINE_integer(
+        "accumulation_steps", DEFAULTS["accumulation_steps"], "Micro-batches per update."
+    )
+    flags.DEFINE_integer(
+        "image_size", DEFAULTS["image_size"], "Input size (default 224 ResNet, 227 AlexNet)."
+    )
     flags.DEFINE_enum(
         "dtype",
-        None,
+        DEFAULTS["dtype"],
         config_lib.DTYPES,
         "Compute precision (default: bfloat16 on TPUs, --strategy=tpu or JAX on a TPU, "
         "else float32); float16 scales the loss.",
@@ -149,53 +163,53 @@ def define_flags():
     )
     flags.DEFINE_bool(
         "zero_init_residual",
-        DEFAULT["zero_init_residual"],
+        DEFAULTS["zero_init_residual"],
         "ResNet: zero the last BN γ of each branch.",
     )
     flags.DEFINE_enum(
         "alexnet_groups",
-        DEFAULT["alexnet_groups"],
+        DEFAULTS["alexnet_groups"],
         config_lib.ALEXNET_GROUPS,
         "AlexNet's grouped convolutions.",
     )
     flags.DEFINE_enum(
         "alexnet_bn_variant",
-        DEFAULT["alexnet_bn_variant"],
+        DEFAULTS["alexnet_bn_variant"],
         config_lib.ALEXNET_BN_VARIANTS,
         "Where AlexNet-BN's BN sits.",
     )
-    flags.DEFINE_integer("seed", DEFAULT["seed"], "Seed of initialisation and input order.")
+    flags.DEFINE_integer("seed", DEFAULTS["seed"], "Seed of initialisation and input order.")
     flags.DEFINE_string(
         "profile_steps",
-        None,
+        DEFAULTS["profile_steps"],
         "A,B: trace the steps after step A up to step B (tf.profiler or jax.profiler) "
         "into model_dir/profile, for TensorBoard's profile tab.",
     )
     flags.DEFINE_string(
         "mlperf_submission_org",
-        DEFAULT["mlperf_submission_org"],
+        DEFAULTS["mlperf_submission_org"],
         "ResNet-50: submission_org in model_dir/mlperf.log.",
     )
     flags.DEFINE_string(
         "mlperf_submission_platform",
-        None,
+        DEFAULTS["mlperf_submission_platform"],
         "ResNet-50: submission_platform in mlperf.log (default: the devices found).",
     )
     flags.DEFINE_enum(
         "mlperf_submission_division",
-        DEFAULT["mlperf_submission_division"],
+        DEFAULTS["mlperf_submission_division"],
         config_lib.MLPERF_DIVISIONS,
         "ResNet-50: submission_division in mlperf.log.",
     )
     flags.DEFINE_enum(
         "mlperf_submission_status",
-        DEFAULT["mlperf_submission_status"],
+        DEFAULTS["mlperf_submission_status"],
         config_lib.MLPERF_STATUSES,
         "ResNet-50: submission_status in mlperf.log.",
     )
     flags.DEFINE_bool(
         "deterministic",
-        DEFAULT["deterministic"],
+        DEFAULTS["deterministic"],
         "Repeatable input order and augmentation (slower input).",
     )
 
@@ -214,7 +228,7 @@ def main(argv):
     }
     try:
         config = config_lib.resolve(FLAGS.preset, FLAGS.model, **settings)
-        config_lib.check_backend(config, config_lib.backend())
+        config_lib.check_backend(config, keras_backend())
     except ValueError as error:
         return _error(f"{error} (see --help)")
 

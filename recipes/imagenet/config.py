@@ -1,20 +1,20 @@
-"""The ImageNet recipe's settings: a preset, the flags over it, and the plan
-derived from them and the data.
+"""The ImageNet recipe's settings: a preset (`presets.py`), the defaults of
+the settings no preset fixes (`DEFAULTS`), and the flags over both.
 
 `resolve(preset=..., model=..., **overrides)` returns a `TrainConfig` with
 every field set, or raises `ValueError` naming the flag that is wrong. The
 field names are the flag names of `recipes/imagenet/cli.py`. Each choice list
-(models, strategies, dtypes, ...) is defined here once.
+(models, strategies, dtypes, ...) and each default is defined here once.
 
-Importing this module loads neither Keras nor TensorFlow, so that --help is
-instant. The checks use the package's one argument checker
-(`keras_lars._validation`), which loads Keras with the optimizer: they import
-it when they run.
+Neither this module nor what it imports loads Keras, TensorFlow or JAX, so
+that --help and a flag's mistake are instant.
 """
 
 import dataclasses
-import os
 
+from ..checks import check_choice
+from ..checks import check_integer
+from ..checks import check_number
 from . import presets
 from .preprocessing import PREPROCESSING
 
@@ -33,38 +33,12 @@ DTYPES = ("float32", "bfloat16", "float16")
 TF_STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 JAX_STRATEGIES = ("default", "data_parallel")
 STRATEGIES = TF_STRATEGIES + ("data_parallel",)
-BACKENDS = ("tensorflow", "jax")
-# Settings that may change when a run is resumed: where and how it runs, or
-# when it stops, not what it computes. (The backend may not: its checkpoints
-# are its own. The data may move, but not change: the plan says.)
 # Each step count and the epoch setting it overrides.
 STEPS_OVERRIDING_EPOCHS = {
     "train_steps": "train_epochs",
     "warmup_steps": "warmup_epochs",
     "eval_every_steps": "eval_every_epochs",
 }
-
-MAY_CHANGE_ON_RESUME = frozenset(
-    {
-        "strategy",
-        "tpu",
-        "logical_cpus",
-        "multi_process",
-        "jit_compile",
-        "steps_per_loop",
-        "checkpoint_every_minutes",
-        "eval_batch_size",
-        "target_accuracy",
-        "data_dir",
-        "tfds_data_dir",
-        "model_dir",
-        "profile_steps",
-        "mlperf_submission_org",
-        "mlperf_submission_platform",
-        "mlperf_submission_division",
-        "mlperf_submission_status",
-    }
-)
 # MLPerf's closed_common rules: the divisions and a submission's status.
 MLPERF_DIVISIONS = ("closed", "open")
 MLPERF_STATUSES = ("cloud", "onprem", "preview", "research")
@@ -72,93 +46,112 @@ MLPERF_STATUSES = ("cloud", "onprem", "preview", "research")
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
+    """Every setting of a run, each the flag of the same name. `resolve`
+    builds it: the preset's fields (`PRESET_FIELDS`) from the preset, the
+    others from `DEFAULTS`, the flags given over both."""
+
     model: str
     preset: str
-    model_dir: str | None = None  # required: `check` says so in one line
+    model_dir: str | None  # required: `check` says so in one line
     # Data: exactly one of these.
-    data_dir: str | None = None
-    tfds_data_dir: str | None = None
-    synthetic: bool = False
+    data_dir: str | None
+    tfds_data_dir: str | None
+    synthetic: bool
     # Where it runs.
-    strategy: str = "default"
-    tpu: str | None = None
-    logical_cpus: int = 0
-    multi_process: bool = False
-    jit_compile: bool | None = None  # default: on with GPUs or TPUs (the runners say)
+    strategy: str
+    tpu: str | None
+    logical_cpus: int
+    multi_process: bool
+    jit_compile: bool | None
     # The preset's fields.
-    global_batch_size: int = 256
-    learning_rate: float = 4.0
-    warmup_epochs: float = 5.0
-    train_epochs: float = 100.0
-    weight_decay: float = 5e-4
-    momentum: float = 0.9
-    label_smoothing: float = 0.0
-    end_learning_rate: float = 0.0
-    trust_coefficient: float = 0.001
-    adapt_biases: bool = False
-    dropout: float = 0.0
-    eval_every_epochs: float = 4.0
-    eval_offset_epochs: float = 0.0  # the first evaluation; then every eval_every_epochs
-    target_accuracy: float | None = None  # stop at the first evaluation reaching this top-1
-    bn_span: int = 0  # images a batch-norm statistic covers (0: a replica's micro-batch)
-    preprocessing: str = "model_garden"  # preprocessing.PREPROCESSING
-    conv_initializer: str = "he_normal"  # ResNet-50's: CONV_INITIALIZERS
-    # Steps, precision, model options.
+    global_batch_size: int
+    learning_rate: float
+    warmup_epochs: float
+    train_epochs: float
+    weight_decay: float
+    momentum: float
+    label_smoothing: float
+    end_learning_rate: float
+    trust_coefficient: float
+    adapt_biases: bool
+    dropout: float
+    eval_every_epochs: float
+    eval_offset_epochs: float  # the first evaluation; then every eval_every_epochs
+    target_accuracy: float | None  # stop at the first evaluation reaching this top-1
+    bn_span: int  # images a batch-norm statistic covers (0: a replica's micro-batch)
+    preprocessing: str  # preprocessing.PREPROCESSING
+    conv_initializer: str  # ResNet-50's: CONV_INITIALIZERS
     # Step counts as a source ran them, overriding the epochs (a preset's hold
     # at its own batch size only: `resolve` drops them at another).
-    train_steps: int | None = None  # overrides train_epochs
-    warmup_steps: int | None = None  # overrides warmup_epochs
-    eval_every_steps: int | None = None  # overrides eval_every_epochs
-    train_images: int | None = None  # default: counted (the converter records the count)
-    steps_per_loop: int | None = None  # default: one epoch
-    checkpoint_every_minutes: float = 5.0  # 0: after every loop; always at the end
-    eval_batch_size: int | None = None  # default: the global batch size
-    accumulation_steps: int = 1
-    image_size: int | None = None  # default: the model's
-    # Default: bfloat16 on TPUs (--strategy=tpu here; JAX on a TPU when its
-    # runner finds one: `Runner.default_dtype`), else float32.
-    dtype: str | None = None
-    zero_init_residual: bool = True
-    alexnet_groups: str = "split"
-    alexnet_bn_variant: str = "authors"
-    seed: int = 0
-    deterministic: bool = False
-    profile_steps: str | None = None  # "A,B": trace the steps after A up to B
+    train_steps: int | None  # overrides train_epochs
+    warmup_steps: int | None  # overrides warmup_epochs
+    eval_every_steps: int | None  # overrides eval_every_epochs
+    # Steps, precision, model options.
+    train_images: int | None
+    steps_per_loop: int | None
+    checkpoint_every_minutes: float  # 0: after every loop; always at the end
+    eval_batch_size: int | None
+    accumulation_steps: int
+    image_size: int | None
+    dtype: str | None
+    zero_init_residual: bool
+    alexnet_groups: str
+    alexnet_bn_variant: str
+    seed: int
+    deterministic: bool
+    profile_steps: str | None  # "A,B": trace the steps after A up to B
     # ResNet-50's model_dir/mlperf.log (recipes/imagenet/mlperf_log.py).
-    mlperf_submission_org: str = "keras_lars"
-    mlperf_submission_platform: str | None = None  # default: the devices found
-    mlperf_submission_division: str = "closed"
-    mlperf_submission_status: str = "research"
+    mlperf_submission_org: str
+    mlperf_submission_platform: str | None
+    mlperf_submission_division: str
+    mlperf_submission_status: str
 
     def to_dict(self):
         return dataclasses.asdict(self)
 
 
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    """Step counts derived from the config and the data, fixed at a run's
-    first start."""
-
-    replicas: int
-    num_classes: int
-    train_images: int
-    eval_images: int  # 0 with synthetic data: no evaluation
-    steps_per_epoch: int
-    train_steps: int
-    warmup_steps: int
-    steps_per_loop: int
-    eval_every_steps: int  # 0: only at the end
-    eval_offset_steps: int  # the first evaluation (with eval_every_steps)
-    # The data's identity (its files' names, sizes and first bytes), so that a
-    # resume on other images of the same counts is refused.
-    data_fingerprint: str = "synthetic"
+# The default of every setting a preset does not fix: the one place for them
+# (the command line's flags default to these too). None where what the run
+# finds decides, as each comment says.
+DEFAULTS = dict(
+    model_dir=None,
+    data_dir=None,
+    tfds_data_dir=None,
+    synthetic=False,
+    strategy="default",
+    tpu=None,
+    logical_cpus=0,
+    multi_process=False,
+    jit_compile=None,  # on with GPUs or TPUs (the runners say)
+    train_images=None,  # counted (the converter records the count)
+    steps_per_loop=None,  # one epoch
+    checkpoint_every_minutes=5.0,
+    eval_batch_size=None,  # an update's micro-batch (plan.evaluation_batch_size)
+    accumulation_steps=1,
+    image_size=None,  # the model's: IMAGE_SIZE
+    # bfloat16 on TPUs (--strategy=tpu here; JAX on a TPU when its runner
+    # finds one: `Runner.default_dtype`), else float32.
+    dtype=None,
+    zero_init_residual=True,
+    alexnet_groups="split",
+    alexnet_bn_variant="authors",
+    seed=0,
+    deterministic=False,
+    profile_steps=None,
+    mlperf_submission_org="keras_lars",
+    mlperf_submission_platform=None,  # the devices found
+    mlperf_submission_division="closed",
+    mlperf_submission_status="research",
+)
+# What every preset holds (presets.py), and nothing else but its DESCRIPTIVE fields.
+PRESET_FIELDS = tuple(
+    f.name for f in dataclasses.fields(TrainConfig) if f.name not in {"preset", *DEFAULTS}
+)
 
 
 def resolve(preset=None, model=None, **overrides):
     """The preset (by default the model's smallest-batch paper preset), with
     `overrides` (flag name -> value; None means "not given") on top."""
-    from keras_lars._validation import check_choice
-
     if preset is not None:
         check_choice("--preset", preset, tuple(presets.PRESETS))
     if model is not None:
@@ -174,9 +167,7 @@ def resolve(preset=None, model=None, **overrides):
     unknown = set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)}
     if unknown:
         raise ValueError(f"Unknown settings: {sorted(unknown)}")
-    settings = {**presets.BASE, **values, "preset": preset}
-    for name in presets.DESCRIPTIVE:
-        del settings[name]
+    settings = {**DEFAULTS, **{name: values[name] for name in PRESET_FIELDS}, "preset": preset}
     given = {k: v for k, v in overrides.items() if v is not None}
     other_batch = given.get("global_batch_size", settings["global_batch_size"])
     for steps, epochs in STEPS_OVERRIDING_EPOCHS.items():
@@ -192,19 +183,8 @@ def resolve(preset=None, model=None, **overrides):
     return config
 
 
-def configured_warmup_steps(config, steps_per_epoch):
-    """The warm-up the settings ask for, in steps (before a short run cuts it)."""
-    if config.warmup_steps is not None:
-        return config.warmup_steps
-    return round(config.warmup_epochs * steps_per_epoch)
-
-
 def check(config):
     """`ValueError` naming the flag of the first setting that is wrong."""
-    from keras_lars._validation import check_choice
-    from keras_lars._validation import check_integer
-    from keras_lars._validation import check_number
-
     sources = [bool(config.data_dir), bool(config.tfds_data_dir), config.synthetic]
     if sum(sources) != 1:
         raise ValueError("Give exactly one of --data_dir, --tfds_data_dir and --synthetic")
@@ -279,22 +259,6 @@ def _check_profile_steps(text):
             "--profile_steps is two steps A,B with 0 <= A < B (the steps after A up to "
             f"B are traced). Received: --profile_steps={text}"
         )
-
-
-def backend():
-    """The Keras backend this process will use, read as Keras reads it (the
-    environment, then ~/.keras/keras.json), without importing Keras."""
-    import json
-
-    name = os.environ.get("KERAS_BACKEND")
-    if name:
-        return name
-    keras_home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
-    try:
-        with open(os.path.join(keras_home, "keras.json")) as f:
-            return json.load(f).get("backend", "tensorflow")
-    except (OSError, ValueError):
-        return "tensorflow"
 
 
 def check_backend(config, backend_name):

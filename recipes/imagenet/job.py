@@ -41,9 +41,9 @@ from . import input_pipeline
 from . import mlperf_log
 from . import model_dir
 from . import models
+from . import plan as plan_lib
 from . import preprocessing as preprocessing_lib
 from . import run_lock
-from .config import Plan
 from .runner import Input
 
 POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
@@ -69,7 +69,7 @@ def run(config):
 def _run(config, backend, runner, started_ms):
     train_source, eval_source = _sources(config)
     _say_if_no_bounding_boxes(config, train_source)
-    plan = _plan(config, runner.replicas, train_source, eval_source)
+    plan = plan_lib.compute(config, runner.replicas, train_source, eval_source)
     plan = model_dir.plan_to_run(config, plan, backend, runner.chief)
     print(f"{runner.description}; {_describe(plan)}")
     with _precision(config.dtype):
@@ -152,73 +152,6 @@ def _say_if_no_bounding_boxes(config, train_source):
         )
 
 
-def _plan(config, replicas, train_source, eval_source):
-    split = replicas * config.accumulation_steps
-    if config.global_batch_size % split:
-        raise ValueError(
-            f"--global_batch_size={config.global_batch_size} does not divide into "
-            f"{replicas} replica(s) x --accumulation_steps={config.accumulation_steps}"
-        )
-    if config.synthetic:
-        num_classes = input_pipeline.IMAGENET_CLASSES
-        train_images, eval_images = input_pipeline.IMAGENET_TRAIN_IMAGES, 0
-    else:
-        num_classes = train_source.num_classes
-        if not config.train_images:
-            print("Counting the training images (--train_images skips this)...")
-        train_images = config.train_images or train_source.count()
-        eval_images = eval_source.count()
-        if not eval_images:  # every accuracy would be 0/0
-            raise ValueError(
-                f"{_data_flag(config)}: the validation split holds no images; evaluation needs some"
-            )
-    eval_batch = evaluation_batch_size(config)
-    if eval_batch % replicas:
-        raise ValueError(
-            f"--eval_batch_size={eval_batch} does not divide into {replicas} replica(s)"
-        )
-    steps_per_epoch = math.ceil(train_images / config.global_batch_size)
-    train_steps = config.train_steps or math.ceil(config.train_epochs * steps_per_epoch)
-    warmup_steps = config_lib.configured_warmup_steps(config, steps_per_epoch)
-    if warmup_steps > train_steps:  # a short run of a long preset: a smoke or speed test
-        print(
-            f"Note: the warm-up (--warmup_epochs={config.warmup_epochs:g}) is {warmup_steps} "
-            f"steps, longer than the run's {train_steps}: the whole run warms up."
-        )
-        warmup_steps = train_steps
-    eval_every_steps = config.eval_every_steps
-    if eval_every_steps is None:
-        eval_every_steps = round(config.eval_every_epochs * steps_per_epoch)
-    fingerprint = "synthetic"
-    if not config.synthetic:
-        fingerprint = f"{train_source.fingerprint()}/{eval_source.fingerprint()}"
-    return Plan(
-        data_fingerprint=fingerprint,
-        replicas=replicas,
-        num_classes=num_classes,
-        train_images=train_images,
-        eval_images=eval_images,
-        steps_per_epoch=steps_per_epoch,
-        train_steps=train_steps,
-        warmup_steps=warmup_steps,
-        steps_per_loop=config.steps_per_loop or min(steps_per_epoch, train_steps),
-        eval_every_steps=eval_every_steps,
-        eval_offset_steps=round(config.eval_offset_epochs * steps_per_epoch),
-    )
-
-
-def _data_flag(config):
-    if config.tfds_data_dir:
-        return f"--tfds_data_dir={config.tfds_data_dir}"
-    return f"--data_dir={config.data_dir}"
-
-
-def evaluation_batch_size(config):
-    """`--eval_batch_size`, by default an update's micro-batch: no replica then
-    holds more images in evaluation than in training."""
-    return config.eval_batch_size or config.global_batch_size // config.accumulation_steps
-
-
 def _describe(plan):
     return (
         f"{plan.train_steps} steps ({plan.steps_per_epoch} an epoch, {plan.warmup_steps} of "
@@ -255,7 +188,7 @@ def training_input(config, source, start_step):
 def evaluation_input(config, plan, source):
     """Every validation image once, padded with masked ones to whole batches."""
 
-    batch = evaluation_batch_size(config)
+    batch = plan_lib.evaluation_batch_size(config)
 
     def dataset_fn(context):
         return input_pipeline.evaluation_batches(

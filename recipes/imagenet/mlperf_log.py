@@ -25,7 +25,7 @@ import os
 
 import tensorflow as tf
 
-from .config import configured_warmup_steps
+from .plan import configured_warmup_steps
 
 FILE = "mlperf.log"
 BENCHMARK = "resnet"

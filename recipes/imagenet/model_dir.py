@@ -3,8 +3,9 @@ started with, written once, and what a rerun is checked against.
 
 A rerun in the same `--model_dir` resumes only the same run: the same
 backend (each backend's checkpoints are its own), the same training settings
-(where and how it runs may change: `config.MAY_CHANGE_ON_RESUME`) and the
-same data (image and class counts: the plan is fixed at the first start).
+(where and how it runs may change: `plan.SETTINGS_MAY_CHANGE_ON_RESUME`) and
+the same data (image and class counts: the plan is fixed at the first start,
+`plan.resumed`).
 Anything else is refused with one line naming what differs. Checkpoints
 without a readable config.json beside them are refused too: their settings
 are unknown.
@@ -16,15 +17,10 @@ import os
 
 import tensorflow as tf
 
-from . import config as config_lib
-from .config import Plan
+from . import plan as plan_lib
 
 FILE = "config.json"
 SUMMARY = "summary.json"
-# What the data decides; a rerun on other data is another run.
-DATA_FIELDS = ("num_classes", "train_images", "eval_images", "data_fingerprint")
-# How each differs from the run's own: the devices, and how often the host looks.
-MAY_CHANGE_IN_PLAN = ("replicas", "steps_per_loop")
 
 
 def path(config):
@@ -89,34 +85,7 @@ def plan_to_run(config, plan, backend, chief=True):
             f"this is {backend} (KERAS_BACKEND), whose checkpoints are not interchangeable: "
             f"rerun with KERAS_BACKEND={saved['backend']}, or use a new --model_dir"
         )
-    changed = {
-        name: (saved["config"].get(name), value)
-        for name, value in config.to_dict().items()
-        if saved["config"].get(name) != value and name not in config_lib.MAY_CHANGE_ON_RESUME
-    }
-    if changed:
-        detail = ", ".join(f"--{k}: {a} -> {b}" for k, (a, b) in sorted(changed.items()))
-        raise ValueError(
-            f"--model_dir={config.model_dir} holds a run with other settings ({detail}); "
-            "use a new --model_dir"
-        )
-    saved_plan = saved["plan"]
-    new_plan = dataclasses.asdict(plan)
-    differs = {
-        name: (saved_plan[name], new_plan[name])
-        for name in new_plan
-        if name not in MAY_CHANGE_IN_PLAN and saved_plan[name] != new_plan[name]
-    }
-    if differs:
-        detail = ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in sorted(differs.items()))
-        what = "data" if set(differs) & set(DATA_FIELDS) else "plan"
-        raise ValueError(
-            f"--model_dir={config.model_dir} holds a run on other {what} ({detail}); "
-            "point --data_dir at the run's data, or use a new --model_dir"
-        )
-    return dataclasses.replace(
-        Plan(**saved_plan), **{name: new_plan[name] for name in MAY_CHANGE_IN_PLAN}
-    )
+    return plan_lib.resumed(config, plan, saved["config"], saved["plan"])
 
 
 def write_once(config, plan, backend):
@@ -150,7 +119,7 @@ def _read(record):
             f"{record} is not a run's config.json (it lacks its settings or plan, or "
             "they are not objects); restore it, or use a new --model_dir"
         )
-    if set(saved["plan"]) != {f.name for f in dataclasses.fields(Plan)}:
+    if set(saved["plan"]) != {f.name for f in dataclasses.fields(plan_lib.Plan)}:
         raise ValueError(f"{record} holds a plan this version cannot read; use a new --model_dir")
     saved.setdefault("backend", "tensorflow")  # written before backends were recorded
     return saved

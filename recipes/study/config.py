@@ -1,13 +1,15 @@
 """The study's settings and the runs they plan.
 
-Importing this module loads no Keras; the checks use the package's one
-argument checker (`keras_lars._validation`, which loads Keras with the
-optimizer) and import it when they run.
+Importing this module loads no Keras, nor do its checks (`recipes/checks.py`).
 """
 
 import dataclasses
 import math
 import types
+
+from ..checks import check_choice
+from ..checks import check_integer
+from ..checks import check_number
 
 BASE_BATCH = 128  # where `sgd_base_lr` applies
 LARS_REFERENCE_BATCH = 4096  # LARS rates are given here, square-root scaled below
@@ -41,10 +43,6 @@ class StudyConfig:
         return types.SimpleNamespace(**{f.name: f.default for f in dataclasses.fields(cls)})
 
     def __post_init__(self):
-        from keras_lars._validation import check_choice
-        from keras_lars._validation import check_integer
-        from keras_lars._validation import check_number
-
         if not self.models:
             raise ValueError("`models` must name at least one model. Received: models=()")
         for model in self.models:
@@ -93,9 +91,6 @@ class Thresholds:
     lars_gaps: tuple = ((4096, 4.0), (8192, 7.0))  # LARS at most this far below
 
     def __post_init__(self):
-        from keras_lars._validation import check_integer
-        from keras_lars._validation import check_number
-
         check_number("sgd_failure_gap", self.sgd_failure_gap, low=0.0)
         for batch, gap in self.lars_gaps:
             check_integer("lars_gaps", batch, low=1)

@@ -31,12 +31,15 @@ from keras import ops
 from ..config import ALEXNET_BN_VARIANTS as BN_VARIANTS
 from ..config import ALEXNET_GROUPS as GROUPS
 from ..config import MIN_IMAGE_SIZE
+from ..preprocessing import PREPROCESSING
 from .normalization import GhostBatchNormalization
 from .normalization import ImageNormalization
 
 LRN = dict(size=5, alpha=1e-4, beta=0.75, bias=1.0)  # BVLC's norm1 / norm2
-# BVLC's data layer subtracts the mean (its ilsvrc_2012_mean, per channel here).
-CAFFE_MEAN_RGB = (122.68, 116.67, 104.01)
+# Each model's own source's normalisation: BVLC's data layer subtracts the
+# mean; the LARS authors' AlexNet-BN layer then scales by 1/256.
+CAFFE_PREPROCESSING = PREPROCESSING["caffe"]
+NVCAFFE_PREPROCESSING = PREPROCESSING["nvcaffe_alexnet_bn"]
 AUTHORS_BN = dict(epsilon=1e-4, momentum=0.9, center=False, scale=False)
 CONV_BN_RELU_BN = dict(epsilon=1e-5, momentum=0.9)
 
@@ -192,8 +195,8 @@ def alexnet(
     image_size=227,
     dropout=0.5,
     groups="split",
-    mean=CAFFE_MEAN_RGB,
-    stddev=(1.0, 1.0, 1.0),
+    mean=CAFFE_PREPROCESSING.mean,
+    stddev=CAFFE_PREPROCESSING.stddev,
 ):
     """BVLC AlexNet with LRN, taking `image_size`² uint8 RGB images
     (normalised by the model with `mean` and `stddev`)."""
@@ -221,8 +224,8 @@ def alexnet_bn(
     groups="split",
     variant="authors",
     bn_span=None,
-    mean=CAFFE_MEAN_RGB,
-    stddev=(256.0, 256.0, 256.0),
+    mean=NVCAFFE_PREPROCESSING.mean,
+    stddev=NVCAFFE_PREPROCESSING.stddev,
 ):
     """AlexNet with batch normalisation over `bn_span` images (None: the
     whole batch); see the module docstring for the variants. The authors'

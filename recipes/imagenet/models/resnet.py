@@ -23,6 +23,8 @@ tensorflow/tpu `resnet_model.py` and the Google MLPerf submissions build it:
 import keras
 from keras import layers
 
+from ..preprocessing import IMAGENET_MEAN_RGB
+from ..preprocessing import IMAGENET_STDDEV_RGB
 from .normalization import GhostBatchNormalization
 from .normalization import ImageNormalization
 
@@ -30,10 +32,6 @@ STAGES = ((64, 3), (128, 4), (256, 6), (512, 3))  # (bottleneck width, blocks)
 EXPANSION = 4
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
-# ImageNet's per-channel statistics on [0, 255] (input_pipeline.PREPROCESSING
-# holds each source's; these are the ResNet references').
-IMAGENET_MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-IMAGENET_STDDEV_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 # Convolution kernels: He-normal (variance 2 / fan-in, truncated), as Model
 # Garden's ResNet and the MLPerf TF2 reference; or variance 1 / fan-in,
 # truncated, as tensorflow/tpu's `tf.variance_scaling_initializer()` and
