@@ -94,7 +94,8 @@ def update_all(optimizer, grads, variables, learning_rate):
             keep_rates = (1 - step_rates * decay)[decayed].unbind()
         velocities = [optimizer.momentum_slot(i) for i in indices]
         if not velocities or velocities[0] is None:
-            torch._foreach_mul_([weights[k] for k in decayed], keep_rates)
+            if decayed:  # the kernels refuse an empty list
+                torch._foreach_mul_([weights[k] for k in decayed], keep_rates)
             torch._foreach_addcmul_(weights, grads, negative_step_rates)
             return
         velocities = [v.value for v in velocities]
@@ -106,7 +107,8 @@ def update_all(optimizer, grads, variables, learning_rate):
                 [velocities[k] for k in decayed], [weights[k] for k in decayed], decay_rates
             )
         if optimizer.nesterov:
-            torch._foreach_mul_([weights[k] for k in decayed], keep_rates)
+            if decayed:
+                torch._foreach_mul_([weights[k] for k in decayed], keep_rates)
             if scale is None:
                 torch._foreach_add_(weights, velocities, alpha=-momentum)
             else:
