@@ -375,7 +375,10 @@ def test_every_internal_is_checked_here():
 
 
 def _two_variables():
-    return keras.Variable(np.ones(2), name="a"), keras.Variable(np.ones(3), name="b")
+    return (
+        keras.Variable(np.ones(2, "float32"), name="a"),
+        keras.Variable(np.ones(3, "float32"), name="b"),
+    )
 
 
 def _check_var_key(optimizer_class):
