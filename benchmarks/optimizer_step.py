@@ -114,13 +114,13 @@ def median_ms(step, wait, steps, inner=1, warmup=3):
 class TorchCompiledLARS(keras_lars.LARS):
     """LARS whose multi-tensor PyTorch step runs through `torch.compile`."""
 
-    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+    def _update_all(self, grads, trainable_variables, learning_rate):
         import torch
 
         from keras_lars import _torch_lars
 
         if not _torch_lars.handles(trainable_variables):
-            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+            return super()._update_all(grads, trainable_variables, learning_rate)
         if not hasattr(self, "_compiled_update_all"):
             self._compiled_update_all = torch.compile(_torch_lars.update_all)
         return self._compiled_update_all(self, grads, trainable_variables, learning_rate)

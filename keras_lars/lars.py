@@ -3,10 +3,13 @@
 import numbers
 import re
 import warnings
+from typing import Any
+from typing import NamedTuple
 
 import keras
 from keras import ops
 
+from keras_lars import _keras_internals
 from keras_lars._validation import check_bool
 from keras_lars._validation import check_integer
 from keras_lars._validation import check_number
@@ -21,9 +24,24 @@ SUM_OF_NORMS = "sum_of_norms"
 NORM_OF_SUM = "norm_of_sum"
 _DENOMINATORS = (SUM_OF_NORMS, NORM_OF_SUM)
 
+# Variable dtypes whose update runs as TensorFlow's fused momentum kernel
+# (`LARS._tensorflow_update_step`) on that backend; others take the generic
+# `keras.ops` path, with its float32 (float64) arithmetic.
+TENSORFLOW_KERNEL_DTYPES = ("float32",)
+
+
+class Rates(NamedTuple):
+    """The rule's scalars for one variable (or vectors, one entry per
+    variable), as `LARS.variable_rates` returns them."""
+
+    decay: Any  # β: `weight_decay`, or 0 where the variable is not decayed
+    trust_ratio: Any  # λ: 1 where not adapted or where a norm is zero
+    buffer_rate: Any  # ρ: v ← m·v + ρ·g̃ (without momentum, w ← w − ρ·g̃)
+    buffer_scale: Any  # s: w ← w − s·v; None for 1 (the paper's form)
+
 
 @keras.saving.register_keras_serializable(package="keras_lars")
-class LARS(keras.optimizers.Optimizer):
+class LARS(_keras_internals.Optimizer):
     """Layer-wise Adaptive Rate Scaling with momentum.
 
     Each variable `w` with gradient `g` gets its own rate `λ` from the ratio of
@@ -40,7 +58,10 @@ class LARS(keras.optimizers.Optimizer):
     global rate sits inside the momentum buffer, as in the paper and in every
     TensorFlow and JAX implementation; `learning_rate_outside_momentum=True`
     moves it outside, as PyTorch does (below). No Python branch depends on a
-    tensor value, so the step compiles under XLA and on TPUs.
+    tensor value, so the step compiles under XLA and on TPUs. Each variable's
+    `β`, `λ` and rates come from one method, `variable_rates`, on every path:
+    `update_step` in `keras.ops`, TensorFlow's fused momentum kernel for
+    float32 variables, and PyTorch's multi-tensor step.
 
     Precision. The norms and the step (`γ·λ·g̃`, or `γ·u`) are formed in
     float32 (float64 for float64 variables), so float16 and bfloat16 variables
@@ -106,7 +127,7 @@ class LARS(keras.optimizers.Optimizer):
     models around a layer (`net/dense/kernel` loads as `dense/kernel`). A
     custom layer whose config does not keep its name (its `__init__` takes
     neither `name` nor `**kwargs`) may be renamed on loading, and positions
-    inside it are refused: pass `*_exclude_index_paths=None` for those.
+    inside it are refused: give such layers `**kwargs`.
 
     The trade-off: excluded variables move with the raw global rate, which in
     LARS recipes is 10 to 30; the authors' own Caffe code adapted every
@@ -168,13 +189,12 @@ class LARS(keras.optimizers.Optimizer):
             `get_config` writes exclusions by object this way. Defaults to `()`.
         adaptation_exclude_indices: The same, for layer adaptation. Defaults to
             `()`.
-        weight_decay_exclude_index_paths: `None`, or the path of the variable
-            at each of `weight_decay_exclude_indices`, in the same order, as
-            `get_config` writes them; `build` refuses a position whose
-            variable's path differs. `None` checks nothing (configs written
-            before this argument existed). Defaults to `None`.
+        weight_decay_exclude_index_paths: The path of the variable at each of
+            `weight_decay_exclude_indices`, in the same order, as `get_config`
+            writes them; `build` refuses a position whose variable's path
+            differs. Defaults to `()`.
         adaptation_exclude_index_paths: The same, for
-            `adaptation_exclude_indices`. Defaults to `None`.
+            `adaptation_exclude_indices`. Defaults to `()`.
         track_trust_ratios: Whether to keep the `λ` of each variable's last
             update in a float32 optimizer variable, for monitoring (the
             paper's per-layer plots) without an extra forward or backward
@@ -185,6 +205,9 @@ class LARS(keras.optimizers.Optimizer):
             `keras.optimizers.Optimizer`, with its meanings and defaults
             (`name` defaults to `"lars"`).
     """
+
+    # The decay is coupled into the gradient (and the trust ratio) instead.
+    decoupled_weight_decay = False
 
     def __init__(
         self,
@@ -203,8 +226,8 @@ class LARS(keras.optimizers.Optimizer):
         adaptation_exclude_max_rank=None,
         weight_decay_exclude_indices=(),
         adaptation_exclude_indices=(),
-        weight_decay_exclude_index_paths=None,
-        adaptation_exclude_index_paths=None,
+        weight_decay_exclude_index_paths=(),
+        adaptation_exclude_index_paths=(),
         track_trust_ratios=False,
         clipnorm=None,
         clipvalue=None,
@@ -368,28 +391,95 @@ class LARS(keras.optimizers.Optimizer):
             ]
 
     def update_step(self, gradient, variable, learning_rate):
-        """The update of one variable: the rule of the class docstring."""
-        index = self._get_variable_index(variable)
+        """The update of one variable, in `keras.ops`: the rule of the class
+        docstring, with the scalars of `variable_rates`."""
+        index = self.variable_index(variable)
         gradient = _densify(gradient, variable.shape)
-        decay = self.weight_decay if index in self._decayed_indices else 0.0
         dtype = keras.backend.standardize_dtype(variable.dtype)
-        if keras.backend.backend() == "tensorflow" and dtype == "float32":
-            return self._tensorflow_update_step(index, gradient, variable, learning_rate, decay)
+        if keras.backend.backend() == "tensorflow" and dtype in TENSORFLOW_KERNEL_DTYPES:
+            return self._tensorflow_update_step(index, gradient, variable, learning_rate)
         compute = "float64" if dtype == "float64" else "float32"
         weights = ops.cast(variable, compute)
         gradient = ops.cast(gradient, compute)
         learning_rate = ops.cast(learning_rate, compute)
-        increment = self._increment(index, weights, gradient, decay, learning_rate, _norm)
-        if not self.momentums:  # without momentum the increment is the step
+
+        def norms(c):  # ‖w‖ and ‖g + c·w‖
+            return _norm(weights), _norm(gradient + c * weights if c else gradient)
+
+        rates = self.variable_rates(
+            learning_rate, self.is_decayed(index), self.is_adapted(index), norms
+        )
+        self._record_trust_ratio(index, rates.trust_ratio)
+        decayed_gradient = gradient + rates.decay * weights if rates.decay else gradient
+        increment = rates.buffer_rate * decayed_gradient  # ρ·g̃
+        velocity = self.momentum_slot(index)
+        if velocity is None:  # without momentum: w ← w − ρ·g̃
             self.assign(variable, ops.cast(weights - increment, dtype))
             return
-        velocity = self.momentums[index]
         new_velocity = self.momentum * ops.cast(velocity, compute) + increment
         self.assign(velocity, ops.cast(new_velocity, velocity.dtype))
         update = self.momentum * new_velocity + increment if self.nesterov else new_velocity
-        if self._rate_outside_buffer:
-            update = learning_rate * update
+        if rates.buffer_scale is not None:
+            update = rates.buffer_scale * update
         self.assign(variable, ops.cast(weights - update, dtype))
+
+    def variable_rates(self, learning_rate, decayed, adapted, norms):
+        """The rule's scalars for one variable, or for several at once: every
+        path of `update_step` (this class's, the TensorFlow kernel's and the
+        PyTorch multi-tensor one) takes them from here.
+
+        Args:
+            learning_rate: `γ` of this update, a scalar tensor.
+            decayed: whether the variable is decayed: a bool, or a boolean
+                vector with one entry per variable.
+            adapted: whether it is adapted, likewise.
+            norms: a function of `c` (0, or the `decay` below) returning
+                `(‖w‖, ‖g + c·w‖)` (scalars, or vectors like `decayed`); called
+                unless `adapted` is False.
+
+        Returns:
+            A `Rates`: the variable's `decay` `β`; its `trust_ratio` `λ`
+            (1 when excluded from adaptation or when a norm is zero); the
+            `buffer_rate` `ρ`, with which `g̃ = g + β·w` enters the momentum
+            buffer (`v ← m·v + ρ·g̃`), and the `buffer_scale` `s`, the factor
+            `w` moves by times the buffer (`w ← w − s·v`; Nesterov:
+            `w ← w − s·(m·v + ρ·g̃)`): `s = γ` with the rate outside the
+            buffer, and `None` (1) otherwise. Without momentum `w ← w − ρ·g̃`.
+            The local rate `r` is `γ·λ`, or `min(λ, γ)` with LARC's clip; `ρ`
+            is `r`, or `r/γ` with the rate outside the buffer (1 at `γ = 0`,
+            the limit).
+        """
+        decay = self.weight_decay * decayed  # β, or 0 where not decayed
+        outside = self._rate_outside_buffer
+        buffer_scale = learning_rate if outside else None
+        unadapted_rate = ops.ones_like(learning_rate) if outside else learning_rate  # λ = 1
+        if adapted is False:
+            return Rates(decay, 1.0, unadapted_rate, buffer_scale)
+        sum_of_norms = self.trust_ratio_denominator == SUM_OF_NORMS
+        weight_norm, gradient_norm = norms(0.0 if sum_of_norms else decay)
+        if sum_of_norms:
+            denominator = gradient_norm + decay * weight_norm + self.epsilon
+        else:
+            denominator = gradient_norm + self.epsilon
+        usable = ops.logical_and(weight_norm > 0, gradient_norm > 0)
+        if adapted is not True:
+            usable = ops.logical_and(usable, adapted)
+        # Each inner `where` keeps 0/0 out of the branch the outer one discards.
+        trust_ratio = ops.where(
+            usable,
+            self.trust_coefficient * weight_norm / ops.where(usable, denominator, 1.0),
+            1.0,
+        )
+        if not self.larc_clip:  # r = γ·λ
+            buffer_rate = trust_ratio if outside else learning_rate * trust_ratio
+            return Rates(decay, trust_ratio, buffer_rate, buffer_scale)
+        clipped = ops.minimum(trust_ratio, learning_rate)  # r = min(λ, γ)
+        if outside:
+            # r/γ = min(λ/γ, 1) (apex's LARC), whose limit as γ → 0 is 1: at
+            # γ = 0 the buffer takes g̃ and nothing moves.
+            positive = learning_rate > 0
+            clipped = ops.where(positive, clipped / ops.where(positive, learning_rate, 1.0), 1.0)
+        return Rates(decay, trust_ratio, ops.where(usable, clipped, unadapted_rate), buffer_scale)
 
     @property
     def _rate_outside_buffer(self):
@@ -397,108 +487,86 @@ class LARS(keras.optimizers.Optimizer):
         momentum both forms are one rule, run as the paper's."""
         return self.learning_rate_outside_momentum and self.momentum > 0
 
-    def _increment(self, index, weights, gradient, decay, learning_rate, norm):
-        """What one variable's momentum buffer accumulates this step (the
-        class docstring's rule): `γ·λ·g̃` in the paper's form, `λ·g̃` with
-        the rate outside the buffer, so `(local rate / γ)·g̃`. Without
-        momentum it is the step itself. `norm` takes ‖·‖ (each path brings
-        its fastest exact one). Records `λ` when tracked."""
-        decayed_gradient = gradient + decay * weights if decay else gradient
-        if index in self._adapted_indices:
-            sum_of_norms = self.trust_ratio_denominator == SUM_OF_NORMS
-            gradient_norm = norm(gradient if sum_of_norms else decayed_gradient)
-            buffer_rate, trust_ratio = self._buffer_rate(
-                norm(weights), gradient_norm, decay, learning_rate
-            )
-        else:
-            buffer_rate, trust_ratio = self._unadapted_rate(learning_rate), 1.0
-        if self._trust_ratios:
-            self.assign(self._trust_ratios[index], ops.cast(trust_ratio, "float32"))
-        return buffer_rate * decayed_gradient
+    # --- Per-variable state, as every update path reads it ----------------------
 
-    def _unadapted_rate(self, learning_rate):
-        """The rate `g̃` of a variable excluded from adaptation (`λ = 1`)
-        enters the buffer with: `γ`, or 1 with the rate outside the buffer."""
-        return ops.ones_like(learning_rate) if self._rate_outside_buffer else learning_rate
+    def variable_index(self, variable):
+        """`variable`'s position in the list the optimizer was built with."""
+        return _keras_internals.variable_index(self, variable)
 
-    def _buffer_rate(self, weight_norm, gradient_norm, decay, learning_rate):
-        """(the rate an adapted variable's `g̃` enters the buffer with, its
-        `λ`), from ‖w‖ and the denominator's gradient norm (‖g‖, or ‖g + βw‖
-        for "norm_of_sum"). The local rate `r` is `γ·λ`, or `min(λ, γ)` with
-        LARC's clip; the buffer takes `r`, or `r/γ` with the rate outside it.
-        The arguments may be scalars, or vectors with one entry per variable."""
-        trust_ratio, usable = self._trust_ratio(weight_norm, gradient_norm, decay)
-        if not self.larc_clip:
-            if self._rate_outside_buffer:
-                return trust_ratio, trust_ratio
-            return learning_rate * trust_ratio, trust_ratio
-        clipped = ops.minimum(trust_ratio, learning_rate)
-        if self._rate_outside_buffer:
-            # min(λ, γ)/γ = min(λ/γ, 1) (apex's LARC), whose limit as γ → 0 is
-            # 1: at γ = 0 the buffer takes g̃ and nothing moves. The inner
-            # `where` keeps 0/0 out of the branch the outer one discards.
-            positive = learning_rate > 0
-            clipped = ops.where(positive, clipped / ops.where(positive, learning_rate, 1.0), 1.0)
-        return ops.where(usable, clipped, self._unadapted_rate(learning_rate)), trust_ratio
+    def is_decayed(self, index):
+        """Whether the variable at `index` is decayed (`β > 0` and not excluded)."""
+        return index in self._decayed_indices
 
-    def _trust_ratio(self, weight_norm, gradient_norm, decay):
-        """`λ` (1 where a norm is zero) and whether the norms were usable. The
-        arguments may be scalars, or vectors with one entry per variable."""
-        if self.trust_ratio_denominator == SUM_OF_NORMS:
-            denominator = gradient_norm + decay * weight_norm + self.epsilon
-        else:
-            denominator = gradient_norm + self.epsilon
-        usable = ops.logical_and(weight_norm > 0, gradient_norm > 0)
-        # The `where` on the denominator keeps 0/0 out of the unused branch.
-        ratio = (self.trust_coefficient * weight_norm) / ops.where(usable, denominator, 1.0)
-        return ops.where(usable, ratio, 1.0), usable
+    def is_adapted(self, index):
+        """Whether the variable at `index` is adapted (not excluded)."""
+        return index in self._adapted_indices
+
+    def momentum_slot(self, index):
+        """The momentum buffer of the variable at `index`; None without momentum."""
+        return self.momentums[index] if self.momentums else None
+
+    def trust_ratio_slot(self, index):
+        """The float32 variable holding the last `λ` of the variable at
+        `index`; None unless `track_trust_ratios`."""
+        return self._trust_ratios[index] if self._trust_ratios else None
+
+    def _record_trust_ratio(self, index, trust_ratio):
+        slot = self.trust_ratio_slot(index)
+        if slot is not None:
+            self.assign(slot, ops.cast(trust_ratio, "float32"))
 
     # --- Backend fast paths: the same rule with fused kernels --------------------
 
-    def _tensorflow_update_step(self, index, gradient, variable, learning_rate, decay):
+    def _tensorflow_update_step(self, index, gradient, variable, learning_rate):
         """`update_step` for float32 variables on TensorFlow, where every op is
         dispatched and every intermediate tensor materialised: norms by
         `tf.nn.l2_loss` (‖x‖ = √(2·l2_loss(x)), no squared copy), and the
-        momentum update by one `ResourceApplyMomentum` kernel, which is the
-        rate-outside form: `v ← m·v + increment; w ← w − lr·v` (Nesterov:
-        `w ← w − lr·(m·v + increment)`), run with `lr = 1` for the paper's."""
+        momentum update by one `ResourceApplyMomentum` kernel,
+        `v ← m·v + increment; w ← w − lr·v` (Nesterov:
+        `w ← w − lr·(m·v + increment)`), with `increment = ρ·g̃` and
+        `lr = s` (1 when `s` is None)."""
         import tensorflow as tf
 
         learning_rate = tf.cast(learning_rate, tf.float32)
-        increment = self._increment(index, variable, gradient, decay, learning_rate, _l2_norm)
-        if not self.momentums:
+
+        def norms(c):  # ‖w‖ and ‖g + c·w‖
+            return _l2_norm(variable), _l2_norm(gradient + c * variable if c else gradient)
+
+        rates = self.variable_rates(
+            learning_rate, self.is_decayed(index), self.is_adapted(index), norms
+        )
+        self._record_trust_ratio(index, rates.trust_ratio)
+        decayed_gradient = gradient + rates.decay * variable if rates.decay else gradient
+        increment = rates.buffer_rate * decayed_gradient
+        velocity = self.momentum_slot(index)
+        if velocity is None:
             variable.assign_sub(increment)
             return
-        velocity = self.momentums[index]
         velocity = velocity.value if isinstance(velocity, keras.Variable) else velocity
         tf.raw_ops.ResourceApplyMomentum(
             var=variable.handle,
             accum=velocity.handle,
-            lr=learning_rate if self._rate_outside_buffer else tf.constant(1.0),
+            lr=tf.constant(1.0) if rates.buffer_scale is None else rates.buffer_scale,
             grad=increment,
             momentum=tf.constant(self.momentum),
             use_nesterov=self.nesterov,
         )
 
-    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+    def _update_all(self, grads, variables, learning_rate):
         if keras.backend.backend() == "torch":
             from keras_lars import _torch_lars  # imports torch: only on that backend
 
-            if _torch_lars.handles(trainable_variables):
-                return _torch_lars.update_all(self, grads, trainable_variables, learning_rate)
-        return super()._backend_update_step(grads, trainable_variables, learning_rate)
+            if _torch_lars.handles(variables):
+                return _torch_lars.update_all(self, grads, variables, learning_rate)
+        return super()._update_all(grads, variables, learning_rate)
 
-    def _get_current_learning_rate(self):
-        # A schedule counts updates, not Keras's micro-steps (class docstring).
-        k = self.gradient_accumulation_steps
-        if k and isinstance(self._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
-            return self._learning_rate(self._iterations // k)
-        return super()._get_current_learning_rate()
-
-    def _apply_weight_decay(self, variables):
-        # The base class would apply decoupled (AdamW-style) decay before
-        # `update_step`; LARS couples the decay into the gradient instead.
-        pass
+    def _current_learning_rate(self):
+        # A schedule counts updates, not Keras's micro-steps (class docstring):
+        # the public `iterations` is `micro-steps // gradient_accumulation_steps`.
+        schedule = _keras_internals.given_learning_rate(self)
+        if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+            return schedule(self.iterations)
+        return super()._current_learning_rate()
 
     def trust_ratios(self, paths=None):
         """`{variable.path: λ}` of each variable's last update, as floats; 1.0
@@ -574,12 +642,12 @@ class _ExclusionRule:
         self.built_paths = None  # every position's path, once built
 
     def add(self, optimizer, var_list, var_names):
-        self.object_keys.update(optimizer._var_key(v) for v in var_list or ())
+        self.object_keys.update(_keras_internals.var_key(optimizer, v) for v in var_list or ())
         self.patterns += _check_patterns("var_names", var_names)
 
     def resolve(self, optimizer, variables):
         """The positions in `variables` this rule excludes."""
-        keys = [optimizer._var_key(v) for v in variables]
+        keys = [_keras_internals.var_key(optimizer, v) for v in variables]
         unknown = self.object_keys - set(keys)
         if unknown:
             warnings.warn(
@@ -622,8 +690,9 @@ class _ExclusionRule:
                 "exclusion was made for (a layer added or removed before them?). Exclude "
                 f"by pattern, or by object with `{_EXCLUSION_METHODS[self.mask]}(var_list=...)` "
                 "on this model. If the variables are the same and only renamed (a layer "
-                "whose config does not keep its name is renamed by `load_model`), pass "
-                f"`{self.mask}_exclude_index_paths=None`."
+                "whose config does not keep its name is renamed by `load_model`), give "
+                "that layer's `__init__` `**kwargs`, or correct the paths in "
+                f"`{self.mask}_exclude_index_paths`."
             )
 
     def config(self, optimizer):
@@ -636,12 +705,8 @@ class _ExclusionRule:
                 stacklevel=4,
             )
         indices = sorted(set(self.indices) | self.resolved)
-        if self.built_paths is not None:
-            paths = [self.built_paths[i] for i in indices]
-        elif all(i in self.index_paths for i in indices):
-            paths = [self.index_paths[i] for i in indices]
-        else:  # positions given without their paths, and not built yet
-            paths = None
+        known = self.index_paths if self.built_paths is None else self.built_paths
+        paths = [known[i] for i in indices]
         return {
             f"{self.mask}_exclude_patterns": list(self.patterns),
             f"{self.mask}_exclude_max_rank": self.max_rank,
@@ -711,12 +776,9 @@ def _same_variable_path(saved, current):
 
 def _check_index_paths(name, paths, indices):
     """`{position: path}` from the `*_exclude_index_paths` argument."""
-    if paths is None:
-        return {}
-    if isinstance(paths, str) or not all(isinstance(p, str) for p in paths):
+    if paths is None or isinstance(paths, str) or not all(isinstance(p, str) for p in paths):
         raise ValueError(
-            f"`{name}` must be None or a list of variable paths (strings). "
-            f"Received: {name}={paths!r}"
+            f"`{name}` must be a list of variable paths (strings). Received: {name}={paths!r}"
         )
     paths = list(paths)
     if len(paths) != len(indices):

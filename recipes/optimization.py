@@ -4,6 +4,7 @@ same way for the ImageNet recipe and the study, on every backend."""
 import keras
 
 import keras_lars
+from keras_lars import _keras_internals
 
 # Which variables are not adapted, besides the default (biases and
 # normalisation variables): none (adapt everything, as the authors' NVCaffe
@@ -69,4 +70,4 @@ def micro_steps(optimizer):
     those of an update under way. (Keras's public `iterations` counts whole
     updates when it accumulates, and would hide a stray micro-step.)"""
     inner = getattr(optimizer, "inner_optimizer", optimizer)
-    return int(keras.ops.convert_to_numpy(inner._iterations))
+    return int(keras.ops.convert_to_numpy(_keras_internals.micro_steps(inner)))

@@ -2,12 +2,14 @@
 
 import contextlib
 import copy
+import inspect
 
 import keras
 import numpy as np
 import pytest
 
 import keras_lars
+from keras_lars import _keras_internals
 
 
 def dense_model():
@@ -56,6 +58,7 @@ def dense_model():
             "weight_decay_exclude_index_paths",
         ),
         (dict(adaptation_exclude_index_paths="dense/kernel"), "adaptation_exclude_index_paths"),
+        (dict(weight_decay_exclude_indices=[1]), "weight_decay_exclude_index_paths"),
         (
             dict(adaptation_exclude_indices=[0], adaptation_exclude_index_paths=[0]),
             "adaptation_exclude_index_paths",
@@ -232,14 +235,13 @@ def test_a_shifted_exclusion_position_is_refused_naming_both_paths():
     assert not restored.built
 
 
-def test_a_config_without_index_paths_still_loads_and_checks_nothing():
-    """Configs written before the paths were saved."""
+def test_exclusion_positions_without_their_paths_are_refused():
+    with pytest.raises(ValueError, match="`adaptation_exclude_index_paths`"):
+        keras_lars.LARS(adaptation_exclude_indices=[4])
     config = config_excluding_the_head_kernel_by_object()
-    del config["adaptation_exclude_index_paths"], config["weight_decay_exclude_index_paths"]
-    restored = keras_lars.LARS.from_config(config)
-    restored.build(model_with_a_layer_in_front().trainable_variables)
-    assert not restored.exclusions()["net/norm/gamma"]["adaptation"]  # position 4, unchecked
-    assert restored.get_config()["adaptation_exclude_index_paths"] == ["net/norm/gamma"]
+    config["adaptation_exclude_index_paths"] = None
+    with pytest.raises(ValueError, match="`adaptation_exclude_index_paths`"):
+        keras_lars.LARS.from_config(config)
 
 
 def variable_at(path):
@@ -365,9 +367,116 @@ def test_found_by_registered_name():
     assert restored.get_config() == optimizer.get_config()
 
 
-def test_config_without_the_rate_outside_momentum_loads_the_papers_form():
-    """Configs saved before `learning_rate_outside_momentum` existed."""
-    config = keras_lars.LARS(momentum=0.8).get_config()
-    del config["learning_rate_outside_momentum"]
-    restored = keras_lars.LARS.from_config(config)
-    assert restored.get_config()["learning_rate_outside_momentum"] is False
+# --- The Keras internals keras_lars relies on ---------------------------------
+
+
+def test_every_internal_is_checked_here():
+    assert set(_keras_internals.SIGNATURES) == set(INTERNAL_CHECKS)
+
+
+def _two_variables():
+    return (
+        keras.Variable(np.ones(2, "float32"), name="a"),
+        keras.Variable(np.ones(3, "float32"), name="b"),
+    )
+
+
+def _check_var_key(optimizer_class):
+    a, b = _two_variables()
+    optimizer = optimizer_class()
+    assert _keras_internals.var_key(optimizer, a) == _keras_internals.var_key(optimizer, a)
+    assert _keras_internals.var_key(optimizer, a) != _keras_internals.var_key(optimizer, b)
+
+
+def _check_get_variable_index(optimizer_class):
+    a, b = _two_variables()
+    optimizer = optimizer_class()
+    optimizer.build([a, b])
+    assert [_keras_internals.variable_index(optimizer, v) for v in (a, b)] == [0, 1]
+
+
+def _check_iterations(optimizer_class):
+    """The micro-step counter, where `iterations` counts updates."""
+    a, _ = _two_variables()
+    optimizer = optimizer_class(gradient_accumulation_steps=2)
+    for _ in range(3):
+        optimizer.apply_gradients([(keras.ops.ones(2), a)])
+    assert int(keras.ops.convert_to_numpy(_keras_internals.micro_steps(optimizer))) == 3
+    assert int(keras.ops.convert_to_numpy(optimizer.iterations)) == 1
+
+
+def _check_learning_rate(optimizer_class):
+    schedule = keras_lars.PolynomialWarmup(2.0, 10)
+    assert _keras_internals.given_learning_rate(optimizer_class(schedule)) is schedule
+
+
+class _Recording(_keras_internals.Optimizer):
+    """Records which of the routed hooks Keras called."""
+
+    def __init__(self, **kwargs):
+        super().__init__(learning_rate=0.5, **kwargs)
+        self.called = []
+
+    def update_step(self, gradient, variable, learning_rate):
+        self.assign_sub(variable, learning_rate * gradient)
+
+    def _update_all(self, grads, variables, learning_rate):
+        self.called.append("_backend_update_step")
+        return super()._update_all(grads, variables, learning_rate)
+
+    def _current_learning_rate(self):
+        self.called.append("_get_current_learning_rate")
+        return super()._current_learning_rate()
+
+
+def _step_of_recording_optimizer(decoupled=True):
+    a, _ = _two_variables()
+    optimizer = _Recording(weight_decay=0.1)
+    optimizer.decoupled_weight_decay = decoupled
+    optimizer.apply_gradients([(keras.ops.ones(2), a)])
+    return optimizer, keras.ops.convert_to_numpy(a)
+
+
+def _check_backend_update_step(optimizer_class):
+    optimizer, value = _step_of_recording_optimizer()
+    assert "_backend_update_step" in optimizer.called
+    assert value == pytest.approx([1 - 0.5 * 0.1 - 0.5] * 2)  # decay, then the step
+
+
+def _check_get_current_learning_rate(optimizer_class):
+    optimizer, _ = _step_of_recording_optimizer()
+    assert "_get_current_learning_rate" in optimizer.called
+
+
+def _check_apply_weight_decay(optimizer_class):
+    _, decayed = _step_of_recording_optimizer(decoupled=True)
+    _, not_decayed = _step_of_recording_optimizer(decoupled=False)
+    assert decayed == pytest.approx([1 - 0.5 * 0.1 - 0.5] * 2)
+    assert not_decayed == pytest.approx([0.5, 0.5])
+
+
+INTERNAL_CHECKS = {
+    "_var_key": _check_var_key,
+    "_get_variable_index": _check_get_variable_index,
+    "_iterations": _check_iterations,
+    "_learning_rate": _check_learning_rate,
+    "_backend_update_step": _check_backend_update_step,
+    "_get_current_learning_rate": _check_get_current_learning_rate,
+    "_apply_weight_decay": _check_apply_weight_decay,
+}
+
+
+@pytest.mark.parametrize("name", sorted(_keras_internals.SIGNATURES))
+def test_keras_internal_exists_with_its_signature_and_behaviour(name):
+    """Each private name of Keras that keras_lars uses, as the installed Keras
+    has it; a Keras release that moves one fails here, by name."""
+    parameters = _keras_internals.SIGNATURES[name]
+    if parameters is None:  # an attribute: set by the base class's __init__
+        optimizer = keras.optimizers.Optimizer(learning_rate=0.1)
+        assert hasattr(optimizer, name), f"Keras's Optimizer has no {name}"
+    else:
+        method = getattr(keras.optimizers.Optimizer, name, None)
+        assert callable(method), f"Keras's Optimizer has no method {name}"
+        signature = tuple(inspect.signature(method).parameters)
+        assert signature == ("self", *parameters), f"{name}{signature}"
+    INTERNAL_CHECKS[name](keras_lars.LARS)

@@ -623,3 +623,161 @@ def test_norm_of_sum_matches_optax_lars(nesterov, exclusion):
             atol=2e-6,
             err_msg=path,
         )
+
+
+# --- Every variant through every update path ---------------------------------
+#
+# One variable, three updates at rates that change (so that the two forms of
+# the momentum buffer differ), with λ near 1 so that LARC's clip binds at the
+# first rate and not at the second. Each (variant, path) is one test.
+
+TABLE_RATES = (0.5, 2.0, 1.0)
+TABLE_HYPER = dict(weight_decay=0.01, trust_coefficient=0.1)
+
+
+class TableRate(keras.optimizers.schedules.LearningRateSchedule):
+    """γ of each update, from TABLE_RATES."""
+
+    def __call__(self, step):
+        rates = keras.ops.convert_to_tensor(TABLE_RATES, "float32")
+        return keras.ops.take(rates, keras.ops.minimum(step, len(TABLE_RATES) - 1))
+
+    def get_config(self):
+        return {}
+
+
+MOMENTUM_FORMS = {
+    "sgd": dict(momentum=0.0),
+    "momentum": dict(momentum=0.9),
+    "nesterov": dict(momentum=0.9, nesterov=True),
+    "momentum_rate_outside": dict(momentum=0.9, learning_rate_outside_momentum=True),
+    "nesterov_rate_outside": dict(momentum=0.9, nesterov=True, learning_rate_outside_momentum=True),
+}
+# Rate forms: excluded from adaptation (where the rest cannot matter), or
+# adapted with each denominator, LARC's clip on and off, ε 0 and > 0.
+RATE_FORMS = {"not_adapted": (False, {})}
+for _denominator, _clip, _epsilon in itertools.product(
+    ["sum_of_norms", "norm_of_sum"], [False, True], [0.0, 1e-3]
+):
+    RATE_FORMS[f"{_denominator}{'_larc' if _clip else ''}_eps{_epsilon:g}"] = (
+        True,
+        dict(trust_ratio_denominator=_denominator, larc_clip=_clip, epsilon=_epsilon),
+    )
+INPUTS = ("random", "zero_weights", "zero_gradients")
+
+VARIANTS = {
+    f"{momentum}-{'decayed' if decayed else 'not_decayed'}-{rate}-{inputs}": (
+        {**MOMENTUM_FORMS[momentum], **RATE_FORMS[rate][1]},
+        decayed,
+        RATE_FORMS[rate][0],
+        inputs,
+    )
+    for momentum, decayed, rate, inputs in itertools.product(
+        MOMENTUM_FORMS, [True, False], RATE_FORMS, INPUTS
+    )
+}
+
+# The update paths of each backend: LARS.update_step in keras.ops
+# ("generic"), and where the backend has one, its fused path, which each
+# backend takes for float32 variables.
+UPDATE_PATHS = {
+    "tensorflow": ("generic", "tensorflow_kernel"),
+    "jax": ("generic",),
+    "torch": ("generic", "torch_multi_tensor"),
+}[keras.backend.backend()]
+
+
+def force_update_path(path, monkeypatch):
+    """Makes float32 variables take `path`; returns the calls of each fused
+    path, counted, so that the test can check which one ran."""
+    calls = {"tensorflow_kernel": 0, "torch_multi_tensor": 0}
+
+    def counted(name, function):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    lars_module = keras_lars.lars
+    monkeypatch.setattr(
+        keras_lars.LARS,
+        "_tensorflow_update_step",
+        counted("tensorflow_kernel", keras_lars.LARS._tensorflow_update_step),
+    )
+    if path == "generic":
+        monkeypatch.setattr(lars_module, "TENSORFLOW_KERNEL_DTYPES", ())
+    if keras.backend.backend() == "torch":
+        from keras_lars import _torch_lars
+
+        monkeypatch.setattr(
+            _torch_lars, "update_all", counted("torch_multi_tensor", _torch_lars.update_all)
+        )
+        if path == "generic":
+            monkeypatch.setattr(_torch_lars, "MULTI_TENSOR_DTYPES", ())
+    return calls
+
+
+@pytest.mark.parametrize("path", UPDATE_PATHS)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_variant_on_every_update_path(variant, path, monkeypatch):
+    options, decayed, adapted, inputs = VARIANTS[variant]
+    calls = force_update_path(path, monkeypatch)
+    rng = np.random.default_rng(0)
+    w0 = np.zeros((4, 3)) if inputs == "zero_weights" else rng.normal(size=(4, 3))
+    w0 = w0.astype("float32").astype(np.float64)
+    gradients = [
+        np.zeros((4, 3)) if inputs == "zero_gradients" else rng.normal(scale=0.1, size=(4, 3))
+        for _ in TABLE_RATES
+    ]
+    gradients = [g.astype("float32").astype(np.float64) for g in gradients]
+    variable = keras.Variable(w0, dtype="float32", name="kernel")
+    optimizer = keras_lars.LARS(
+        TableRate(),
+        weight_decay_exclude_patterns=() if decayed else ("kernel",),
+        adaptation_exclude_patterns=() if adapted else ("kernel",),
+        track_trust_ratios=True,
+        **TABLE_HYPER,
+        **options,
+    )
+    for gradient in gradients:
+        optimizer.apply_gradients([(keras.ops.convert_to_tensor(gradient, "float32"), variable)])
+
+    assert calls == {name: len(TABLE_RATES) if name == path else 0 for name in calls}, (
+        f"the update did not take the {path} path"
+    )
+    reference_options = dict(options, decayed=decayed, adapted=adapted, **TABLE_HYPER)
+    reference_options["denominator"] = reference_options.pop(
+        "trust_ratio_denominator", "sum_of_norms"
+    )
+    (expected_w,), (expected_v,) = reference.lars_run(
+        [w0], [[g] for g in gradients], TABLE_RATES, **_run_options(reference_options)
+    )
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(variable), expected_w, rtol=2e-5, atol=2e-6
+    )
+    if options["momentum"] > 0:
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(optimizer.momentums[0]), expected_v, rtol=2e-5, atol=2e-6
+        )
+    else:
+        assert optimizer.momentums == []
+    (before_last,), _ = reference.lars_run(
+        [w0], [[g] for g in gradients[:-1]], TABLE_RATES[:-1], **_run_options(reference_options)
+    )
+    expected_ratio = adapted and reference.trust_ratio(
+        before_last,
+        gradients[-1],
+        TABLE_HYPER["weight_decay"] if decayed else 0.0,
+        TABLE_HYPER["trust_coefficient"],
+        reference_options.get("epsilon", 0.0),
+        reference_options["denominator"],
+    )
+    got_ratio = optimizer.trust_ratios()["kernel"]
+    assert got_ratio == pytest.approx(expected_ratio or 1.0, rel=1e-5)
+
+
+def _run_options(options):
+    """`reference.lars_run`'s keyword arguments: decayed and adapted as lists."""
+    options = dict(options)
+    return dict(options, decayed=[options.pop("decayed")], adapted=[options.pop("adapted")])
