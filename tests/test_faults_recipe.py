@@ -183,7 +183,14 @@ def test_a_model_dir_spelled_another_way_or_moved_resumes(copy, data_dir, tmp_pa
 
 
 @pytest.mark.parametrize(
-    "content", ["{}", '{"config": {"model": "alex', "not json", '{"config": [], "plan": {}}']
+    "content",
+    [
+        "{}",
+        '{"config": {"model": "alex',
+        "not json",
+        '{"config": [], "plan": {}}',
+        '{"config": {}, "plan": {}}',  # no backend
+    ],
 )
 def test_an_unreadable_config_json_stops_the_run_naming_it(copy, data_dir, content):
     record = copy / "config.json"

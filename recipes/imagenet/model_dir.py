@@ -111,17 +111,16 @@ def _read(record):
         ) from None
     if (
         not isinstance(saved, dict)
-        or not {"config", "plan"} <= saved.keys()
+        or not {"config", "plan", "backend"} <= saved.keys()
         or not isinstance(saved["config"], dict)
         or not isinstance(saved["plan"], dict)
     ):
         raise ValueError(
-            f"{record} is not a run's config.json (it lacks its settings or plan, or "
+            f"{record} is not a run's config.json (it lacks its settings, plan or backend, or "
             "they are not objects); restore it, or use a new --model_dir"
         )
     if set(saved["plan"]) != {f.name for f in dataclasses.fields(plan_lib.Plan)}:
         raise ValueError(f"{record} holds a plan this version cannot read; use a new --model_dir")
-    saved.setdefault("backend", "tensorflow")  # written before backends were recorded
     return saved
 
 
