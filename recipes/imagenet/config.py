@@ -34,6 +34,7 @@ TF_STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 JAX_STRATEGIES = ("default", "data_parallel")
 STRATEGIES = TF_STRATEGIES + ("data_parallel",)
 BACKENDS = ("tensorflow", "jax")
+ALLREDUCE_DTYPES = ("float32", "bfloat16")  # TensorFlow's gradient all-reduce
 # Settings that may change when a run is resumed: where and how it runs, or
 # when it stops, not what it computes. (The backend may not: its checkpoints
 # are its own. The data may move, but not change: the plan says.)
@@ -51,6 +52,8 @@ MAY_CHANGE_ON_RESUME = frozenset(
         "logical_cpus",
         "multi_process",
         "jit_compile",
+        "compile_optimizer",
+        "allreduce_dtype",
         "steps_per_loop",
         "checkpoint_every_minutes",
         "eval_batch_size",
@@ -85,6 +88,8 @@ class TrainConfig:
     logical_cpus: int = 0
     multi_process: bool = False
     jit_compile: bool | None = None  # default: on with GPUs or TPUs (the runners say)
+    compile_optimizer: bool | None = None  # TF: default on with GPUs (tf_runner.py)
+    allreduce_dtype: str = "float32"  # TF: ALLREDUCE_DTYPES
     # The preset's fields.
     global_batch_size: int = 256
     learning_rate: float = 4.0
@@ -211,6 +216,7 @@ def check(config):
     if not config.model_dir:
         raise ValueError("--model_dir is required: checkpoints and summaries go there")
     check_choice("--strategy", config.strategy, STRATEGIES)
+    check_choice("--allreduce_dtype", config.allreduce_dtype, ALLREDUCE_DTYPES)
     if config.tpu and config.strategy != "tpu":
         raise ValueError(f"--tpu={config.tpu} needs --strategy=tpu")
     if config.dtype is not None:
@@ -301,6 +307,12 @@ def check_backend(config, backend_name):
     """`ValueError` naming the flag unless the strategy belongs to the Keras
     backend `backend_name`."""
     if backend_name == "jax":
+        if config.allreduce_dtype != "float32":
+            raise ValueError(
+                f"--allreduce_dtype={config.allreduce_dtype} is for TensorFlow: on JAX, "
+                "keras.distribution leaves the gradient all-reduce to XLA and has no setting "
+                "for its dtype"
+            )
         if config.strategy not in JAX_STRATEGIES:
             raise ValueError(
                 f"--strategy={config.strategy} is a tf.distribute strategy: it needs "
