@@ -2,7 +2,7 @@
 four logical CPUs (conftest.py) equals one device, batch-norm spans, float16
 overflow on one replica, batch-norm statistics after a loop, the final-state
 check on a micro-batch, XLA per replica, the compiled optimizer update and
-the bfloat16 all-reduce on two logical CPUs, exact evaluation. (One device,
+the bfloat16 all-reduce, exact evaluation. (One device,
 resume and bad input: tests/test_imagenet_train.py; several workers:
 tests/test_multi_process.py.)"""
 
@@ -263,15 +263,6 @@ def test_the_compiled_replica_step_is_one_xla_computation_holding_the_batch_norm
     assert hlo.count(" rsqrt(") >= len(batch_norms), hlo.count(" rsqrt(")
 
 
-def two_cpus():
-    """MirroredStrategy on the first 2 of conftest.py's logical CPUs, one per
-    process (strategies.py: tensorflow #62790)."""
-    names = tuple(d.name for d in tf.config.list_logical_devices("CPU")[:2])
-    if names not in strategies._MIRRORED:
-        strategies._MIRRORED[names] = tf.distribute.MirroredStrategy(list(names))
-    return strategies._MIRRORED[names]
-
-
 def small_lars_model(loss_scaled=False):
     """`small_float16_model` (under the global policy) with LARS, its trust
     ratios tracked (written inside the update), as the recipe runs it."""
@@ -290,7 +281,7 @@ def replica_copies(model, optimizer, strategy):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "mixed_float16"])
-def test_the_compiled_optimizer_update_on_two_cpus_equals_apply_gradients(dtype):
+def test_the_compiled_optimizer_update_on_four_replicas_equals_apply_gradients(dtype):
     """`compile_optimizer=True` against Keras's `apply_gradients`, 4 steps
     on 2 replicas: every copy of every variable (weights, momentum, trust
     ratios, iteration count; float16: the loss scale and its counter, with
@@ -300,7 +291,7 @@ def test_the_compiled_optimizer_update_on_two_cpus_equals_apply_gradients(dtype)
     keras.mixed_precision.set_global_policy(dtype)
     loss_scaled = dtype == "mixed_float16"
     trainer_class = OverflowOnReplica1 if loss_scaled else Trainer
-    strategy = two_cpus()
+    strategy = strategies.create("mirrored")
     runs = {}
     try:
         for compiled in (False, True):
@@ -321,7 +312,7 @@ def test_the_compiled_optimizer_update_on_two_cpus_equals_apply_gradients(dtype)
         assert float(optimizer.dynamic_scale.numpy()) == 2.0**14  # 2^15 halved once
     assert len(runs[True]) == len(runs[False])
     for (path, copies), (_, keras_copies) in zip(runs[True], runs[False]):
-        assert len(copies) == 2
+        assert len(copies) == 4
         for compiled_copy, keras_copy in zip(copies, keras_copies):
             np.testing.assert_allclose(
                 compiled_copy, keras_copy, rtol=1e-5, atol=1e-7, err_msg=path
@@ -332,12 +323,12 @@ def test_the_compiled_optimizer_update_is_one_xla_computation_per_device():
     """Each replica's update is its own compiled function, traced in its
     device's update context: one HLO module holding every variable's two
     LARS norms (a square root each) and its momentum step."""
-    strategy = two_cpus()
+    strategy = strategies.create("mirrored")
     model, optimizer = train_fixed(
         strategy, small_lars_model, 1, 8, 16, compile_optimizer=True, trainer_class=Recording
     )
     trainer = Recording.last
-    assert len(trainer._replica_updates) == 2  # one per device
+    assert len(trainer._replica_updates) == 4  # one per device
     gradients = [tf.ones(v.shape) for v in model.trainable_variables]
     modules = []
 
@@ -347,7 +338,7 @@ def test_the_compiled_optimizer_update_is_one_xla_computation_per_device():
 
     with strategy.scope():
         strategy.extended.update(optimizer.iterations.value, compiler_ir, group=False)
-    assert len(modules) == 2
+    assert len(modules) == 4
     adapted = len(optimizer._adapted_indices)
     assert adapted == 2  # the two kernels (biases and batch norm are not adapted)
     for hlo in modules:
@@ -372,12 +363,12 @@ class Recording(Trainer):
         return reduced
 
 
-def test_a_bfloat16_all_reduce_on_two_cpus_is_close_to_float32_but_not_equal():
+def test_a_bfloat16_all_reduce_on_four_replicas_is_close_to_float32_but_not_equal():
     """The gradients reach the all-reduce (and leave it) in bfloat16; after
     3 steps the weights are within bfloat16's precision of a float32
     all-reduce's (8-bit mantissa: about 4e-3 relative per gradient), and
     farther from them than float32 rounding would put them."""
-    strategy = two_cpus()
+    strategy = strategies.create("mirrored")
     build = small_lars_model
     reference, _ = train_fixed(strategy, build, 3, 8, 16)
     bfloat16, _ = train_fixed(
