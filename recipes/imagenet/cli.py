@@ -80,9 +80,9 @@ def define_flags():
         DEFAULT["compile_optimizer"],
         "TensorFlow: compile each replica's optimizer update after the all-reduce (LARS's "
         "norms, rates and momentum step for every variable, loss scaling included) into one "
-        "XLA computation. Default: on with GPUs, off on CPUs (XLA:CPU's reductions made it "
-        "slower there) and on TPUs (which compile the whole step anyway). JAX compiles its "
-        "whole step anyway.",
+        "XLA computation. Default: on with GPUs; off on CPUs (no reliable gain measured there, "
+        "benchmarks/RESULTS.md) and on TPUs (which compile the whole step anyway). JAX "
+        "compiles its whole step anyway.",
     )
     flags.DEFINE_enum(
         "allreduce_dtype",

@@ -60,8 +60,8 @@ class TensorFlowRunner(Runner):
         self.jit_compile = accelerators if config.jit_compile is None else config.jit_compile
         # The update as one XLA computation: by default with GPUs, where
         # LARS's ~10 small kernels a variable cost launches; not on CPUs,
-        # where XLA's reductions measured slower (benchmarks/RESULTS.md), nor
-        # on TPUs, which compile the whole step anyway.
+        # where no reliable gain was measured (benchmarks/RESULTS.md), nor on
+        # TPUs, which compile the whole step anyway.
         self.compile_optimizer = (
             gpus if config.compile_optimizer is None else config.compile_optimizer
         )
