@@ -12,7 +12,12 @@ so the goal is LARS / SGD <= 1.05. No input pipeline is measured:
 - JAX: what `recipes/imagenet/jax_runner.py` runs, `model.fit` (jit-compiled) with
   `steps_per_execution` = `--steps`, on one random batch fed again and again.
 
+TensorFlow's `--compile_optimizer=yes` runs each optimizer's update as one XLA
+computation (the recipes' `--compile_optimizer`); `both` times each optimizer
+both ways in the same rounds and prints the ratios both ways.
+
     python -m benchmarks.train_step [--batch_size=16] [--image_size=224] [--rounds=5]
+    python -m benchmarks.train_step --compile_optimizer=both
     KERAS_BACKEND=jax python -m benchmarks.train_step
 """
 
@@ -32,7 +37,7 @@ from recipes.imagenet import models  # noqa: E402
 CLASSES = 1000
 
 
-def tensorflow_steps(optimizer, batch_size, image_size):
+def tensorflow_steps(optimizer, batch_size, image_size, compile_optimizer=False):
     """A callable running n training steps of the recipes' TensorFlow loop."""
     import tensorflow as tf
 
@@ -46,6 +51,7 @@ def tensorflow_steps(optimizer, batch_size, image_size):
         global_batch_size=batch_size,
         label_smoothing=0.1,
         synthetic=(image_size, CLASSES),
+        compile_optimizer=compile_optimizer,
     )
     return lambda n: trainer.train(None, n)  # returns once the loop has finished
 
@@ -91,19 +97,31 @@ def main():
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--steps", type=int, default=5, help="steps per timed round")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--compile_optimizer",
+        choices=("no", "yes", "both"),
+        default="no",
+        help="TensorFlow: the update after the all-reduce as one XLA computation",
+    )
     args = parser.parse_args()
     optimizers = {
-        "SGD(momentum=0.9)": keras.optimizers.SGD(0.1, momentum=0.9),
-        "LARS": keras_lars.LARS(1.0, weight_decay=1e-4, track_trust_ratios=True),
+        "SGD(momentum=0.9)": lambda: keras.optimizers.SGD(0.1, momentum=0.9),
+        "LARS": lambda: keras_lars.LARS(1.0, weight_decay=1e-4, track_trust_ratios=True),
     }
     if keras.backend.backend() == "jax":
+        if args.compile_optimizer != "no":
+            parser.error("--compile_optimizer is for TensorFlow: JAX compiles its whole step")
         runs = {
-            name: jax_steps(optimizer, args.batch_size, args.image_size, args.steps)
+            name: jax_steps(optimizer(), args.batch_size, args.image_size, args.steps)
             for name, optimizer in optimizers.items()
         }
     else:
+        ways = {"no": [False], "yes": [True], "both": [False, True]}[args.compile_optimizer]
         runs = {
-            name: tensorflow_steps(optimizer, args.batch_size, args.image_size)
+            name + (", compiled update" if compiled else ""): tensorflow_steps(
+                optimizer(), args.batch_size, args.image_size, compiled
+            )
+            for compiled in ways
             for name, optimizer in optimizers.items()
         }
     for run in runs.values():  # compile
@@ -122,8 +140,14 @@ def main():
     print("|---|---:|---:|")
     for name, seconds in medians.items():
         print(f"| {name} | {1000 * seconds:.0f} | {args.batch_size / seconds:.1f} |")
-    ratio = medians["LARS"] / medians["SGD(momentum=0.9)"]
-    print(f"LARS / SGD step time: {ratio:.3f}")
+    for suffix in ("", ", compiled update"):
+        if "LARS" + suffix in medians:
+            ratio = medians["LARS" + suffix] / medians["SGD(momentum=0.9)" + suffix]
+            print(f"LARS / SGD step time{suffix}: {ratio:.3f}")
+    for name in optimizers:
+        if name in medians and name + ", compiled update" in medians:
+            ratio = medians[name + ", compiled update"] / medians[name]
+            print(f"{name} compiled update / uncompiled, step time: {ratio:.3f}")
 
 
 if __name__ == "__main__":

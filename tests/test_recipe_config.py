@@ -215,6 +215,7 @@ def test_defaults_depend_on_the_model_and_strategy():
         (dict(alexnet_groups="three"), "--alexnet_groups"),
         (dict(alexnet_bn_variant="before"), "--alexnet_bn_variant"),
         (dict(logical_cpus=-2), "--logical_cpus"),
+        (dict(allreduce_dtype="float16"), "--allreduce_dtype"),
     ],
 )
 def test_bad_settings_name_their_flag(kwargs, flag):
@@ -251,6 +252,23 @@ def test_multi_process_is_for_jax():
     config_lib.check_backend(config, "jax")
     with pytest.raises(ValueError, match="--multi_process"):
         config_lib.check_backend(config, "tensorflow")
+
+
+def test_a_bfloat16_all_reduce_is_for_tensorflow():
+    config = config_lib.resolve(
+        model_dir="/m", synthetic=True, strategy="mirrored", allreduce_dtype="bfloat16"
+    )
+    config_lib.check_backend(config, "tensorflow")
+    jax_config = config_lib.resolve(model_dir="/m", synthetic=True, allreduce_dtype="bfloat16")
+    with pytest.raises(ValueError, match="--allreduce_dtype=bfloat16 is for TensorFlow"):
+        config_lib.check_backend(jax_config, "jax")
+
+
+def test_the_update_settings_may_change_on_resume():
+    """Neither changes what a checkpoint holds."""
+    from recipes.imagenet import plan as plan_lib
+
+    assert {"compile_optimizer", "allreduce_dtype"} <= plan_lib.SETTINGS_MAY_CHANGE_ON_RESUME
 
 
 def test_every_setting_has_its_flag(tmp_path):

@@ -81,6 +81,23 @@ def define_flags():
         "Compile each replica's forward and backward pass with XLA (default: with GPUs "
         "or TPUs; JAX compiles its whole step anyway).",
     )
+    flags.DEFINE_bool(
+        "compile_optimizer",
+        DEFAULTS["compile_optimizer"],
+        "TensorFlow: compile each replica's optimizer update after the all-reduce (LARS's "
+        "norms, rates and momentum step for every variable, loss scaling included) into one "
+        "XLA computation. Default: on with GPUs; off on CPUs (no reliable gain measured there, "
+        "benchmarks/RESULTS.md) and on TPUs (which compile the whole step anyway). JAX "
+        "compiles its whole step anyway.",
+    )
+    flags.DEFINE_enum(
+        "allreduce_dtype",
+        DEFAULTS["allreduce_dtype"],
+        config_lib.ALLREDUCE_DTYPES,
+        "TensorFlow: the dtype gradients are all-reduced in across replicas; bfloat16 "
+        "halves the bytes (Google's MLPerf TPU code's use_bf16_allreduce) at bfloat16's "
+        "precision (8 bits of mantissa) in the summed gradient. Not on JAX.",
+    )
     flags.DEFINE_integer("global_batch_size", None, "Images per update, over all replicas.")
     flags.DEFINE_float("learning_rate", None, "Peak global rate γ of LARS.")
     flags.DEFINE_float("warmup_epochs", None, "Linear warm-up from 0, in epochs.")

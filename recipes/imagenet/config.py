@@ -33,6 +33,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 TF_STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 JAX_STRATEGIES = ("default", "data_parallel")
 STRATEGIES = TF_STRATEGIES + ("data_parallel",)
+ALLREDUCE_DTYPES = ("float32", "bfloat16")  # TensorFlow's gradient all-reduce
 # Each step count and the epoch setting it overrides.
 STEPS_OVERRIDING_EPOCHS = {
     "train_steps": "train_epochs",
@@ -63,6 +64,8 @@ class TrainConfig:
     logical_cpus: int
     multi_process: bool
     jit_compile: bool | None
+    compile_optimizer: bool | None
+    allreduce_dtype: str
     # The preset's fields.
     global_batch_size: int
     learning_rate: float
@@ -123,6 +126,8 @@ DEFAULTS = dict(
     logical_cpus=0,
     multi_process=False,
     jit_compile=None,  # on with GPUs or TPUs (the runners say)
+    compile_optimizer=None,  # TensorFlow: on with GPUs or TPUs (tf_runner.py)
+    allreduce_dtype="float32",
     train_images=None,  # counted (the converter records the count)
     steps_per_loop=None,  # one epoch
     checkpoint_every_minutes=5.0,
@@ -191,6 +196,7 @@ def check(config):
     if not config.model_dir:
         raise ValueError("--model_dir is required: checkpoints and summaries go there")
     check_choice("--strategy", config.strategy, STRATEGIES)
+    check_choice("--allreduce_dtype", config.allreduce_dtype, ALLREDUCE_DTYPES)
     if config.tpu and config.strategy != "tpu":
         raise ValueError(f"--tpu={config.tpu} needs --strategy=tpu")
     if config.dtype is not None:
@@ -265,6 +271,12 @@ def check_backend(config, backend_name):
     """`ValueError` naming the flag unless the strategy belongs to the Keras
     backend `backend_name`."""
     if backend_name == "jax":
+        if config.allreduce_dtype != "float32":
+            raise ValueError(
+                f"--allreduce_dtype={config.allreduce_dtype} is for TensorFlow: on JAX, "
+                "keras.distribution leaves the gradient all-reduce to XLA and has no setting "
+                "for its dtype"
+            )
         if config.strategy not in JAX_STRATEGIES:
             raise ValueError(
                 f"--strategy={config.strategy} is a tf.distribute strategy: it needs "

@@ -27,6 +27,8 @@ SETTINGS_MAY_CHANGE_ON_RESUME = frozenset(
         "logical_cpus",
         "multi_process",
         "jit_compile",
+        "compile_optimizer",
+        "allreduce_dtype",
         "steps_per_loop",
         "checkpoint_every_minutes",
         "eval_batch_size",

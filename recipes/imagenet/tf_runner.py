@@ -55,10 +55,25 @@ class TensorFlowRunner(Runner):
         self.micro_steps_per_update = 1
         self.skips_overflowing_steps = config.dtype == "float16"
         self.default_dtype = "bfloat16" if config.strategy == "tpu" else "float32"
-        accelerators = bool(tf.config.list_logical_devices("GPU")) or config.strategy == "tpu"
+        gpus = bool(tf.config.list_logical_devices("GPU"))
+        accelerators = gpus or config.strategy == "tpu"
         self.jit_compile = accelerators if config.jit_compile is None else config.jit_compile
-        self.description = strategies.describe(self.strategy) + (
-            ", XLA per replica" if self.jit_compile else ""
+        # The update as one XLA computation: by default with GPUs, where
+        # LARS's ~10 small kernels a variable cost launches; not on CPUs,
+        # where no reliable gain was measured (benchmarks/RESULTS.md), nor on
+        # TPUs, which compile the whole step anyway.
+        self.compile_optimizer = (
+            gpus if config.compile_optimizer is None else config.compile_optimizer
+        )
+        self.description = (
+            strategies.describe(self.strategy)
+            + (", XLA per replica" if self.jit_compile else "")
+            + (", XLA optimizer update" if self.compile_optimizer else "")
+            + (
+                f", {config.allreduce_dtype} all-reduce"
+                if config.allreduce_dtype != "float32" and self.replicas > 1
+                else ""
+            )
         )
         self.bn_span = self._layer_bn_span()
         self.directory = os.path.join(config.model_dir, "checkpoints")
@@ -104,6 +119,8 @@ class TensorFlowRunner(Runner):
                 label_smoothing=config.label_smoothing,
                 accumulation_steps=config.accumulation_steps,
                 jit_compile=self.jit_compile,
+                compile_optimizer=self.compile_optimizer,
+                allreduce_dtype=config.allreduce_dtype,
                 synthetic=(config.image_size, plan.num_classes) if config.synthetic else None,
             )
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")

@@ -13,9 +13,22 @@ TPUs busy, and the host reads the loop's results once, after it:
   found on the devices (the loss is all-reduced, so every replica agrees);
 - with `jit_compile=True`, each replica's forward and backward pass (every
   micro-batch of it) is one XLA computation, as in the MLPerf TF2 reference
-  on GPUs; the all-reduce and the LARS update run outside it (TensorFlow
-  cannot compile the cross-replica part on GPUs and CPUs; a TPUStrategy
-  compiles all of it anyway).
+  on GPUs; the all-reduce runs outside it (TensorFlow cannot compile the
+  cross-replica part on GPUs and CPUs; a TPUStrategy compiles all of it
+  anyway);
+- with `compile_optimizer=True`, the update after the all-reduce (LARS's
+  norms, rates and momentum step for every variable, the learning-rate
+  schedule, the loss-scale bookkeeping of float16) is one XLA computation on
+  each replica, instead of a few small kernels per variable. The loop then
+  all-reduces the gradients itself and hands each replica's copy of the sum
+  to that computation, inside the update context of the replica's device
+  (`strategy.extended.update`), so that it reads and writes only that
+  replica's variables: XLA never sees a mirrored variable from another
+  device (the failure of keras #19005 in a compiled `strategy.run`);
+- with `allreduce_dtype=tf.bfloat16`, the gradients cross the replicas in
+  bfloat16 (half of float32's bytes) and are cast back to their variables'
+  dtype before the update, as Google's MLPerf TPU code does
+  (`use_bf16_allreduce`).
 
 The loss is the sum of the per-example cross-entropies divided by the global
 batch, so the all-reduced (summed) gradient is the global batch's mean
@@ -33,11 +46,15 @@ float16. Keras's LossScaleOptimizer decides whether to skip a step from
 replica 0's local gradients (`loss_scale_optimizer.py`: it assumes they are
 all-reduced already). Here an overflow on any replica makes every replica's
 gradients non-finite first, so the step is skipped and the scale lowered
-everywhere.
+everywhere. (When the loop all-reduces the gradients itself, the check
+follows the all-reduce, whose sum is non-finite on every replica if any
+replica's gradients are.)
 """
 
 import keras
 import tensorflow as tf
+
+import keras_lars
 
 from .. import optimization
 from . import input_pipeline
@@ -54,6 +71,11 @@ class Trainer:
     Create it, like the model and optimizer, inside `strategy.scope()`.
     `synthetic=(image_size, num_classes)` makes each replica draw random
     batches on its device instead of reading an iterator.
+    `compile_optimizer` compiles each replica's update after the all-reduce
+    with XLA; `allreduce_dtype` ("float32" or "bfloat16") is the dtype the
+    gradients are all-reduced in. Either makes the loop all-reduce and
+    update itself rather than through `optimizer.apply_gradients` (see
+    `_check_explicit_update` for the optimizer features that path supports).
     """
 
     def __init__(
@@ -67,6 +89,8 @@ class Trainer:
         accumulation_steps=1,
         jit_compile=False,
         synthetic=None,
+        compile_optimizer=False,
+        allreduce_dtype="float32",
     ):
         self.strategy, self.model, self.optimizer = strategy, model, optimizer
         self.global_batch_size = global_batch_size
@@ -113,6 +137,20 @@ class Trainer:
         self._gradients = tf.function(self._gradients, jit_compile=jit_compile)
         self._final_loss = tf.function(self._final_loss, jit_compile=jit_compile)
         self._eval_counts = tf.function(self._eval_counts, jit_compile=jit_compile)
+        self.compile_optimizer = compile_optimizer
+        self.allreduce_dtype = tf.as_dtype(allreduce_dtype)
+        if self.allreduce_dtype not in (tf.float32, tf.bfloat16):
+            raise ValueError(
+                f"`allreduce_dtype` must be float32 or bfloat16. Received: {allreduce_dtype!r}"
+            )
+        # Keras's apply_gradients (all-reduce in float32, then each variable's
+        # update op by op) unless asked otherwise.
+        self._explicit_update = compile_optimizer or self.allreduce_dtype != tf.float32
+        if self._explicit_update:
+            _check_explicit_update(optimizer)
+        # The update function of each replica's device (compiled: one XLA
+        # computation each), made when the loop is traced.
+        self._replica_updates = {}
 
     # --- Inside one replica --------------------------------------------------
 
@@ -191,9 +229,12 @@ class Trainer:
             size, classes = self.synthetic
             images, labels = input_pipeline.synthetic_batch(self.per_replica_batch, size, classes)
         gradients, counts = self._gradients(images, labels)
-        if self.loss_scaled and self.strategy.num_replicas_in_sync > 1:
-            gradients = self._finite_everywhere(gradients)
-        self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
+        if self._explicit_update:
+            self._apply_all_reduced(self._all_reduce(gradients))
+        else:
+            if self.loss_scaled and self.strategy.num_replicas_in_sync > 1:
+                gradients = self._finite_everywhere(gradients)
+            self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
         loss = tf.distribute.get_replica_context().all_reduce(SUM, counts[0])
         first = self._first_non_finite.read_value()
         self._first_non_finite.assign(
@@ -214,6 +255,69 @@ class Trainer:
             return tf.constant(True)
 
         tf.cond(last, check_final_state, lambda: tf.constant(False))
+
+    def _all_reduce(self, gradients):
+        """The sum of every replica's gradients, in `allreduce_dtype` (cast
+        back by the update). One replica sends nothing and casts nothing."""
+        if self.strategy.num_replicas_in_sync == 1:
+            return list(gradients)
+        wire = self.allreduce_dtype
+        sent = [tf.cast(g, wire) if g.dtype.is_floating else g for g in gradients]
+        return tf.distribute.get_replica_context().all_reduce(SUM, sent)
+
+    def _apply_all_reduced(self, gradients):
+        """Runs `_update_replica` on every replica's variables with its copy
+        of the all-reduced gradients: from the cross-replica context, once
+        per device, inside `strategy.extended.update`'s update context (the
+        one Keras's own update runs in), where a mirrored variable means
+        that device's copy of it."""
+        anchor = self.optimizer.iterations.value  # any optimizer variable: names the devices
+
+        def update_each_device(strategy, gradients):
+            strategy.extended.update(anchor, self._update_on, args=(gradients,), group=False)
+
+        tf.distribute.get_replica_context().merge_call(update_each_device, args=(gradients,))
+
+    def _update_on(self, anchor, gradients):
+        """`_update_replica` on the device of `anchor` (a replica's copy):
+        one function per device, so that each is traced (and compiled) with
+        its own replica's variables."""
+        update = self._replica_updates.get(anchor.device)
+        if update is None:
+            update = tf.function(self._update_replica, jit_compile=self.compile_optimizer)
+            self._replica_updates[anchor.device] = update
+        return update(gradients)
+
+    def _update_replica(self, gradients):
+        """One replica's update from the all-reduced `gradients`: what
+        `apply_gradients` does after its all-reduce, for the optimizers
+        `_check_explicit_update` accepts. With a LossScaleOptimizer, the step
+        is skipped and the scale halved if any gradient is not finite, else
+        the gradients are unscaled, applied, and the scale doubled after
+        `dynamic_growth_steps` finite steps (`loss_scale_optimizer.py`)."""
+        variables = self.model.trainable_variables
+        gradients = [tf.cast(g, v.dtype) for g, v in zip(gradients, variables)]
+        if not self.loss_scaled:
+            _apply_update(self.optimizer, gradients, variables)
+            return tf.constant(True)
+        scaled = self.optimizer
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients])
+
+        def finite_step():
+            scale = scaled.dynamic_scale.value
+            _apply_update(scaled.inner_optimizer, [g / scale for g in gradients], variables)
+            counter = scaled.step_counter.value
+            grow = tf.equal(counter, scaled.dynamic_growth_steps - 1)
+            scaled.step_counter.assign(tf.where(grow, tf.zeros_like(counter), counter + 1))
+            scaled.dynamic_scale.assign(tf.where(grow, scale * 2.0, scale))
+            return tf.constant(True)
+
+        def skipped_step():
+            scaled.step_counter.assign(tf.zeros_like(scaled.step_counter.value))
+            scaled.dynamic_scale.assign(scaled.dynamic_scale.value * 0.5)
+            return tf.constant(False)
+
+        return tf.cond(finite, finite_step, skipped_step)
 
     def _last_micro_batch(self, images, labels):
         micro = self.per_replica_batch // self.accumulation_steps
@@ -309,6 +413,52 @@ class Trainer:
         """Top-1 and top-5 over the masked examples of `steps` batches."""
         top1, top5, count = self._eval_loop(iterator, tf.constant(steps)).numpy()
         return Evaluation(top1=float(top1 / count), top5=float(top5 / count), examples=int(count))
+
+
+def _check_explicit_update(optimizer):
+    """`ValueError` unless the loop's own update (`compile_optimizer`,
+    `allreduce_dtype`) does all that `optimizer.apply_gradients` would: it
+    runs the optimizer's `update_step`, gradient clipping, constraints and
+    `loss_scale_factor`, but not an exponential moving average, Keras's
+    gradient accumulation (the Trainer accumulates itself), decoupled weight
+    decay (LARS couples its decay inside `update_step`) or variables
+    overwritten by their gradients."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    unsupported = [
+        name
+        for name, used in (
+            ("use_ema", inner.use_ema),
+            ("gradient_accumulation_steps", inner.gradient_accumulation_steps),
+            (
+                "weight_decay",
+                inner.weight_decay and not isinstance(inner, keras_lars.LARS),
+            ),
+        )
+        if used
+    ]
+    if unsupported:
+        raise ValueError(
+            "The compiled optimizer update and the bfloat16 all-reduce run an optimizer's "
+            f"update_step without {', '.join(unsupported)}: use --nocompile_optimizer and "
+            f"--allreduce_dtype=float32 with {type(inner).__name__}({', '.join(unsupported)})"
+        )
+
+
+def _apply_update(optimizer, gradients, variables):
+    """`optimizer.apply` after its all-reduce, in the update context of one
+    replica (every variable read or written is that replica's copy): the
+    current rate, clipping, each variable's `update_step`, constraints, and
+    one more iteration."""
+    if optimizer.loss_scale_factor is not None:
+        gradients = [g / optimizer.loss_scale_factor for g in gradients]
+    learning_rate = optimizer.learning_rate
+    gradients = optimizer._clip_gradients(gradients)
+    for gradient, variable in zip(gradients, variables):
+        optimizer.update_step(gradient, variable.value, learning_rate)
+    for variable in variables:
+        if variable.constraint is not None:
+            variable.assign(variable.constraint(variable))
+    optimizer.iterations.assign_add(1)
 
 
 def _replica_sums(shape):
