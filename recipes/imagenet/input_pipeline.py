@@ -37,7 +37,7 @@ number of hosts and replicas.
 import concurrent.futures
 import contextlib
 import hashlib
-import json
+import importlib
 import math
 import os
 import re
@@ -45,9 +45,14 @@ import re
 import tensorflow as tf
 from tqdm import tqdm
 
+from ..scripts import TOOLS
 from .preprocessing import DEFAULT_PREPROCESSING
 from .preprocessing import EVAL_SHORT_SIDE
 from .preprocessing import PREPROCESSING
+
+# The converter's tools/conversion_dir.py, under the name tools/ has here
+# (installed, keras_lars_tools).
+conversion_dir = importlib.import_module(f"{TOOLS}.conversion_dir")
 
 IMAGE_SIZE = 224
 SHUFFLE_BUFFER = 10_000
@@ -152,15 +157,13 @@ def parse(serialized, schema="imagenet", label_offset=None, boxes=False):
 
 def count_records(files):
     """Records in `files`: from the converter's per-shard statistics where it
-    wrote them (`.conversion/<shard>.json`), else by reading the file."""
+    wrote them (`conversion_dir.recorded_count`), else by reading the file."""
     total = 0
     for path in files:
-        stats = os.path.join(os.path.dirname(path), ".conversion", os.path.basename(path) + ".json")
-        if tf.io.gfile.exists(stats):
-            with tf.io.gfile.GFile(stats) as f:
-                total += json.load(f)["count"]
-        else:
-            total += int(tf.data.TFRecordDataset(path).reduce(0, lambda n, _: n + 1))
+        count = conversion_dir.recorded_count(path, tf.io.gfile)
+        if count is None:
+            count = int(tf.data.TFRecordDataset(path).reduce(0, lambda n, _: n + 1))
+        total += count
     return total
 
 
