@@ -251,9 +251,9 @@ def main(argv):
 
     import tensorflow as tf
 
+    from . import bad_data
     from . import checkpoints
     from . import controller
-    from . import input_pipeline
     from . import job
     from . import preemption
     from . import run_lock
@@ -273,7 +273,7 @@ def main(argv):
         ValueError,
         OSError,
         strategies.StrategyError,
-        input_pipeline.BadDataError,
+        bad_data.BadDataError,
         controller.TrainingDiverged,
         controller.LoopMiscounted,
         runner.ProcessesDisagree,
