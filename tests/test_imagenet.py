@@ -720,3 +720,17 @@ def test_a_model_side_error_is_re_raised_at_once(converted, no_rescan):
         with bad_data.naming_bad_files(list_files(str(output / "train-*"))):
             raise error
     assert raised.value is error
+
+
+def test_a_label_outside_the_classes_is_named_with_no_files_to_rescan(no_rescan):
+    """TFDS's source has no files of its own to rescan: its label errors are
+    named all the same, as the assertion's one line."""
+    labels = tf.data.Dataset.from_tensor_slices([1, 7]).map(
+        lambda label: bad_data.checked_label(label, 4)
+    )
+    with pytest.raises(bad_data.LabelOutOfRange) as raised:
+        with bad_data.naming_bad_files([]):
+            for _ in labels:
+                pass
+    message = str(raised.value)
+    assert "Label outside [0, 4): is the label offset right?" in message and "\n" not in message

@@ -34,6 +34,7 @@ from imagenet_runs import checkpoint_steps  # noqa: E402
 from imagenet_runs import run  # noqa: E402
 from imagenet_runs import scalars  # noqa: E402
 from imagenet_runs import train_command  # noqa: E402
+from recipes.imagenet import bad_data  # noqa: E402
 from recipes.imagenet import batching  # noqa: E402
 from recipes.imagenet import controller  # noqa: E402
 from recipes.imagenet import crops  # noqa: E402
@@ -343,7 +344,7 @@ def test_a_wrong_label_offset_is_reported_at_once_without_a_rescan(data_dir, no_
     dataset = batching.batches(
         source, training=False, global_batch_size=64, image_size=16, num_classes=CLASSES
     )
-    with pytest.raises(tf.errors.InvalidArgumentError, match="is the label offset right"):
+    with pytest.raises(bad_data.LabelOutOfRange, match=r"Label outside \[0, 4\): is the label"):
         with source.naming_bad_files():
             for _ in dataset:
                 pass

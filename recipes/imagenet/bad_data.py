@@ -1,6 +1,7 @@
 """Bad input data, found and named: the check that a label lies among the
 classes, and the rescan that names the file behind tf.data's read and decode
-errors (which name none).
+errors (which name none). `naming_bad_files` turns both into errors of this
+module's types, so that what catches them matches a type, not text.
 
     with bad_data.naming_bad_files(files):
         model.fit(dataset, ...)
@@ -25,6 +26,9 @@ UNREADABLE_SIGNS = (
     "could not be found",  # a feature the schema needs is missing
     "Data types don't match",  # a feature of another type (a float label)
 )
+# In `checked_label`'s assertion, and how `naming_bad_files` finds its line in
+# TensorFlow's error.
+LABEL_QUESTION = "is the label offset right?"
 # The smallest side an image may have: the centre crop takes 0.875 of it,
 # which leaves no pixel of a 1-pixel image (measured on every preprocessing).
 MIN_IMAGE_SIDE = 2
@@ -34,13 +38,18 @@ class BadDataError(RuntimeError):
     """A TFRecord file that cannot be read, or an image that cannot be decoded."""
 
 
+class LabelOutOfRange(BadDataError):
+    """A label outside [0, num_classes) (`checked_label`): a wrong label
+    offset, or records of another data set. Its text is the assertion's line."""
+
+
 def checked_label(label, num_classes):
     """`label`, with an assertion that it lies in [0, num_classes) (none if
     `num_classes` is None)."""
     if num_classes is None:
         return label
     message = (
-        f"Label outside [0, {num_classes}): is the label offset right? The converter's "
+        f"Label outside [0, {num_classes}): {LABEL_QUESTION} The converter's "
         "labels are 1..N (offset 1), TFDS's 0..N-1 (offset 0)."
     )
     with tf.control_dependencies(
@@ -102,20 +111,36 @@ def is_unreadable_data(error):
     iterator's GetNext op."""
     if isinstance(error, tf.errors.DataLossError):
         return True
-    return "IteratorGetNext" in error.message and any(
-        sign in error.message for sign in UNREADABLE_SIGNS
+    return (
+        isinstance(error, tf.errors.InvalidArgumentError)
+        and "IteratorGetNext" in error.message
+        and any(sign in error.message for sign in UNREADABLE_SIGNS)
     )
+
+
+def label_out_of_range(error):
+    """The `LabelOutOfRange` a TensorFlow error stands for, or None: the line
+    of `checked_label`'s assertion, which comes a few lines into the error
+    (after "Graph execution error:" and TensorFlow's framing)."""
+    lines = [line.strip() for line in error.message.strip().splitlines()]
+    ours = [line for line in lines if LABEL_QUESTION in line]
+    return LabelOutOfRange(ours[0]) if ours else None
 
 
 @contextlib.contextmanager
 def naming_bad_files(files, schema="imagenet"):
-    """Re-raises tf.data's read and decode errors, which name no file, as a
-    `BadDataError` that names one. Only those start the rescan; any other
-    error is re-raised at once."""
+    """Re-raises tf.data's errors about the data as this module's: a label
+    outside the classes as a `LabelOutOfRange`, at once; a read or decode
+    error, which names no file, as a `BadDataError` that names the first of
+    `files` holding one (with no `files`, none is looked for). Only those
+    start the rescan; any other error is re-raised at once."""
     try:
         yield
-    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
-        if not is_unreadable_data(error):
+    except tf.errors.OpError as error:
+        out_of_range = label_out_of_range(error)
+        if out_of_range:
+            raise out_of_range from error
+        if not files or not is_unreadable_data(error):
             raise
         problem = find_first_bad_file(files, schema)
         if not problem:

@@ -12,7 +12,6 @@ The label offset is explicit: `label_offset` is subtracted, so both give
 """
 
 import concurrent.futures
-import contextlib
 import hashlib
 import os
 
@@ -196,7 +195,9 @@ class TFDSSource:
         return _dealt(self.count(), num_pipelines)
 
     def naming_bad_files(self):
-        return contextlib.nullcontext()
+        # No files to rescan (TFDS checks its own when it prepares them): only
+        # a label outside the classes is named.
+        return naming_bad_files(self.files)
 
     def fingerprint(self):
         info = self.builder.info
