@@ -12,7 +12,7 @@ process and in turns:
   the JPEG, flip, resize, then `(x - mean) / std` in float32 on the host;
 - uint8 (the recipe's now): the same crop, flip and resize, shipped as uint8
   with normalisation left to the device, on a private thread pool with slack
-  (`input_pipeline.tune_for_accelerators`).
+  (`batching.tune_for_accelerators`).
 
     python -m benchmarks.input_pipeline [--images=512] [--rounds=3]
 """
@@ -29,8 +29,11 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from recipes.imagenet import input_pipeline  # noqa: E402
+from recipes.imagenet import batching  # noqa: E402
+from recipes.imagenet import crops  # noqa: E402
 from recipes.imagenet import preprocessing  # noqa: E402
+from recipes.imagenet.records import list_files  # noqa: E402
+from recipes.imagenet.records import parse  # noqa: E402
 from tools import imagenet_to_tfrecords  # noqa: E402
 
 WIDTH, HEIGHT = 500, 375  # a typical ImageNet photo
@@ -94,9 +97,9 @@ def decode_resize(files):
     """The floor: decode the whole JPEG, resize."""
 
     def decode(index, serialized):
-        image_bytes, label = input_pipeline.parse(serialized)
+        image_bytes, label = parse(serialized)
         image = tf.io.decode_jpeg(image_bytes, channels=3)
-        return tf.image.resize(image, [input_pipeline.IMAGE_SIZE] * 2), label
+        return tf.image.resize(image, [crops.IMAGE_SIZE] * 2), label
 
     return records(files, decode)
 
@@ -106,9 +109,7 @@ def crop(image_bytes, index):
     chosen = preprocessing.PREPROCESSING["model_garden"]
     seed = tf.stack([tf.constant(0, tf.int64), index])
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    image = input_pipeline.decode_and_random_crop(
-        image_bytes, input_pipeline.IMAGE_SIZE, crop_seed, chosen
-    )
+    image = crops.decode_and_random_crop(image_bytes, crops.IMAGE_SIZE, crop_seed, chosen)
     return tf.image.stateless_random_flip_left_right(image, flip_seed)
 
 
@@ -118,23 +119,21 @@ def host_normalised(files):
     stddev = tf.constant(preprocessing.IMAGENET_STDDEV_RGB)
 
     def preprocess(index, serialized):
-        image_bytes, label = input_pipeline.parse(serialized)
+        image_bytes, label = parse(serialized)
         return tf.cast((crop(image_bytes, index) - mean) / stddev, tf.float32), label
 
     return records(files, preprocess)
 
 
 def uint8(files):
-    """The recipe's map now: `input_pipeline.preprocess`, uint8 out."""
+    """The recipe's map now: `crops.preprocess`, uint8 out."""
 
     def preprocess(index, serialized):
-        image_bytes, label = input_pipeline.parse(serialized)
+        image_bytes, label = parse(serialized)
         seed = tf.stack([tf.constant(0, tf.int64), index])
-        return input_pipeline.preprocess(
-            image_bytes, True, input_pipeline.IMAGE_SIZE, "model_garden", seed
-        ), label
+        return crops.preprocess(image_bytes, True, crops.IMAGE_SIZE, "model_garden", seed), label
 
-    return input_pipeline.tune_for_accelerators(records(files, preprocess))
+    return batching.tune_for_accelerators(records(files, preprocess))
 
 
 def images_per_second(dataset):
@@ -166,7 +165,7 @@ def main():
             num_workers=1,
             splits=("train",),
         )
-        files = input_pipeline.list_files(os.path.join(out, "train-*"))
+        files = list_files(os.path.join(out, "train-*"))
         images_per_second(decode_resize(files))  # warm the page cache and tf.data
         rates = {name: [] for name in pipelines}
         for _ in range(args.rounds):  # in turns, so that drift hits each alike

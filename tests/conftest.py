@@ -33,9 +33,9 @@ def data_dir(tmp_path_factory):
 @pytest.fixture
 def no_rescan(monkeypatch):
     """Fails the test if the input pipeline starts looking for a bad file."""
-    from recipes.imagenet import input_pipeline
+    from recipes.imagenet import bad_data
 
     def rescan(*args, **kwargs):
         raise AssertionError("this error must not start a rescan of the files")
 
-    monkeypatch.setattr(input_pipeline, "find_first_bad_file", rescan)
+    monkeypatch.setattr(bad_data, "find_first_bad_file", rescan)

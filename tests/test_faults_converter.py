@@ -520,18 +520,17 @@ def test_images_training_cannot_crop_or_decode_are_skipped_or_re_encoded(fake, t
 
 def test_the_smallest_image_side_is_the_smallest_training_crops():
     """MIN_IMAGE_SIDE is where every preset's crops start to work."""
-    from recipes.imagenet import input_pipeline
+    from recipes.imagenet.crops import preprocess
+    from recipes.imagenet.preprocessing import PREPROCESSING
 
     def crops(side):
         pixels = np.full((side, 40, 3), 128, np.uint8)
         image = tf.constant(make_fake_imagenet.jpeg(pixels))
         try:
-            for preprocessing in input_pipeline.PREPROCESSING:
-                input_pipeline.preprocess(image, False, 16, preprocessing)
+            for preprocessing in PREPROCESSING:
+                preprocess(image, False, 16, preprocessing)
                 for seed in range(5):
-                    input_pipeline.preprocess(
-                        image, True, 16, preprocessing, tf.constant([seed, 0])
-                    )
+                    preprocess(image, True, 16, preprocessing, tf.constant([seed, 0]))
             return True
         except tf.errors.InvalidArgumentError:
             return False

@@ -14,7 +14,15 @@ pytestmark = pytest.mark.skipif(
 )
 tf = pytest.importorskip("tensorflow")
 
-from recipes.imagenet import input_pipeline  # noqa: E402
+from recipes.imagenet import bad_data  # noqa: E402
+from recipes.imagenet import batching  # noqa: E402
+from recipes.imagenet import sources  # noqa: E402
+from recipes.imagenet.crops import preprocess  # noqa: E402
+from recipes.imagenet.preprocessing import PREPROCESSING  # noqa: E402
+from recipes.imagenet.records import BOX_KEYS  # noqa: E402
+from recipes.imagenet.records import list_files  # noqa: E402
+from recipes.imagenet.records import parse  # noqa: E402
+from recipes.imagenet.records import read_records  # noqa: E402
 from tools import imagenet_to_tfrecords as converter  # noqa: E402
 from tools import make_fake_imagenet  # noqa: E402
 
@@ -343,9 +351,9 @@ def test_bounding_boxes_are_stored_as_tensorflow_tpu_stores_them(fake, tmp_path,
     assert summary["bounding_boxes"] == str(boxes)
     assert converter.verify(str(tmp_path / "out")) == []
     # What the training input makes of them: boxes here, none without the flag.
-    assert input_pipeline.TFRecordSource(str(tmp_path / "out" / "train-*")).has_bounding_boxes()
+    assert sources.TFRecordSource(str(tmp_path / "out" / "train-*")).has_bounding_boxes()
     convert(fake / "raw", tmp_path / "plain")
-    plain = input_pipeline.TFRecordSource(str(tmp_path / "plain" / "train-*"))
+    plain = sources.TFRecordSource(str(tmp_path / "plain" / "train-*"))
     assert not plain.has_bounding_boxes()
 
 
@@ -406,12 +414,12 @@ def test_command_line_exits_non_zero_on_skips_unless_allowed(fake, tmp_path):
 # --- The input pipeline ------------------------------------------------------
 
 
-@pytest.mark.parametrize("preprocessing", sorted(input_pipeline.PREPROCESSING))
+@pytest.mark.parametrize("preprocessing", sorted(PREPROCESSING))
 @pytest.mark.parametrize("training", [True, False])
 def test_pipeline_shapes_dtypes_and_labels(converted, preprocessing, training):
     """Every source's preprocessing ships uint8 images (the model normalises)."""
     output, _ = converted
-    dataset = input_pipeline.build_dataset(
+    dataset = batching.build_dataset(
         str(output / "train-*"),
         training=training,
         global_batch_size=5,
@@ -425,7 +433,7 @@ def test_pipeline_shapes_dtypes_and_labels(converted, preprocessing, training):
     assert labels.dtype == tf.int32
     all_labels = np.concatenate([b[1].numpy() for b in dataset])
     assert set(all_labels) == set(range(CLASSES))  # 1..N in the files, minus 1
-    raw = input_pipeline.build_dataset(
+    raw = batching.build_dataset(
         str(output / "train-*"), training=False, global_batch_size=5, label_offset=0
     )
     assert set(np.concatenate([b[1].numpy() for b in raw])) == set(range(1, CLASSES + 1))
@@ -444,13 +452,11 @@ def test_caffe_crops_by_hand(tmp_path):
     Image.fromarray(pixels).save(path, quality=100, subsampling=0)
     image_bytes = tf.constant(path.read_bytes())
     squashed = tf.image.resize(tf.io.decode_jpeg(image_bytes), [45, 45]).numpy()
-    centre = input_pipeline.preprocess(image_bytes, False, 40, "caffe").numpy()
+    centre = preprocess(image_bytes, False, 40, "caffe").numpy()
     np.testing.assert_array_equal(
         centre, np.clip(squashed[2:42, 2:42] + 0.5, 0, 255).astype(np.uint8)
     )
-    crop = input_pipeline.preprocess(
-        image_bytes, True, 40, "caffe", seed=tf.constant([3, 4], tf.int64)
-    )
+    crop = preprocess(image_bytes, True, 40, "caffe", seed=tf.constant([3, 4], tf.int64))
     rounded = np.clip(squashed + 0.5, 0, 255).astype(np.uint8)
     windows = [rounded[i : i + 40, j : j + 40] for i in range(6) for j in range(6)] + [
         rounded[i : i + 40, j : j + 40][:, ::-1] for i in range(6) for j in range(6)
@@ -477,7 +483,7 @@ def write_records(path, image_bytes, copies, boxes=None):
         "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[1])),
     }
     if boxes is not None:
-        for corner, key in enumerate(input_pipeline.BOX_KEYS):
+        for corner, key in enumerate(BOX_KEYS):
             feature[key] = floats([box[corner] for box in boxes])
     record = tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
     with tf.io.TFRecordWriter(str(path)) as writer:
@@ -497,8 +503,8 @@ def test_mlperf_tf2_training_crops_cover_the_annotated_box(tmp_path):
     write_records(tmp_path / "plain-00000", image_bytes, 64)
 
     def crops(name):
-        source = input_pipeline.TFRecordSource(str(tmp_path / f"{name}-*"))
-        batch = input_pipeline.batches(
+        source = sources.TFRecordSource(str(tmp_path / f"{name}-*"))
+        batch = batching.batches(
             source,
             training=True,
             global_batch_size=64,
@@ -518,12 +524,12 @@ def test_mlperf_tf2_training_crops_cover_the_annotated_box(tmp_path):
 def test_records_boxes_parse_in_the_samplers_order(tmp_path):
     write_records(tmp_path / "r", b"jpeg", 1, boxes=[(0.1, 0.2, 0.3, 0.4), (0.5, 0.6, 0.7, 0.8)])
     serialized = next(iter(tf.data.TFRecordDataset(str(tmp_path / "r"))))
-    _, label, boxes = input_pipeline.parse(serialized, boxes=True)
+    _, label, boxes = parse(serialized, boxes=True)
     np.testing.assert_allclose(boxes.numpy(), [[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]])
     assert label.numpy() == 0  # 1 in the file, minus the schema's offset
     write_records(tmp_path / "plain", b"jpeg", 1)
     serialized = next(iter(tf.data.TFRecordDataset(str(tmp_path / "plain"))))
-    assert input_pipeline.parse(serialized, boxes=True)[2].shape == (0, 4)
+    assert parse(serialized, boxes=True)[2].shape == (0, 4)
 
 
 def test_mlperf_tf2_falls_back_to_the_whole_image(tmp_path):
@@ -537,9 +543,9 @@ def test_mlperf_tf2_falls_back_to_the_whole_image(tmp_path):
     whole = tf.image.resize(tf.io.decode_jpeg(image_bytes), [16, 16]).numpy()
     whole = np.clip(whole + 0.5, 0, 255).astype(np.uint8)
     seed = tf.constant([5, 6], tf.int64)
-    crop = input_pipeline.preprocess(image_bytes, True, 16, "mlperf_tf2", seed=seed).numpy()
+    crop = preprocess(image_bytes, True, 16, "mlperf_tf2", seed=seed).numpy()
     assert np.array_equal(crop, whole) or np.array_equal(crop, whole[:, ::-1])
-    centre = input_pipeline.preprocess(image_bytes, True, 16, "tensorflow_tpu", seed=seed).numpy()
+    centre = preprocess(image_bytes, True, 16, "tensorflow_tpu", seed=seed).numpy()
     assert not (np.array_equal(centre, whole) or np.array_equal(centre, whole[:, ::-1]))
 
 
@@ -553,7 +559,7 @@ def test_mlperf_tf2_evaluation_resizes_the_short_side_then_crops_the_centre(tmp_
     )
     resized = tf.image.resize(tf.io.decode_jpeg(image_bytes), [32, 75]).numpy()
     expected = np.clip(resized[2:30, 23:51] + 0.5, 0, 255).astype(np.uint8)
-    got = input_pipeline.preprocess(image_bytes, False, 28, "mlperf_tf2").numpy()
+    got = preprocess(image_bytes, False, 28, "mlperf_tf2").numpy()
     np.testing.assert_array_equal(got, expected)
 
 
@@ -571,7 +577,7 @@ def test_a_run_without_boxes_says_its_crops_use_the_whole_image(tmp_path, capsys
     from recipes.imagenet import job
 
     write_records(tmp_path / "train-00000", b"jpeg", 1)
-    source = input_pipeline.TFRecordSource(str(tmp_path / "train-*"))
+    source = sources.TFRecordSource(str(tmp_path / "train-*"))
     for preprocessing, said in (("mlperf_tf2", True), ("tensorflow_tpu", False)):
         config = config_lib.resolve(
             "mlperf_4k", model_dir="/m", data_dir=str(tmp_path), preprocessing=preprocessing
@@ -586,11 +592,11 @@ def test_evaluation_reads_only_its_pipelines_files(converted):
     """Two pipelines over the two validation shards: each reads one file, the
     two together every image once, each padded to the same number of steps."""
     output, _ = converted
-    source = input_pipeline.TFRecordSource(str(output / "validation-*"))
+    source = sources.TFRecordSource(str(output / "validation-*"))
     assert len(source.files) == 2
     counts = source.pipeline_counts(2)
     assert sum(counts) == source.count() and len(counts) == 2
-    steps = input_pipeline.evaluation_steps(source, global_batch_size=4, num_pipelines=2)
+    steps = batching.evaluation_steps(source, global_batch_size=4, num_pipelines=2)
     assert steps == max(1, -(-max(counts) // 2))
     images = []
     for pipeline in range(2):
@@ -598,7 +604,7 @@ def test_evaluation_reads_only_its_pipelines_files(converted):
         examples = list(source.evaluation_examples(context))
         assert len(examples) == counts[pipeline]
         images.append({image.numpy() for image, _ in examples})
-        batches = input_pipeline.evaluation_batches(
+        batches = batching.evaluation_batches(
             source, global_batch_size=4, input_context=context, image_size=16
         )
         masks = [mask.numpy() for _, _, mask in batches]
@@ -621,7 +627,7 @@ def test_tfds_schema(tmp_path):
                     )
                 ).SerializeToString()
             )
-    dataset = input_pipeline.build_dataset(
+    dataset = batching.build_dataset(
         str(tmp_path / "imagenet2012-train*"),
         training=False,
         global_batch_size=2,
@@ -634,14 +640,14 @@ def test_tfds_schema(tmp_path):
 
 def filenames_seen(files, context):
     spec = {"image/filename": tf.io.FixedLenFeature([], tf.string)}
-    records_ = input_pipeline.read_records(files, training=True, input_context=context, seed=1)
+    records_ = read_records(files, training=True, input_context=context, seed=1)
     return [tf.io.parse_single_example(r, spec)["image/filename"].numpy() for r in records_]
 
 
 @pytest.mark.parametrize("pattern", ["train-*", "validation-00000-*"])
 def test_input_contexts_cover_the_data_disjointly_and_completely(converted, pattern):
     output, _ = converted
-    files = input_pipeline.list_files(str(output / pattern))
+    files = list_files(str(output / pattern))
     everything = filenames_seen(files, None)
     parts = [filenames_seen(files, tf.distribute.InputContext(2, i, 2)) for i in range(2)]
     assert all(parts) and sorted(parts[0] + parts[1]) == sorted(everything)
@@ -650,7 +656,7 @@ def test_input_contexts_cover_the_data_disjointly_and_completely(converted, patt
 
 def test_per_replica_batch_from_the_input_context(converted):
     output, _ = converted
-    dataset = input_pipeline.build_dataset(
+    dataset = batching.build_dataset(
         str(output / "train-*"),
         training=True,
         global_batch_size=8,
@@ -664,7 +670,7 @@ def test_deterministic_mode_repeats_exactly(converted):
     output, _ = converted
 
     def first_batches(seed):
-        dataset = input_pipeline.build_dataset(
+        dataset = batching.build_dataset(
             str(output / "train-*"),
             training=True,
             global_batch_size=4,
@@ -681,13 +687,13 @@ def test_deterministic_mode_repeats_exactly(converted):
 
 def test_errors_name_the_path(converted, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        input_pipeline.build_dataset(
+        batching.build_dataset(
             str(tmp_path / "missing" / "train-*"), training=True, global_batch_size=2
         )
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
-        input_pipeline.build_dataset(str(tmp_path / "train-*"), training=True, global_batch_size=2)
+        batching.build_dataset(str(tmp_path / "train-*"), training=True, global_batch_size=2)
     with pytest.raises(ValueError, match="`preprocessing`"):
-        input_pipeline.build_dataset(
+        batching.build_dataset(
             str(converted[0] / "train-*"),
             training=True,
             global_batch_size=2,
@@ -696,11 +702,11 @@ def test_errors_name_the_path(converted, tmp_path):
     good = (converted[0] / "train-00000-of-00003").read_bytes()
     (tmp_path / "train-00000-of-00002").write_bytes(good)
     (tmp_path / "train-00001-of-00002").write_bytes(good[: len(good) // 2])
-    dataset = input_pipeline.build_dataset(
+    dataset = batching.build_dataset(
         str(tmp_path / "train-*"), training=False, global_batch_size=2, image_size=16
     )
-    with pytest.raises(input_pipeline.BadDataError, match="train-00001-of-00002"):
-        with input_pipeline.naming_bad_files(dataset.files):
+    with pytest.raises(bad_data.BadDataError, match="train-00001-of-00002"):
+        with bad_data.naming_bad_files(dataset.files):
             for _ in dataset:
                 pass
 
@@ -711,6 +717,20 @@ def test_a_model_side_error_is_re_raised_at_once(converted, no_rescan):
         None, None, "Received a label value of 1000 which is outside the valid range [0, 1000)"
     )
     with pytest.raises(tf.errors.InvalidArgumentError, match="outside the valid range") as raised:
-        with input_pipeline.naming_bad_files(input_pipeline.list_files(str(output / "train-*"))):
+        with bad_data.naming_bad_files(list_files(str(output / "train-*"))):
             raise error
     assert raised.value is error
+
+
+def test_a_label_outside_the_classes_is_named_with_no_files_to_rescan(no_rescan):
+    """TFDS's source has no files of its own to rescan: its label errors are
+    named all the same, as the assertion's one line."""
+    labels = tf.data.Dataset.from_tensor_slices([1, 7]).map(
+        lambda label: bad_data.checked_label(label, 4)
+    )
+    with pytest.raises(bad_data.LabelOutOfRange) as raised:
+        with bad_data.naming_bad_files([]):
+            for _ in labels:
+                pass
+    message = str(raised.value)
+    assert "Label outside [0, 4): is the label offset right?" in message and "\n" not in message

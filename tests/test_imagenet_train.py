@@ -34,8 +34,11 @@ from imagenet_runs import checkpoint_steps  # noqa: E402
 from imagenet_runs import run  # noqa: E402
 from imagenet_runs import scalars  # noqa: E402
 from imagenet_runs import train_command  # noqa: E402
+from recipes.imagenet import bad_data  # noqa: E402
+from recipes.imagenet import batching  # noqa: E402
 from recipes.imagenet import controller  # noqa: E402
-from recipes.imagenet import input_pipeline  # noqa: E402
+from recipes.imagenet import crops  # noqa: E402
+from recipes.imagenet import sources  # noqa: E402
 from recipes.imagenet import strategies  # noqa: E402
 
 
@@ -265,7 +268,7 @@ def test_evaluation_preprocessing_by_hand(tmp_path):
     image_bytes = path.read_bytes()
     decoded = tf.io.decode_jpeg(image_bytes).numpy().astype(np.float64)
 
-    got = input_pipeline.preprocess(tf.constant(image_bytes), False, image_size=35)
+    got = crops.preprocess(tf.constant(image_bytes), False, image_size=35)
     assert got.dtype == tf.uint8
     np.testing.assert_array_equal(got.numpy(), decoded[3:38, 13:48])
 
@@ -337,11 +340,11 @@ def test_help_lists_the_presets(tmp_path):
 
 
 def test_a_wrong_label_offset_is_reported_at_once_without_a_rescan(data_dir, no_rescan):
-    source = input_pipeline.TFRecordSource(str(data_dir / "train-*"), label_offset=0)  # 1..4
-    dataset = input_pipeline.batches(
+    source = sources.TFRecordSource(str(data_dir / "train-*"), label_offset=0)  # 1..4
+    dataset = batching.batches(
         source, training=False, global_batch_size=64, image_size=16, num_classes=CLASSES
     )
-    with pytest.raises(tf.errors.InvalidArgumentError, match="is the label offset right"):
+    with pytest.raises(bad_data.LabelOutOfRange, match=r"Label outside \[0, 4\): is the label"):
         with source.naming_bad_files():
             for _ in dataset:
                 pass

@@ -35,10 +35,11 @@ from imagenet_runs import train_command  # noqa: E402
 from imagenet_runs import write_records  # noqa: E402
 from recipes.imagenet import config as config_lib  # noqa: E402
 from recipes.imagenet import controller  # noqa: E402
-from recipes.imagenet import input_pipeline  # noqa: E402
+from recipes.imagenet import crops  # noqa: E402
 from recipes.imagenet import job  # noqa: E402
 from recipes.imagenet import models  # noqa: E402
 from recipes.imagenet import plan as plan_lib  # noqa: E402
+from recipes.imagenet import sources  # noqa: E402
 from recipes.imagenet.jax_runner import JaxRunner  # noqa: E402
 
 
@@ -253,7 +254,7 @@ def test_evaluation_sees_37_images_exactly_once_on_four_devices(tmp_path):
         train_steps=1,
         preprocessing="model_garden",
     )
-    source = input_pipeline.TFRecordSource(str(tmp_path / "validation-*"))
+    source = sources.TFRecordSource(str(tmp_path / "validation-*"))
     plan = plan_lib.Plan(
         replicas=4,
         num_classes=10,
@@ -274,7 +275,7 @@ def test_evaluation_sees_37_images_exactly_once_on_four_devices(tmp_path):
         result = runner.evaluate(job.evaluation_input(config, plan, source))
         images = np.stack(
             [
-                input_pipeline.preprocess(image_bytes, False, 67).numpy()
+                crops.preprocess(image_bytes, False, 67).numpy()
                 for image_bytes, _ in source.examples(training=False, deterministic=True)
             ]
         )

@@ -25,8 +25,10 @@ from imagenet_runs import checkpoint_arrays  # noqa: E402
 from imagenet_runs import run  # noqa: E402
 from imagenet_runs import train_command  # noqa: E402
 from imagenet_runs import write_records  # noqa: E402
-from recipes.imagenet import input_pipeline  # noqa: E402
+from recipes.imagenet import batching  # noqa: E402
+from recipes.imagenet import crops  # noqa: E402
 from recipes.imagenet import models  # noqa: E402
+from recipes.imagenet import sources  # noqa: E402
 from recipes.imagenet import strategies  # noqa: E402
 from recipes.imagenet.train_loop import Trainer  # noqa: E402
 
@@ -407,17 +409,17 @@ def test_evaluation_sees_37_images_exactly_once_on_four_replicas(tmp_path):
     labels = rng.integers(1, 11, size=37)  # 1..10 in the files
     write_records(tmp_path / "validation-00000-of-00002", labels[:20], rng)
     write_records(tmp_path / "validation-00001-of-00002", labels[20:], rng)
-    source = input_pipeline.TFRecordSource(str(tmp_path / "validation-*"))
+    source = sources.TFRecordSource(str(tmp_path / "validation-*"))
     strategy = strategies.create("mirrored")
     assert strategy.num_replicas_in_sync == 4
     with strategy.scope():
         model = models.build("alexnet", 10, 67)
         optimizer = keras_lars.LARS()
         trainer = Trainer(strategy, model, optimizer, global_batch_size=8)
-    steps = input_pipeline.evaluation_steps(source, 8)
+    steps = batching.evaluation_steps(source, 8)
     assert steps == 5  # 40 places: the last step holds 5 images, a replica none
     dataset = strategy.distribute_datasets_from_function(
-        lambda context: input_pipeline.evaluation_batches(
+        lambda context: batching.evaluation_batches(
             source, global_batch_size=8, input_context=context, image_size=67
         )
     )
@@ -425,7 +427,7 @@ def test_evaluation_sees_37_images_exactly_once_on_four_replicas(tmp_path):
 
     images = tf.stack(
         [
-            input_pipeline.preprocess(image_bytes, False, 67)
+            crops.preprocess(image_bytes, False, 67)
             for image_bytes, _ in source.examples(training=False, deterministic=True)
         ]
     )

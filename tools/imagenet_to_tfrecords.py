@@ -68,12 +68,13 @@ from tqdm import tqdm
 
 from . import imagenet_boxes
 from . import imagenet_layouts
+from .conversion_dir import WORK_DIR
+from .conversion_dir import stats_path
 from .imagenet_layouts import ConversionError
 
 SPLITS = ("train", "validation")
 JPEG_QUALITY = 95  # for re-encoded images only; RGB JPEGs are kept as is
 SHUFFLE_SEED = 12345  # training files are shuffled before sharding
-WORK_DIR = ".conversion"  # unfinished shards and per-shard statistics
 SHARD_NAME = re.compile(r"^(train|validation)-(\d{5})-of-(\d{5})$")
 INPUTS_RECORD = "inputs.json"  # what the shards were written from
 # Parts of that record added since its first version, and what a record
@@ -233,10 +234,6 @@ def shard_jobs(split, refs, num_shards, output_dir, labels, names, boxes):
             )
         )
     return jobs
-
-
-def stats_path(output_dir, name):
-    return os.path.join(output_dir, WORK_DIR, name + ".json")
 
 
 class StatsProblem(ConversionError):

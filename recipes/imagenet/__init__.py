@@ -11,7 +11,11 @@ From the command line to the devices:
   `tf_runner.py` (a tf.distribute strategy from `strategies.py`, the compiled
   loop of `train_loop.py`, `tf.train.Checkpoint`) or `jax_runner.py`
   (keras.distribution, `model.fit`);
-- `input_pipeline.py`: TFRecords or TFDS to batches (read, decode, preprocess);
+- the input pipeline, TFRecords or TFDS to batches: `sources.py` (the
+  splits, each input pipeline's share) over `records.py` (TFRecord files),
+  `crops.py` (decode, crop, resize, flip; `preprocessing.py`, each source's
+  settings as plain data), `batching.py` (shuffle, batch, evaluation's
+  padding) and `bad_data.py` (the label check, the rescan naming a bad file);
 - `models/`: ResNet-50 v1.5, AlexNet and AlexNet-BN;
 - LARS and its schedule come from `recipes/optimization.py`, shared with the
   study.

@@ -251,9 +251,9 @@ def main(argv):
 
     import tensorflow as tf
 
+    from . import bad_data
     from . import checkpoints
     from . import controller
-    from . import input_pipeline
     from . import job
     from . import preemption
     from . import run_lock
@@ -267,13 +267,13 @@ def main(argv):
         return preemption.PREEMPTED_STATUS
     except KeyboardInterrupt:  # Ctrl-C outside the loops (inside, it stops them cleanly)
         return _error("interrupted; the checkpoints written so far are kept")
-    except tf.errors.OpError as error:  # a bad label, an unreadable gs:// path, ...
+    except tf.errors.OpError as error:  # an unreadable gs:// path, ...
         return _error(_explanation(error.message))
     except (
         ValueError,
         OSError,
         strategies.StrategyError,
-        input_pipeline.BadDataError,
+        bad_data.BadDataError,
         controller.TrainingDiverged,
         controller.LoopMiscounted,
         runner.ProcessesDisagree,
@@ -286,15 +286,11 @@ def main(argv):
 
 
 def _explanation(message):
-    """The line of a TensorFlow error that says what is wrong: the recipe's
-    own assertion if there is one (it comes a few lines after "Graph execution
-    error:"), else the first line that is not TensorFlow's framing
-    ("Graph execution error:", "{{function_node ...}}", tf.data's "Error in
-    user-defined function ... with iterator: ...:")."""
+    """The line of a TensorFlow error that says what is wrong: the first that
+    is not TensorFlow's framing ("Graph execution error:", "{{function_node
+    ...}}", tf.data's "Error in user-defined function ... with iterator:
+    ...:"). The input pipeline's own errors come as `bad_data`'s types."""
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-    ours = [line for line in lines if "is the label offset right?" in line]
-    if ours:
-        return ours[0]
     for line in lines:
         line = re.sub(r"^(\{\{function_node [^}]*\}\}\s*)+", "", line)
         line = re.sub(r"^Error in user-defined function .*? with iterator: \S+: ", "", line)

@@ -55,9 +55,9 @@ import numpy as np
 import tensorflow as tf
 
 from .. import optimization
+from . import batching
 from . import checkpoints
 from . import controller
-from . import input_pipeline
 from . import runner
 from . import strategies
 from .runner import Evaluation
@@ -301,7 +301,7 @@ class JaxRunner(Runner):
         self.training = training
         per_process = config.global_batch_size // self.processes
         if training is None:  # synthetic: one random batch, again and again
-            batch = input_pipeline.synthetic_batch(per_process, config.image_size, plan.num_classes)
+            batch = batching.synthetic_batch(per_process, config.image_size, plan.num_classes)
             batches = _repeat(tuple(x.numpy() for x in batch))
         else:
             batches = training.dataset_fn(self._input_context()).as_numpy_iterator()

@@ -18,7 +18,7 @@
 
 Resuming. The optimizer's `iterations` is saved with the weights, so the
 schedule continues where it was, and the input stream is reopened where it
-stopped (`input_pipeline.resume_position`): exactly, with `deterministic=True`.
+stopped (`batching.resume_position`): exactly, with `deterministic=True`.
 """
 
 import contextlib
@@ -35,15 +35,16 @@ import keras_lars
 
 from .. import faults
 from .. import optimization
+from . import batching
 from . import config as config_lib
 from . import controller
-from . import input_pipeline
 from . import mlperf_log
 from . import model_dir
 from . import models
 from . import plan as plan_lib
 from . import preprocessing as preprocessing_lib
 from . import run_lock
+from . import sources
 from .runner import Input
 
 POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
@@ -126,8 +127,8 @@ def _sources(config):
         return None, None
     if config.tfds_data_dir:
         return (
-            input_pipeline.TFDSSource(config.tfds_data_dir, "train"),
-            input_pipeline.TFDSSource(config.tfds_data_dir, "validation"),
+            sources.TFDSSource(config.tfds_data_dir, "train"),
+            sources.TFDSSource(config.tfds_data_dir, "validation"),
         )
     for split in ("train", "validation"):
         pattern = os.path.join(config.data_dir, f"{split}-*")
@@ -137,8 +138,8 @@ def _sources(config):
                 "(write them with tools/imagenet_to_tfrecords.py)"
             )
     return (
-        input_pipeline.TFRecordSource(os.path.join(config.data_dir, "train-*")),
-        input_pipeline.TFRecordSource(os.path.join(config.data_dir, "validation-*")),
+        sources.TFRecordSource(os.path.join(config.data_dir, "train-*")),
+        sources.TFRecordSource(os.path.join(config.data_dir, "validation-*")),
     )
 
 
@@ -162,14 +163,14 @@ def _describe(plan):
 def training_input(config, source, start_step):
     """The training stream from `start_step` on: each input pipeline's share,
     reopened where the steps before consumed it (see
-    `input_pipeline.resume_position`)."""
+    `batching.resume_position`)."""
 
     def dataset_fn(context):
         per_pipeline_step = config.global_batch_size // context.num_input_pipelines
-        seed, skip = input_pipeline.resume_position(
+        seed, skip = batching.resume_position(
             config.seed, config.deterministic, start_step, per_pipeline_step
         )
-        return input_pipeline.batches(
+        return batching.batches(
             source,
             training=True,
             global_batch_size=config.global_batch_size,
@@ -191,7 +192,7 @@ def evaluation_input(config, plan, source):
     batch = plan_lib.evaluation_batch_size(config)
 
     def dataset_fn(context):
-        return input_pipeline.evaluation_batches(
+        return batching.evaluation_batches(
             source,
             global_batch_size=batch,
             input_context=context,
@@ -201,7 +202,7 @@ def evaluation_input(config, plan, source):
         )
 
     def steps(num_input_pipelines):
-        return input_pipeline.evaluation_steps(source, batch, num_input_pipelines)
+        return batching.evaluation_steps(source, batch, num_input_pipelines)
 
     return Input(dataset_fn, steps, source.naming_bad_files)
 

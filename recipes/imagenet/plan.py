@@ -13,7 +13,9 @@ same run's (`SETTINGS_MAY_CHANGE_ON_RESUME` aside).
 import dataclasses
 import math
 
-from . import input_pipeline
+from .sources import IMAGENET_CLASSES
+
+IMAGENET_TRAIN_IMAGES = 1_281_167  # ImageNet's training split: a synthetic run's epochs
 
 # What a resumed run may change: where and how it runs, or when it stops, not
 # what it computes. Settings (TrainConfig's fields; the backend may not
@@ -80,8 +82,8 @@ def compute(config, replicas, train_source, eval_source):
             f"{replicas} replica(s) x --accumulation_steps={config.accumulation_steps}"
         )
     if config.synthetic:
-        num_classes = input_pipeline.IMAGENET_CLASSES
-        train_images, eval_images = input_pipeline.IMAGENET_TRAIN_IMAGES, 0
+        num_classes = IMAGENET_CLASSES
+        train_images, eval_images = IMAGENET_TRAIN_IMAGES, 0
     else:
         num_classes = train_source.num_classes
         if not config.train_images:

@@ -1,9 +1,9 @@
 """How each source turned ImageNet's JPEGs into model inputs, as plain data.
 
-`recipes/imagenet/input_pipeline.py` does the cropping and resizing on the
-host; the model does the normalisation on the device
-(`models.ImageNormalization`, with `mean` and `stddev`). Each preset names
-the preprocessing of its source (`presets.py`). No TensorFlow here.
+`crops.py` does the cropping and resizing on the host; the model does the
+normalisation on the device (`models.ImageNormalization`, with `mean` and
+`stddev`). Each preset names the preprocessing of its source (`presets.py`).
+No TensorFlow here.
 """
 
 import dataclasses
@@ -113,3 +113,18 @@ PREPROCESSING = {
     ),
 }
 DEFAULT_PREPROCESSING = "model_garden"
+
+
+def as_preprocessing(preprocessing):
+    """The `Preprocessing` that `preprocessing` is or names (None: the
+    default's)."""
+    if preprocessing is None:
+        return PREPROCESSING[DEFAULT_PREPROCESSING]
+    if isinstance(preprocessing, str):
+        if preprocessing not in PREPROCESSING:
+            raise ValueError(
+                f"`preprocessing` must be one of {tuple(PREPROCESSING)}. "
+                f"Received: preprocessing={preprocessing!r}"
+            )
+        return PREPROCESSING[preprocessing]
+    return preprocessing

@@ -37,7 +37,8 @@ class Input:
     per-process batches (JAX), as `context.get_per_replica_batch_size`
     says; `steps(num_input_pipelines)` is how many steps it holds (None:
     endless). Reading it inside `naming_bad_files()` turns tf.data's read
-    and decode errors into ones that name the file."""
+    and decode errors into ones that name the file, and a label outside the
+    classes into a `bad_data.LabelOutOfRange`."""
 
     dataset_fn: Callable
     steps: Callable[[int], int | None] = lambda num_input_pipelines: None

@@ -57,7 +57,7 @@ import tensorflow as tf
 import keras_lars
 
 from .. import optimization
-from . import input_pipeline
+from . import batching
 from .runner import Evaluation
 from .runner import LoopResult
 
@@ -227,7 +227,7 @@ class Trainer:
     def _replica_train_step(self, step, last, images=None, labels=None):
         if self.synthetic:
             size, classes = self.synthetic
-            images, labels = input_pipeline.synthetic_batch(self.per_replica_batch, size, classes)
+            images, labels = batching.synthetic_batch(self.per_replica_batch, size, classes)
         gradients, counts = self._gradients(images, labels)
         if self._explicit_update:
             self._apply_all_reduced(self._all_reduce(gradients))
