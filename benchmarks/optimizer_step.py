@@ -15,6 +15,12 @@ Results and the choices they led to: benchmarks/RESULTS.md.
     KERAS_BACKEND=torch python -m benchmarks.optimizer_step # eager
     KERAS_BACKEND=torch python -m benchmarks.optimizer_step --torch_compile
 
+Peers, in the same run, with every variable adapted and decayed (as they
+do it) and keras_lars configured the same ("LARS, all adapted"): on JAX
+`optax.lars`; on PyTorch timm's `Lars` when timm is installed (its
+`timm/optim/lars.py` is loaded alone, so timm's other dependencies are not
+needed: `pip install --no-deps timm`), else that row is left out.
+
 `--torch_compile` adds a row for LARS whose multi-tensor PyTorch step
 (keras_lars/_torch_lars.py) runs through `torch.compile` (Inductor fuses the
 chains of `_foreach` kernels), and reports its compile time (the first call).
@@ -28,11 +34,15 @@ after the warm-up steps and read after the timed ones.
 """
 
 import argparse
+import importlib
+import importlib.util
 import os
+import pathlib
 import statistics
 import subprocess
 import sys
 import time
+import types
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -124,6 +134,103 @@ class TorchCompiledLARS(keras_lars.LARS):
         if not hasattr(self, "_compiled_update_all"):
             self._compiled_update_all = torch.compile(_torch_lars.update_all)
         return self._compiled_update_all(self, grads, trainable_variables, learning_rate)
+
+
+TIMM_OPTIM_ALONE = "timm_optim_alone"
+PEER_HYPERPARAMETERS = dict(learning_rate=1.0, momentum=0.9, weight_decay=5e-4, trust=0.001)
+
+
+def all_adapted_lars():
+    """keras_lars.LARS as the peers run: no variable left out of decay or
+    adaptation."""
+    h = PEER_HYPERPARAMETERS
+    return keras_lars.LARS(
+        h["learning_rate"],
+        momentum=h["momentum"],
+        weight_decay=h["weight_decay"],
+        trust_coefficient=h["trust"],
+        weight_decay_exclude_patterns=(),
+        adaptation_exclude_patterns=(),
+    )
+
+
+def optax_lars_step(variables, gradients, inner):
+    """`optax.lars`'s step on copies of `variables`, jitted as LARS's is."""
+    import jax
+    import optax
+
+    h = PEER_HYPERPARAMETERS
+    transform = optax.lars(
+        h["learning_rate"],
+        weight_decay=h["weight_decay"],
+        trust_coefficient=h["trust"],
+        momentum=h["momentum"],
+    )
+    params = [jax.numpy.array(v.value) for v in variables]
+    state = {"params": params, "opt": transform.init(params)}
+
+    def apply_steps(params, opt, grads):
+        def body(_, carry):
+            g, (params, opt) = jax.lax.optimization_barrier((grads, carry))
+            updates, opt = transform.update(g, opt, params)
+            return optax.apply_updates(params, updates), opt
+
+        return jax.lax.fori_loop(0, inner, body, (params, opt))
+
+    apply = jax.jit(apply_steps)
+
+    def step():
+        state["params"], state["opt"] = apply(state["params"], state["opt"], gradients)
+
+    return step, lambda: jax.block_until_ready(state["params"])
+
+
+def timm_lars_class():
+    """timm's `Lars`, loaded from `timm/optim/` without running timm's
+    package imports (its `lars.py` and `_helpers.py` need only PyTorch), or
+    None when timm is not installed."""
+    spec = importlib.util.find_spec("timm")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    # An empty stand-in for the `timm.optim` package, so that `lars.py`'s
+    # relative import finds `_helpers.py` beside it.
+    package = types.ModuleType(TIMM_OPTIM_ALONE)
+    package.__path__ = [str(pathlib.Path(spec.submodule_search_locations[0]) / "optim")]
+    sys.modules[TIMM_OPTIM_ALONE] = package
+    return importlib.import_module(f"{TIMM_OPTIM_ALONE}.lars").Lars
+
+
+def timm_lars_step(lars_class, variables, gradients):
+    """timm's `Lars` step on copies of `variables`, eager as LARS's is."""
+    import torch
+
+    h = PEER_HYPERPARAMETERS
+    params = [torch.nn.Parameter(v.value.detach().clone()) for v in variables]
+    for param, gradient in zip(params, gradients):
+        param.grad = gradient
+    optimizer = lars_class(
+        params,
+        lr=h["learning_rate"],
+        momentum=h["momentum"],
+        weight_decay=h["weight_decay"],
+        trust_coeff=h["trust"],
+    )
+    wait = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None
+    return optimizer.step, wait
+
+
+def peer_steps(variables, gradients, inner):
+    """{row name: (step, wait)} of the peers this backend has."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        return {"optax.lars": optax_lars_step(variables, gradients, inner)}
+    if backend == "torch":
+        lars_class = timm_lars_class()
+        if lars_class is None:
+            print("timm is not installed: its Lars row is left out (pip install --no-deps timm)")
+            return {}
+        return {"timm Lars": timm_lars_step(lars_class, variables, gradients)}
+    return {}
 
 
 def first_call_seconds(step, wait):
@@ -223,6 +330,12 @@ def main():
         if isinstance(optimizer, TorchCompiledLARS):
             compile_seconds[name] = first_call_seconds(step, wait)
         results[name] = median_ms(step, wait, args.steps, args.inner)
+    peers = peer_steps(variables, gradients, args.inner)
+    if peers:
+        step, wait = step_function(all_adapted_lars(), variables, gradients, args.jit, args.inner)
+        results["LARS, all adapted"] = median_ms(step, wait, args.steps, args.inner)
+    for name, (step, wait) in peers.items():
+        results[name] = median_ms(step, wait, args.steps, args.inner)
     sgd = results["SGD(momentum=0.9)"]
     backend = keras.backend.backend()
     compiler = {"jax": "jax.jit", "torch": "nothing (eager)"}.get(
@@ -237,9 +350,11 @@ def main():
     print("| optimizer | ms/step | ratio to SGD |" + (" peak MiB in a step |" if peaks else ""))
     print("|---|---:|---:|" + ("---:|" if peaks else ""))
     for name, ms in results.items():
-        memory = f" {peaks[name]:.0f} |" if peaks else ""
+        memory = f" {peaks[name]:.0f} |" if name in peaks else (" |" if peaks else "")
         print(f"| {name} | {ms:.2f} | {ms / sgd:.2f} |{memory}")
     print(f"LARS / SGD: {results['LARS'] / sgd:.2f}")
+    for name in peers:
+        print(f"LARS, all adapted / {name}: {results['LARS, all adapted'] / results[name]:.2f}")
     for name, seconds in compile_seconds.items():
         print(f"{name}: first call (compilation) {seconds:.1f} s")
         print(f"{name} / LARS (eager): {results[name] / results['LARS']:.2f}")
