@@ -119,9 +119,10 @@ def address(server):
     return server._address  # noqa: SLF001 - TensorFlow's only way to read a bound port
 
 
-def serve_until_stopped(server):
+def serve_until_stopped(server, ready):
     """Serves until SIGTERM or SIGINT, then stops `server`; returns the
-    signal's name."""
+    signal's name. `ready()` is called once the signals are caught, so that
+    whoever it tells may stop the server at once."""
     stopped = threading.Event()
     received = []
 
@@ -131,6 +132,7 @@ def serve_until_stopped(server):
 
     previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
+        ready()
         stopped.wait()
     finally:
         for s, handler in previous.items():

@@ -1,0 +1,165 @@
+"""--data_service: the training input made by a tf.data service's workers
+(recipes/imagenet/data_service.py), on one host: a dispatcher and two workers
+in this process, their ports chosen by the servers."""
+
+import collections
+import signal
+import subprocess
+
+import keras
+import pytest
+
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="the tf.data service is TensorFlow's"
+)
+
+if keras.backend.backend() == "tensorflow":
+    import numpy as np
+    import tensorflow as tf
+
+    from commands import ROOT
+    from commands import environment
+    from commands import module
+    from imagenet_runs import ALEXNET
+    from imagenet_runs import SMALL
+    from imagenet_runs import run
+    from recipes.imagenet import data_service
+    from recipes.imagenet import input_pipeline
+
+WORKERS = 2
+ON_ANY_PORT = "localhost:%port%"  # the servers bind free ports and say which
+
+
+@pytest.fixture
+def service():
+    """(dispatcher, workers), serving until the test ends."""
+    dispatcher = data_service.start_dispatcher(0, [ON_ANY_PORT] * WORKERS)
+    workers = [
+        data_service.start_worker(0, data_service.address(dispatcher), ON_ANY_PORT)
+        for _ in range(WORKERS)
+    ]
+    yield dispatcher, workers
+    for server in [*workers, dispatcher]:
+        server.stop()
+
+
+def train(data_dir, model_dir, dispatcher):
+    return run(
+        **ALEXNET,
+        **SMALL,
+        strategy="mirrored",
+        train_steps=4,
+        data_dir=str(data_dir),
+        model_dir=str(model_dir),
+        data_service=dispatcher.target,
+    )
+
+
+def test_a_run_trains_on_the_services_batches(data_dir, tmp_path, service):
+    dispatcher, _ = service
+    summary = train(data_dir, tmp_path / "run", dispatcher)
+    assert summary["steps"] == 4
+    assert summary["eval_images"] == 20  # evaluation stays local: every image once
+
+
+def test_every_training_image_of_a_pass_is_read_once_over_two_pipelines(data_dir, service):
+    """Each worker reads its own files, and each batch of the job goes to one
+    of the pipelines reading it: one pass of the workers, read to its end by
+    two pipelines, holds every training image once."""
+    dispatcher, _ = service
+    files = input_pipeline.list_files(str(data_dir / "train-*"))
+    filename = {"image/filename": tf.io.FixedLenFeature([], tf.string)}
+
+    def names(records):
+        return records.map(lambda r: tf.io.parse_single_example(r, filename)["image/filename"])
+
+    one_pass = names(input_pipeline.read_records(files, training=True)).batch(3)
+    pipelines = [iter(data_service.read(one_pass, dispatcher.target, "one-pass")) for _ in "ab"]
+    seen, batches = collections.Counter(), [0, 0]
+    while pipelines:  # one batch of each in turn, as replicas take them
+        for i, pipeline in enumerate(list(pipelines)):
+            batch = next(pipeline, None)
+            if batch is None:
+                pipelines.remove(pipeline)
+            else:
+                seen.update(batch.numpy())
+                batches[i] += 1
+    every_image = collections.Counter(names(tf.data.TFRecordDataset(files)).as_numpy_iterator())
+    assert seen == every_image
+    assert min(batches) > 0  # both pipelines read from the job
+
+
+def test_a_worker_stopped_mid_run_is_survived(data_dir, tmp_path, service, monkeypatch):
+    """The first batch the trainer reads stops a worker; the run goes on
+    with the other one."""
+    dispatcher, workers = service
+    read = data_service.read
+
+    def stopping_a_worker_after_the_first_batch(dataset, address, job):
+        def stop_once(*batch):
+            if workers[0] is not None:
+                workers[0].stop()
+                stopped.append(True)
+            return np.int64(0)
+
+        served = read(dataset, address, job)
+        return served.map(
+            lambda images, labels: (
+                images,
+                labels + tf.cast(tf.py_function(stop_once, [], tf.int64), tf.int32),
+            )
+        )
+
+    stopped = []
+    monkeypatch.setattr(data_service, "read", stopping_a_worker_after_the_first_batch)
+    summary = train(data_dir, tmp_path / "run", dispatcher)
+    assert stopped
+    assert summary["steps"] == 4
+
+
+def test_the_command_serves_until_sigterm_and_says_so_in_one_line():
+    command = module(
+        "recipes.imagenet_data_service",
+        "--role=dispatcher",
+        "--port=0",
+        f"--worker_addresses={ON_ANY_PORT}",
+    )
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        serving = process.stdout.readline()  # written once the port is bound
+        process.send_signal(signal.SIGTERM)
+        rest, _ = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert serving.startswith("keras-lars-data-service: dispatcher at localhost:")
+    assert process.returncode == 0
+    assert rest.strip().splitlines() == [f"{serving.strip()} stopped by SIGTERM"]
+
+
+@pytest.mark.parametrize(
+    "flags, error",
+    [
+        (["--role=worker", "--port=5051"], "--role=worker needs --dispatcher_address"),
+        (["--role=dispatcher", "--port=5050"], "--role=dispatcher needs --worker_addresses"),
+        (["--port=5050"], "--role is required"),
+    ],
+)
+def test_a_bad_command_line_is_one_line_with_exit_1(flags, error):
+    result = subprocess.run(
+        module("recipes.imagenet_data_service", *flags),
+        cwd=ROOT,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"keras-lars-data-service: error: {error}")
