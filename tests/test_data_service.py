@@ -73,7 +73,9 @@ def test_every_training_image_of_a_pass_is_read_once_over_two_pipelines(data_dir
     def names(records):
         return records.map(lambda r: tf.io.parse_single_example(r, filename)["image/filename"])
 
-    one_pass = names(input_pipeline.read_records(files, training=True)).batch(3)
+    one_pass = names(
+        input_pipeline.read_records(files, training=True, input_context=data_service.WORKERS_SHARE)
+    ).batch(3)
     pipelines = [iter(data_service.read(one_pass, dispatcher.target, "one-pass")) for _ in "ab"]
     seen, batches = collections.Counter(), [0, 0]
     while pipelines:  # one batch of each in turn, as replicas take them

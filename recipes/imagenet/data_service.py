@@ -45,7 +45,17 @@ import tensorflow as tf
 
 from . import batching
 
-SHARDING = tf.data.experimental.service.ShardingPolicy.FILE
+# Static sharding where the input pipeline says: its files are dealt to the
+# workers as to input pipelines (`WORKERS_SHARE`). (FILE sharding would refuse
+# the pipeline: the counter that seeds each image's augmentation is a source
+# of its own, not a file.)
+SHARDING = tf.data.experimental.service.ShardingPolicy.HINT
+# An input context whose pipelines are the service's workers: tf.data's
+# placeholder, which each worker replaces with (workers, its index).
+WORKERS_SHARE = tf.distribute.InputContext(
+    num_input_pipelines=tf.data.experimental.SHARD_HINT,
+    input_pipeline_id=tf.data.experimental.SHARD_HINT,
+)
 # The trainers read from every worker. (The default, for file sharding, is a
 # worker on the trainer's own host only: a service on other machines would
 # leave the trainers nothing to read.)
@@ -73,9 +83,13 @@ def training_batches(source, *, address, job, global_batch_size, input_context=N
         if input_context
         else global_batch_size
     )
-    # The workers shard the files among themselves; each makes whole batches.
+    # Each worker makes whole batches of its own files.
     made_by_workers = batching.batches(
-        source, training=True, global_batch_size=batch_size, **batches
+        source,
+        training=True,
+        global_batch_size=batch_size,
+        input_context=WORKERS_SHARE,
+        **batches,
     )
     return read(made_by_workers, address, job)
 
