@@ -98,19 +98,17 @@ def test_a_worker_stopped_mid_run_is_survived(data_dir, tmp_path, service, monke
     read = data_service.read
 
     def stopping_a_worker_after_the_first_batch(dataset, address, job):
-        def stop_once(*batch):
-            if workers[0] is not None:
+        def stop_once():
+            if not stopped:
                 workers[0].stop()
                 stopped.append(True)
-            return np.int64(0)
+            return np.int32(0)
 
-        served = read(dataset, address, job)
-        return served.map(
-            lambda images, labels: (
-                images,
-                labels + tf.cast(tf.py_function(stop_once, [], tf.int64), tf.int32),
-            )
-        )
+        def read_then_stop(images, labels):  # labels + 0, once the batch is read
+            nothing = tf.ensure_shape(tf.py_function(stop_once, [], tf.int32), [])
+            return images, labels + nothing
+
+        return read(dataset, address, job).map(read_then_stop)
 
     stopped = []
     monkeypatch.setattr(data_service, "read", stopping_a_worker_after_the_first_batch)
