@@ -163,3 +163,15 @@ def test_a_bad_command_line_is_one_line_with_exit_1(flags, error):
     assert result.returncode == 1
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"keras-lars-data-service: error: {error}")
+
+
+def test_a_malformed_address_is_named(data_dir, tmp_path):
+    from recipes.imagenet import config as config_lib
+
+    with pytest.raises(
+        ValueError,
+        match="Received: --data_service=dispatcher-host",
+    ):
+        config_lib.resolve(
+            data_dir=str(data_dir), model_dir=str(tmp_path), data_service="dispatcher-host"
+        )

@@ -17,8 +17,8 @@ images once per pass over them; all the run's input pipelines (one per
 trainer host, or per JAX process) read one job (`job_name`), and each batch
 goes to one of them. So every training image is read once per pass of its
 worker, wherever the batches go; workers of unequal speed can be a part of a
-pass apart. FILE sharding needs at least as many training files as workers,
-and every worker must reach `--data_dir` at the same path (a shared file
+pass apart. Each worker needs a training file at least (one without makes
+nothing), and every worker must reach `--data_dir` at the same path (a shared file
 system, or gs://).
 
 Resuming. Each start of a run reads a job of its own (named after the run's
