@@ -23,8 +23,9 @@ if keras.backend.backend() == "tensorflow":
     from imagenet_runs import ALEXNET
     from imagenet_runs import SMALL
     from imagenet_runs import run
+    from recipes.imagenet import batching
     from recipes.imagenet import data_service
-    from recipes.imagenet import input_pipeline
+    from recipes.imagenet import records
 
 WORKERS = 2
 ON_ANY_PORT = "localhost:%port%"  # the servers bind free ports and say which
@@ -67,14 +68,14 @@ def test_every_training_image_of_a_pass_is_read_once_over_two_pipelines(data_dir
     of the pipelines reading it: one pass of the workers, read to its end by
     two pipelines, holds every training image once."""
     dispatcher, _ = service
-    files = input_pipeline.list_files(str(data_dir / "train-*"))
+    files = records.list_files(str(data_dir / "train-*"))
     filename = {"image/filename": tf.io.FixedLenFeature([], tf.string)}
 
     def names(records):
         return records.map(lambda r: tf.io.parse_single_example(r, filename)["image/filename"])
 
     one_pass = names(
-        input_pipeline.read_records(files, training=True, input_context=data_service.WORKERS_SHARE)
+        records.read_records(files, training=True, input_context=data_service.WORKERS_SHARE)
     ).batch(3)
     pipelines = [iter(data_service.read(one_pass, dispatcher.target, "one-pass")) for _ in "ab"]
     seen, batches = collections.Counter(), [0, 0]
@@ -89,6 +90,36 @@ def test_every_training_image_of_a_pass_is_read_once_over_two_pipelines(data_dir
     every_image = collections.Counter(names(tf.data.TFRecordDataset(files)).as_numpy_iterator())
     assert seen == every_image
     assert min(batches) > 0  # both pipelines read from the job
+
+
+def test_two_workers_augment_their_nth_images_apart(data_dir, service):
+    """A worker's pipeline is not told which worker it is (its input context
+    holds tf.data's placeholder), so the position in its stream alone would
+    seed the n-th image of every worker alike: the images' bytes tell them
+    apart."""
+    dispatcher, _ = service
+    files = records.list_files(str(data_dir / "train-*"))
+    made_by_workers = (
+        records.read_records(files, training=True, input_context=data_service.WORKERS_SHARE)
+        .enumerate()
+        .map(
+            lambda index, record: (
+                index,
+                batching.augmentation_seed(
+                    0,
+                    data_service.WORKERS_SHARE.input_pipeline_id,
+                    index,
+                    records.parse(record)[0],
+                ),
+            )
+        )
+    )
+    seeds = collections.defaultdict(list)
+    for index, seed in data_service.read(made_by_workers, dispatcher.target, "seeds"):
+        seeds[int(index)].append(tuple(seed.numpy()))
+    on_both = [s for s in seeds.values() if len(s) == WORKERS]
+    assert on_both  # positions that both workers' streams reach
+    assert all(len(set(s)) == WORKERS for s in on_both)
 
 
 def test_a_worker_stopped_mid_run_is_survived(data_dir, tmp_path, service, monkeypatch):
