@@ -37,6 +37,7 @@ setup(
     entry_points={
         "console_scripts": [
             "keras-lars-train = keras_lars_recipes.scripts:train",
+            "keras-lars-data-service = keras_lars_recipes.scripts:data_service",
             "keras-lars-study = keras_lars_recipes.scripts:study",
             "keras-lars-imagenet-to-tfrecords = keras_lars_recipes.scripts:imagenet_to_tfrecords",
             "keras-lars-make-fake-imagenet = keras_lars_recipes.scripts:make_fake_imagenet",

@@ -47,6 +47,14 @@ def train():
     )
 
 
+def data_service():
+    """keras-lars-data-service: a tf.data service dispatcher or worker for
+    the recipe's --data_service (recipes/imagenet/data_service_cli.py)."""
+    _run(
+        "keras-lars-data-service", f"{__package__}.imagenet.data_service_cli", needs_tensorflow=True
+    )
+
+
 def study():
     """keras-lars-study: the large-batch study (recipes/study/cli.py)."""
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")

@@ -30,6 +30,7 @@ from .sources import TFRecordSource
 SHUFFLE_BUFFER = 10_000
 MAX_INPUT_PIPELINES = 4096  # augmentation streams stay distinct up to this many hosts
 MIN_PRIVATE_THREADS = 8  # the input's own thread pool, at least
+IMAGE_HASH_BUCKETS = 2**62  # an image's bytes to a stream number (`augmentation_seed`)
 RESEED_STRIDE = 1_000_003  # a resumed, non-deterministic stream's seed offset per step
 
 
@@ -116,9 +117,7 @@ def batches(
     def preprocess_one(index, example):
         image_bytes, label, *boxes = example
         label = checked_label(label, num_classes)
-        # One random stream per (seed, pipeline), one seed per element in it.
-        stream = seed * MAX_INPUT_PIPELINES + pipeline
-        element_seed = tf.stack([tf.cast(stream, tf.int64), index])
+        element_seed = augmentation_seed(seed, pipeline, index, image_bytes)
         image = preprocess(image_bytes, training, image_size, preprocessing, element_seed, *boxes)
         return image, label
 
@@ -127,6 +126,25 @@ def batches(
     )
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     return tune_for_accelerators(dataset.prefetch(tf.data.AUTOTUNE), threads)
+
+
+def augmentation_seed(seed, pipeline, index, image_bytes):
+    """The stateless seed of the `index`-th element of a pipeline's stream:
+    one random stream per (seed, pipeline), one seed per element in it.
+
+    A pipeline made by the tf.data service's workers does not know which
+    worker it is (`pipeline` is `tf.data.experimental.SHARD_HINT`: tf.data
+    fills in the worker only where the files are sharded), so every worker
+    would crop its `index`-th image as every other worker crops theirs. There
+    the image's own bytes stand in for the pipeline."""
+    if pipeline == tf.data.experimental.SHARD_HINT:
+        stream = tf.bitwise.bitwise_xor(
+            tf.constant(seed * MAX_INPUT_PIPELINES, tf.int64),
+            tf.strings.to_hash_bucket_fast(image_bytes, IMAGE_HASH_BUCKETS),
+        )
+    else:
+        stream = tf.constant(seed * MAX_INPUT_PIPELINES + pipeline, tf.int64)
+    return tf.stack([stream, tf.cast(index, tf.int64)])
 
 
 def resume_position(seed, deterministic, start_step, examples_per_step):

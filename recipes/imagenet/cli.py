@@ -54,6 +54,12 @@ def define_flags():
         "synthetic", DEFAULTS["synthetic"], "Random images made on the device: throughput only."
     )
     flags.DEFINE_string(
+        "data_service",
+        DEFAULTS["data_service"],
+        "grpc://HOST:PORT: the training input is made by the workers of this tf.data "
+        "service dispatcher (keras-lars-data-service); evaluation stays on this host.",
+    )
+    flags.DEFINE_string(
         "model_dir", DEFAULTS["model_dir"], "Checkpoints, TensorBoard logs, config and summary."
     )
     flags.DEFINE_enum(

@@ -11,6 +11,7 @@ that --help and a flag's mistake are instant.
 """
 
 import dataclasses
+import re
 
 from ..checks import check_choice
 from ..checks import check_integer
@@ -43,6 +44,8 @@ STEPS_OVERRIDING_EPOCHS = {
 # MLPerf's closed_common rules: the divisions and a submission's status.
 MLPERF_DIVISIONS = ("closed", "open")
 MLPERF_STATUSES = ("cloud", "onprem", "preview", "research")
+# A tf.data service dispatcher's address (recipes/imagenet/data_service.py).
+DATA_SERVICE_ADDRESS = re.compile(r"(grpc://)?[\w.-]+:\d+")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +61,8 @@ class TrainConfig:
     data_dir: str | None
     tfds_data_dir: str | None
     synthetic: bool
+    # The training input made by a tf.data service's workers: its dispatcher.
+    data_service: str | None
     # Where it runs.
     strategy: str
     tpu: str | None
@@ -121,6 +126,7 @@ DEFAULTS = dict(
     data_dir=None,
     tfds_data_dir=None,
     synthetic=False,
+    data_service=None,  # the training input made on this host
     strategy="default",
     tpu=None,
     logical_cpus=0,
@@ -195,6 +201,8 @@ def check(config):
         raise ValueError("Give exactly one of --data_dir, --tfds_data_dir and --synthetic")
     if not config.model_dir:
         raise ValueError("--model_dir is required: checkpoints and summaries go there")
+    if config.data_service is not None:
+        _check_data_service(config)
     check_choice("--strategy", config.strategy, STRATEGIES)
     check_choice("--allreduce_dtype", config.allreduce_dtype, ALLREDUCE_DTYPES)
     if config.tpu and config.strategy != "tpu":
@@ -264,6 +272,24 @@ def _check_profile_steps(text):
         raise ValueError(
             "--profile_steps is two steps A,B with 0 <= A < B (the steps after A up to "
             f"B are traced). Received: --profile_steps={text}"
+        )
+
+
+def _check_data_service(config):
+    if not DATA_SERVICE_ADDRESS.fullmatch(config.data_service):
+        raise ValueError(
+            "--data_service is a tf.data service dispatcher's address, grpc://HOST:PORT. "
+            f"Received: --data_service={config.data_service}"
+        )
+    if not config.data_dir:
+        raise ValueError(
+            "--data_service makes the training input from --data_dir's TFRecords (its "
+            "workers share them by files): give --data_dir"
+        )
+    if config.deterministic:
+        raise ValueError(
+            "--deterministic repeats the input's order, which --data_service's workers, "
+            "delivering batches as they finish them, do not: drop one of them"
         )
 
 

@@ -38,6 +38,7 @@ from .. import optimization
 from . import batching
 from . import config as config_lib
 from . import controller
+from . import data_service
 from . import mlperf_log
 from . import model_dir
 from . import models
@@ -163,16 +164,15 @@ def _describe(plan):
 def training_input(config, source, start_step):
     """The training stream from `start_step` on: each input pipeline's share,
     reopened where the steps before consumed it (see
-    `batching.resume_position`)."""
+    `batching.resume_position`); with --data_service, made by the
+    service's workers (`data_service.py` says what a resume gets there)."""
 
     def dataset_fn(context):
         per_pipeline_step = config.global_batch_size // context.num_input_pipelines
         seed, skip = batching.resume_position(
             config.seed, config.deterministic, start_step, per_pipeline_step
         )
-        return batching.batches(
-            source,
-            training=True,
+        settings = dict(
             global_batch_size=config.global_batch_size,
             input_context=context,
             image_size=config.image_size,
@@ -182,6 +182,14 @@ def training_input(config, source, start_step):
             skip=skip,
             num_classes=source.num_classes,
         )
+        if config.data_service:
+            return data_service.training_batches(
+                source,
+                address=config.data_service,
+                job=data_service.job_name(config.model_dir, start_step),
+                **settings,
+            )
+        return batching.batches(source, training=True, **settings)
 
     return Input(dataset_fn, naming_bad_files=source.naming_bad_files)
 

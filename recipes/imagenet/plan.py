@@ -37,6 +37,7 @@ SETTINGS_MAY_CHANGE_ON_RESUME = frozenset(
         "target_accuracy",
         "data_dir",
         "tfds_data_dir",
+        "data_service",
         "model_dir",
         "profile_steps",
         "mlperf_submission_org",
