@@ -316,3 +316,57 @@ def test_tensorflow_strategies_are_refused_on_jax(data_dir, tmp_path):
     assert code == 1
     assert "--strategy=mirrored is a tf.distribute strategy" in output, output
     assert not (tmp_path / "run").exists()
+
+
+def compiled_micro_step(accumulation_steps):
+    """The HLO text of Keras's JAX train step (one micro-batch) for a small
+    LARS model under keras.distribution.DataParallel on the four devices, as
+    `model.fit` compiles it."""
+    import jax
+
+    import keras_lars
+
+    devices = jax.devices()
+    distribution = keras.distribution.DataParallel(devices=devices)
+    with distribution.scope():
+        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+        model.compile(
+            optimizer=keras_lars.LARS(0.1, gradient_accumulation_steps=accumulation_steps),
+            loss="mse",
+            jit_compile=True,
+        )
+        model.optimizer.build(model.trainable_variables)
+        state = (
+            [v.value for v in model.trainable_variables],
+            [v.value for v in model.non_trainable_variables],
+            [v.value for v in model.optimizer.variables],
+            [v.value for v in model.metrics_variables],
+        )
+        batch = jax.sharding.NamedSharding(
+            jax.sharding.Mesh(np.array(devices), ("batch",)), jax.sharding.PartitionSpec("batch")
+        )
+        data = tuple(
+            jax.device_put(np.zeros((4 * len(devices), width), "float32"), batch)
+            for width in (8, 4)
+        )
+        return jax.jit(model.train_step).lower(state, data).compile().as_text()
+
+
+def entry_all_reduces(hlo):
+    """The all-reduces the compiled step runs on every call: those of its
+    ENTRY computation, not those of a conditional's branch."""
+    entry = hlo[hlo.index("\nENTRY ") :]
+    entry = entry[: entry.index("\n}\n")]
+    return len(re.findall(r" all-reduce(?:-start)?\(", entry))
+
+
+def test_accumulating_micro_steps_all_reduce_their_gradients_each_time():
+    """A limit of keras.distribution, pinned down: Keras accumulates
+    gradients into replicated variables, so the compiler all-reduces every
+    micro-batch's gradients where they are added in, not once per update
+    (the TensorFlow loop all-reduces once per update). README's limits say
+    so; this test fails when a Keras release changes it."""
+    plain = entry_all_reduces(compiled_micro_step(None))
+    accumulating = entry_all_reduces(compiled_micro_step(2))
+    assert plain >= 1  # the gradients, every step
+    assert accumulating >= plain  # still every micro-step, not only on the update
