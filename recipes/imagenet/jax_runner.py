@@ -75,7 +75,6 @@ class JaxRunner(Runner):
     until `close()`."""
 
     backend = "jax"
-    accumulates_in_optimizer = True  # model.fit: Keras's gradient accumulation
 
     def __init__(self, config):
         import jax
@@ -98,7 +97,10 @@ class JaxRunner(Runner):
         devices = jax.devices()
         self.processes, self.process = jax.process_count(), jax.process_index()
         self.chief = self.process == 0
-        self.micro_steps_per_update = config.accumulation_steps
+        # model.fit's micro-batches are accumulated by Keras's optimizer.
+        k = config.accumulation_steps
+        self.optimizer_accumulation_steps = k if k > 1 else None
+        self.micro_steps_per_update = k
         self.skips_overflowing_steps = config.dtype == "float16"
         platform = devices[0].platform.upper()
         self.default_dtype = "bfloat16" if platform == "TPU" else "float32"

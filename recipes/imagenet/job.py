@@ -220,7 +220,6 @@ def _build(config, plan, runner):
     runner; returns (model, lars)."""
     with runner.scope():
         model = models.build_for(config, plan.num_classes, runner.bn_span)
-        k = config.accumulation_steps
         lars = optimization.lars(
             config.learning_rate,
             train_steps=plan.train_steps,
@@ -233,7 +232,7 @@ def _build(config, plan, runner):
             if config.adapt_biases
             else keras_lars.DEFAULT_EXCLUDE_PATTERNS,
             track_trust_ratios=True,
-            gradient_accumulation_steps=k if k > 1 and runner.accumulates_in_optimizer else None,
+            gradient_accumulation_steps=runner.optimizer_accumulation_steps,
         )
         optimizer = lars
         if config.dtype == "float16":

@@ -113,12 +113,19 @@ class Runner(abc.ABC):
         description: the devices, for the start-up line and summary.json.
         replicas: how many devices the global batch is split over.
         chief: whether this process writes the run's files.
-        accumulates_in_optimizer: whether gradient accumulation is the
-            optimizer's (`gradient_accumulation_steps`, JAX's `model.fit`)
-            rather than the runner's loop's (TensorFlow).
+        bn_span: the span batch normalisation takes, as the layers see
+            the batch (`GhostBatchNormalization`'s `span`): each
+            statistic's images, or None for every image a layer sees at
+            once. The runner reads `config.bn_span` (0: a replica's
+            micro-batch) for its devices, and refuses a span they cannot
+            take.
+        optimizer_accumulation_steps: the optimizer's
+            `gradient_accumulation_steps`, as the runner decides it: the
+            accumulation steps where the optimizer accumulates (JAX's
+            `model.fit`), None where the runner's loop splits each batch
+            itself (TensorFlow) or there is one micro-batch an update.
         micro_steps_per_update: how many micro-steps the optimizer counts
-            per update (the accumulation steps where the optimizer
-            accumulates, else 1).
+            per update (`optimizer_accumulation_steps`, or 1).
         skips_overflowing_steps: whether an update may be skipped uncounted
             (float16's loss scaling, after an overflow).
         default_dtype: the precision when none is asked for: "bfloat16" on
@@ -129,7 +136,8 @@ class Runner(abc.ABC):
     description: str
     replicas: int
     chief: bool
-    accumulates_in_optimizer: bool
+    bn_span: int | None
+    optimizer_accumulation_steps: int | None
     micro_steps_per_update: int
     skips_overflowing_steps: bool
     default_dtype: str

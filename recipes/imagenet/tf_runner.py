@@ -41,7 +41,8 @@ class TensorFlowRunner(Runner):
     forward and backward pass by default where there are GPUs or TPUs."""
 
     backend = "tensorflow"
-    accumulates_in_optimizer = False  # Trainer splits each replica's batch itself
+    # The loop splits each replica's batch and all-reduces once an update.
+    optimizer_accumulation_steps = None
 
     def __init__(self, config):
         if config.logical_cpus:
