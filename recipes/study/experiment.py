@@ -21,6 +21,7 @@ import math
 import os
 import pathlib
 import platform
+import statistics
 import time
 
 import keras
@@ -92,7 +93,7 @@ def run_study(config, dataset, out_dir, thresholds=None, resume=True, command=No
     thresholds = thresholds or Thresholds()
     data = split(dataset, config)
     settings = run_settings(config, dataset.source)
-    start = time.time()
+    start, loads = time.time(), [_load_average()]  # then after each run
     done = dict(reused=0, trained=0)
 
     def trained_or_saved(run, settings, train, bar, kind=""):
@@ -104,6 +105,7 @@ def run_study(config, dataset, out_dir, thresholds=None, resume=True, command=No
             bar.update(config.epochs)
             return saved
         row, record = train(bar)
+        loads.append(_load_average())
         _save_completed(path, settings, run, row, record)
         done["trained"] += 1
         faults.kill_if_asked(done["trained"])
@@ -170,6 +172,7 @@ def run_study(config, dataset, out_dir, thresholds=None, resume=True, command=No
         noise=noise,
         thresholds=thresholds,
         command=command,
+        loads=loads,
     )
     print(text)
     return [claim for claims in verdicts.values() for claim in claims] + comparison
@@ -191,7 +194,7 @@ def provenance(command=None):
     """The host, the software and the date (and the command, when given)."""
     backend = keras.backend.backend()
     parts = [
-        f"{os.cpu_count()} CPU cores ({platform.machine()}, {platform.system()})",
+        f"{os.cpu_count()} CPU cores ({_cpu_model()}, {platform.system()})",
         f"Python {platform.python_version()}, keras_lars {keras_lars.__version__}, "
         f"Keras {keras.__version__}, {backend} "
         f"{importlib.import_module(backend).__version__}",
@@ -200,6 +203,28 @@ def provenance(command=None):
         parts.append(f"`{command}`")
     parts.append(datetime.date.today().isoformat())
     return "; ".join(parts)
+
+
+def _cpu_model():
+    """/proc/cpuinfo's model name (Linux), else the architecture."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def _load_average():
+    """The host's 1-minute load average (NaN where the system has none):
+    other work on the same cores stretches the wall time, so the summary
+    states the load beside it."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return math.nan
 
 
 def split(dataset, config):
@@ -252,6 +277,7 @@ def write_outputs(
     noise,
     thresholds,
     command=None,
+    loads=(),
 ):
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
@@ -298,6 +324,14 @@ def write_outputs(
         if reused
         else "every run trained (none saved earlier with these settings, data, code and versions)"
     )
+    loads = [value for value in loads if math.isfinite(value)]
+    if len(loads) > 1:
+        wall_time += (
+            f"; the host's 1-minute load average ({os.cpu_count()} cores, each run keeping all "
+            f"busy) was {loads[0]:.1f} at "
+            f"the start, {statistics.fmean(loads[1:]):.1f} on average after each run trained "
+            f"and {loads[-1]:.1f} at the end"
+        )
     text = [
         "# Large-batch study: SGD with linear scaling vs LARS",
         "",
