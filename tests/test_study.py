@@ -614,6 +614,15 @@ def test_the_default_grid_is_placed_by_the_measured_noise_scale(fashion_dir, tmp
     verdicts = experiment.run_study(config, fashion_mnist.load(str(fashion_dir)), str(tmp_path))
     # 150 rounds to 144; 16x (2304) is more than the training set.
     assert sorted({run.batch_size for run in fake.trained}) == [128, 144, 288]
+    # The noise-scale run is the reference SGD run of seed 0: its row, not a
+    # second training.
+    reference_sgd = study_config.noise_run("cnn", config)
+    assert fake.measured == [reference_sgd] and reference_sgd not in fake.trained
+    with open(tmp_path / "results.csv") as f:
+        reference_rows = [
+            r for r in csv.DictReader(f) if r["optimizer"] == "sgd" and r["batch_size"] == "128"
+        ]
+    assert len(reference_rows) == 1 and float(reference_rows[0]["test_accuracy"]) == 0.5
     summary = (tmp_path / "summary.md").read_text()
     assert (
         "`cnn`: batch sizes 128 (the reference), 144 (1×), 288 (2×); "
@@ -622,8 +631,8 @@ def test_the_default_grid_is_placed_by_the_measured_noise_scale(fashion_dir, tmp
     assert "| method | B=128 (0.85×) | B=144 (0.96×) | B=288 (1.9×) |" in summary
     assert "| **median over training** | **150** |" in summary
     # Other work on the host stretches the wall time: the load beside it
-    # (the noise-scale run and 2 + 7 + 7 runs trained, one reading after each).
-    assert "was 0.5 at the start, 9.0 on average after each run trained and 17.0 at the end" in (
+    # (the noise-scale run, then 1 + 7 + 7 runs trained, one reading after each).
+    assert "was 0.5 at the start, 8.5 on average after each run trained and 16.0 at the end" in (
         summary
     )
     assert "LARS stayed within its allowance" in summary or "LARS missed" in summary

@@ -112,11 +112,11 @@ def run_study(config, dataset, out_dir, thresholds=None, resume=True, command=No
         return row, record
 
     noise_settings = dict(settings, noise_batch_sizes=list(config.noise_batch_sizes))
-    noise = {}
+    noise, noise_rows = {}, {}
     with tqdm(total=len(config.models) * config.epochs, unit="epoch", desc="noise") as bar:
         for model in config.models:
             run = noise_run(model, config)
-            _, record = trained_or_saved(
+            noise_rows[run], record = trained_or_saved(
                 run,
                 noise_settings,
                 lambda bar, run=run: training.measure_noise_scale(run, data, config, bar),
@@ -134,9 +134,14 @@ def run_study(config, dataset, out_dir, thresholds=None, resume=True, command=No
         print(f"{model}: noise scale {scale:.0f}; batch sizes {_grid_text(grids[model])}")
 
     runs = plan_runs(config, grids)
-    rows, records = [], {}
-    with tqdm(total=len(runs) * config.epochs, unit="epoch", desc="study") as bar:
-        for run in runs:
+    # The noise-scale run is the reference SGD run of seed 0 (the probes move
+    # no weight and draw from a generator of their own): its result is that
+    # run's, not trained twice.
+    runs_to_train = [run for run in runs if run not in noise_rows]
+    rows = [noise_rows[run] for run in runs if run in noise_rows]
+    records = {run: None for run in runs if run in noise_rows}
+    with tqdm(total=len(runs_to_train) * config.epochs, unit="epoch", desc="study") as bar:
+        for run in runs_to_train:
             row, record = trained_or_saved(
                 run,
                 settings,
@@ -167,7 +172,7 @@ def run_study(config, dataset, out_dir, thresholds=None, resume=True, command=No
         dataset.source,
         time.time() - start,
         done["reused"],
-        len(runs) + len(noise),
+        len(runs_to_train) + len(noise),
         grids=grids,
         noise=noise,
         thresholds=thresholds,
