@@ -6,6 +6,7 @@ tests/test_fit.py."""
 import csv
 import dataclasses
 import gzip
+import itertools
 import math
 import signal
 import sys
@@ -86,6 +87,8 @@ def summary_of(linear, sgd_best, lars_best):
 
 
 BASE = {128: 90.0}
+# The study's allowances before it measured a noise scale, by batch.
+BY_BATCH = study_config.Thresholds(lars_gaps=((4096, 4.0), (8192, 7.0)))
 
 
 @pytest.mark.parametrize(
@@ -116,7 +119,7 @@ BASE = {128: 90.0}
 )
 def test_claim_checker(linear, sgd_best, lars_best, expected):
     summary = summary_of({**BASE, **linear}, {**BASE, **sgd_best}, {**BASE, **lars_best})
-    verdicts = claims.check_claims(summary)
+    verdicts = claims.check_claims(summary, thresholds=BY_BATCH)
     assert [c.held for c in verdicts] == expected, [(c.statement, c.detail) for c in verdicts]
 
 
@@ -126,28 +129,111 @@ def test_claim_thresholds_are_arguments():
         {**BASE, 4096: 85.0, 8192: 85.0},
         {**BASE, 4096: 86.0, 8192: 86.0},
     )
-    strict = claims.check_claims(summary)
-    lenient = claims.check_claims(summary, study_config.Thresholds(sgd_failure_gap=5.0))
+    strict = claims.check_claims(summary, thresholds=BY_BATCH)
+    lenient = claims.check_claims(
+        summary, thresholds=dataclasses.replace(BY_BATCH, sgd_failure_gap=5.0)
+    )
     assert [c.held for c in strict[:2]] == [False, False]
     assert [c.held for c in lenient[:2]] == [True, True]
     other_batches = study_config.Thresholds(lars_gaps=((2048, 3.0),))
-    assert [c.statement for c in claims.check_claims(summary, other_batches)][1].endswith(
-        "at batch 2048"
-    )
+    assert [c.statement for c in claims.check_claims(summary, thresholds=other_batches)][
+        1
+    ].endswith("at batch 2048")
 
 
 def test_missing_batch_size_is_not_tested():
-    verdicts = claims.check_claims(summary_of(BASE, BASE, BASE))
+    verdicts = claims.check_claims(summary_of(BASE, BASE, BASE), thresholds=BY_BATCH)
     assert [c.held for c in verdicts] == [None] * 6
 
 
 def test_batch_norm_comparison():
     plain = summary_of({**BASE}, {**BASE}, {**BASE, 4096: 85.0, 8192: NAN})
     with_bn = summary_of({128: 91.0}, {128: 91.0}, {128: 90.0, 4096: 89.0, 8192: 80.0})
-    verdicts = claims.compare_batch_norm({"cnn": plain, "cnn_bn": with_bn})
+    verdicts = claims.compare_batch_norm({"cnn": plain, "cnn_bn": with_bn}, thresholds=BY_BATCH)
     assert [c.held for c in verdicts] == [True, True]  # 2 < 5 points; diverged without BN
     assert "2.0 points with BN, 5.0 points without" in verdicts[0].detail
-    assert [c.held for c in claims.compare_batch_norm({"cnn": plain})] == [None, None]
+    alone = claims.compare_batch_norm({"cnn": plain}, thresholds=BY_BATCH)
+    assert [c.held for c in alone] == [None, None]
+
+
+def placed(noise, batches, multiples=(1.0, 4.0, 16.0), left_out=()):
+    """A placed `Grid`: `batches` at `multiples`; `left_out` multiples not run."""
+    spots = [(k, b, "") for k, b in zip(multiples, batches)]
+    spots += [(k, None, "more than the training images") for k in left_out]
+    return study_config.Grid((128, *batches), noise, tuple(spots))
+
+
+def test_the_allowance_goes_by_the_multiple_of_the_noise_scale():
+    """4 points up to 3x the noise scale (the paper's regime), 7 past it;
+    the headline says how far each part held."""
+    grid = placed(256.0, (256, 1024, 4096))
+    summary = summary_of(
+        {**BASE, 256: 88.0, 1024: NAN, 4096: NAN},
+        {**BASE, 256: 88.0, 1024: 83.0, 4096: 70.0},
+        {**BASE, 256: 86.5, 1024: 83.5, 4096: 82.0},
+    )
+    verdicts = claims.check_claims(summary, grid)
+    lars = [c for c in verdicts if c.part == claims.LARS_WITHIN]
+    assert [c.allowance for c in lars] == [4.0, 7.0, 7.0]
+    assert [c.held for c in lars] == [True, True, False]  # 3.5 <= 4, 6.5 <= 7, 8 > 7
+    assert lars[1].statement == (
+        "LARS ends within 7 points of batch 128 at 4× the noise scale (batch 1024)"
+    )
+    sgd = [c.held for c in verdicts if c.part == claims.SGD_FAILS]
+    assert sgd == [False, True, True]
+    assert claims.headline(verdicts) == (
+        "LARS stayed within its allowance up to 4× the noise scale (at worst 6.5 points below "
+        "the reference at 4×), not at 16× (8.0 points below the reference, 7 allowed); "
+        "linear-scaled SGD failed from 4× on."
+    )
+    # A stricter rule is an argument, not an edit.
+    strict = study_config.Thresholds(regime_gaps=(3.0, 7.0))
+    assert [c.held for c in claims.check_claims(summary, grid, strict)][3] is False
+
+
+def test_a_fixed_grid_is_judged_by_its_batches_multiples():
+    summary = summary_of(
+        {**BASE, 4096: NAN, 8192: NAN},
+        {**BASE, 4096: 70.0, 8192: 65.0},
+        {**BASE, 4096: 85.0, 8192: 81.0},
+    )
+    grid = study_config.Grid((128, 4096, 8192), noise_scale=1024.0)  # 4x and 8x: past 3x
+    verdicts = claims.check_claims(summary, grid)
+    lars = [c for c in verdicts if c.part == claims.LARS_WITHIN]
+    assert [(c.allowance, c.held) for c in lars] == [(7.0, True), (7.0, False)]
+    assert "batch 4096 (4.0× the noise scale)" in lars[0].statement
+    # Without a noise scale there is no rule to apply: not tested.
+    unknown = claims.check_claims(summary, study_config.Grid((128, 4096, 8192)))
+    assert [c.held for c in unknown if c.part == claims.LARS_WITHIN] == [None, None]
+    # Allowances named by multiple find no placed batch in a fixed grid.
+    by_multiple = study_config.Thresholds(lars_gaps=((study_config.NoiseMultiple(4.0), 4.0),))
+    claim = claims.check_claims(summary, grid, by_multiple)[1]
+    assert claim.held is None and "the grid is fixed" in claim.detail
+
+
+def test_a_multiple_left_out_is_not_tested_and_says_why():
+    grid = placed(2240.0, (2240, 8960), (1.0, 4.0), left_out=(16.0,))
+    summary = summary_of({**BASE, 2240: 89.0}, {**BASE, 2240: 89.0}, {**BASE, 2240: 90.5})
+    summary = {line: {**cells, 8960: cells[2240]} for line, cells in summary.items()}
+    verdicts = claims.check_claims(summary, grid)
+    assert [c.held for c in verdicts if c.part == claims.LARS_WITHIN] == [True, True, None]
+    assert verdicts[-1].detail == "left out: more than the training images"
+    assert claims.headline(verdicts).startswith(
+        "LARS stayed within its allowance up to 4× the noise scale (at worst 0.5 points above"
+    )
+
+
+def test_batch_norm_is_compared_at_the_same_multiple_of_each_model_noise_scale():
+    grids = {
+        "cnn": placed(256.0, (256, 1024), (1.0, 4.0), left_out=(16.0,)),
+        "cnn_bn": placed(1024.0, (1024, 4096), (1.0, 4.0), left_out=(16.0,)),
+    }
+    plain = summary_of(BASE, BASE, {**BASE, 256: 88.0, 1024: 80.0})
+    with_bn = summary_of(BASE, BASE, {**BASE, 1024: 89.0, 4096: 86.0})
+    verdicts = claims.compare_batch_norm({"cnn": plain, "cnn_bn": with_bn}, grids)
+    assert [c.held for c in verdicts] == [True, True, None]  # 16x placed for neither
+    assert verdicts[1].statement.endswith("at 4× the noise scale than without")
+    assert verdicts[1].detail == "gap 4.0 points with BN, 10.0 points without (batch 4096 and 1024)"
 
 
 def row(optimizer, batch, lr, seed, val, test, linear=False, model="cnn"):
@@ -240,6 +326,7 @@ def test_end_to_end_on_a_tiny_set(fashion_dir, tmp_path):
         sgd_sweep=(1.0, 0.25),
         lars_lrs=(3.0,),
         validation_examples=88,  # 512 to train: whole batches, one compiled step a run
+        noise_batch_sizes=(8, 64),
     )
     out = tmp_path / "out"
     verdicts = experiment.run_study(
@@ -260,12 +347,23 @@ def test_end_to_end_on_a_tiny_set(fashion_dir, tmp_path):
     assert {c["model"] for c in cells} == {"cnn", "cnn_bn"} and all(
         c["seeds"] == "2" for c in cells
     )
+    for c in cells:  # each batch's multiple of its model's noise scale
+        multiple = int(c["batch_size"]) / float(c["noise_scale"])
+        assert float(c["noise_multiple"]) == pytest.approx(multiple, rel=1e-2)
+    with open(out / "noise_scale.csv") as f:
+        noise = list(csv.DictReader(f))
+    # Each model: before training and after each of the 2 epochs.
+    assert [(r["model"], r["epoch"]) for r in noise] == [
+        (model, str(epoch)) for model in ("cnn", "cnn_bn") for epoch in range(3)
+    ]
+    assert all(float(r["trace"]) > 0 and r["big_batch"] == "64" for r in noise)
     summary = (out / "summary.md").read_text()
-    assert "| method | B=16 | B=64 |" in summary and claims.LARS_BEST in summary
+    assert "| method | B=16 (" in summary and claims.LARS_BEST in summary
     assert " ± " in summary and "with adaptation switched off" in summary
+    assert "## The noise scale" in summary and "**median over training**" in summary
     assert "## cnn_bn" in summary and "## Batch norm" in summary
     assert len(verdicts) == 3 + 3 + 1 and all(c.held is not None for c in verdicts)
-    for name in ("accuracy_vs_batch.png", "trust_ratios.png"):
+    for name in ("accuracy_vs_batch.png", "trust_ratios.png", "noise_scale.png"):
         data = (out / name).read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) > 5000
 
@@ -274,8 +372,13 @@ def test_end_to_end_on_a_tiny_set(fashion_dir, tmp_path):
     "kwargs,argument",
     [
         (dict(models=("vgg",)), "models"),
-        (dict(batch_sizes=()), "batch_sizes"),
+        (dict(batch_sizes=(128, 128)), "batch_sizes"),
         (dict(batch_sizes=(128, 0)), "batch_sizes"),
+        (dict(noise_multiples=()), "noise_multiples"),
+        (dict(noise_multiples=(1.0, -4.0)), "noise_multiples"),
+        (dict(noise_batch_sizes=(64,)), "noise_batch_sizes"),
+        (dict(noise_batch_sizes=(4096, 64)), "noise_batch_sizes"),
+        (dict(noise_batch_sizes=(64, 100)), "noise_batch_sizes"),
         (dict(epochs=0), "epochs"),
         (dict(seeds=0), "seeds"),
         (dict(epochs=2, warmup_epochs=2), "warmup_epochs"),
@@ -295,7 +398,12 @@ def test_bad_study_settings_raise_value_error_naming_them(kwargs, argument):
 
 def test_gaps_are_parsed_and_checked():
     assert study_config.parse_gaps("4096:4,8192:7") == ((4096, 4.0), (8192, 7.0))
-    for bad in ("4096", "4096:x", "0:4", "4096:-1"):
+    assert study_config.parse_gaps("1x:4, 16x:7") == (
+        (study_config.NoiseMultiple(1.0), 4.0),
+        (study_config.NoiseMultiple(16.0), 7.0),
+    )
+    assert study_config.parse_gaps("") == ()  # the rule by multiple of the noise scale
+    for bad in ("4096", "4096:x", "0:4", "4096:-1", "x:4", "0x:4"):
         with pytest.raises(ValueError, match="lars_gaps"):
             study_config.parse_gaps(bad)
 
@@ -307,6 +415,8 @@ def test_gaps_are_parsed_and_checked():
         (["--lars_gaps=4096"], "`lars_gaps` must look like 4096:4,8192:7"),
         (["--model=resnet"], "`models` must be one of cnn, cnn_bn"),
         (["--sgd_sweep=1,x"], "not a number"),
+        (["--noise_batch_sizes=64,100"], "`noise_batch_sizes` must be two batch sizes"),
+        (["--lars_regime_gaps=4"], "`regime_gaps` must be two numbers"),
     ],
 )
 def test_command_line_rejects_bad_values_in_one_line(flags, message, tmp_path):
@@ -340,6 +450,30 @@ def test_an_out_dir_that_is_a_file_stops_before_training(fashion_dir, tmp_path):
     assert out.read_text() == "not a folder"
 
 
+def test_another_backend_stops_before_training(tmp_path):
+    """The noise-scale probe takes TensorFlow gradients: JAX is refused in one line."""
+    out = tmp_path / "out"
+    code, output = commands.run(
+        commands.module("recipes.large_batch_study", f"--out_dir={out}"),
+        tmp_path / "jax.log",
+        commands.environment(KERAS_BACKEND="jax"),
+    )
+    errors = [line for line in output.splitlines() if line.startswith("large_batch_study: error:")]
+    assert code == 1 and len(errors) == 1 and "KERAS_BACKEND=tensorflow" in errors[0], output
+    assert "Traceback" not in output and not out.exists()
+
+
+def test_a_noise_batch_larger_than_the_training_set_stops_before_training(fashion_dir, tmp_path):
+    out = tmp_path / "out"
+    code, errors, output = study_errors(
+        tmp_path, f"--out_dir={out}", f"--data_dir={fashion_dir}", "--quick"
+    )
+    assert code == 1 and "Traceback" not in output, output[-2000:]
+    assert len(errors) == 1 and "`noise_batch_sizes` asks for a big batch of 4096" in errors[0]
+    assert "than the 480 training images" in errors[0]
+    assert "Data:" not in output and not out.exists()
+
+
 def test_data_that_is_not_gzip_stops_before_training(fashion_dir, tmp_path):
     """The four files gunzipped but still named .gz: the first one read is named."""
     for name in fashion_mnist.FILES.values():
@@ -363,10 +497,33 @@ def test_data_that_is_not_gzip_stops_before_training(fashion_dir, tmp_path):
 
 class FakeTraining:
     """Stands in for `training.train`: a result made from the run, and a count.
-    `fail_after` calls, it raises KeyboardInterrupt as a user's Ctrl-C would."""
+    `fail_after` calls, it raises KeyboardInterrupt as a user's Ctrl-C would.
+    `measure` stands in for `training.measure_noise_scale`: gradient norms
+    whose noise scale is `noise_scale` at every epoch."""
 
-    def __init__(self, fail_after=None):
+    def __init__(self, fail_after=None, noise_scale=300.0):
         self.trained, self.fail_after = [], fail_after
+        self.measured, self.noise_scale = [], noise_scale
+
+    def install(self, monkeypatch):
+        monkeypatch.setattr(training, "train", self)
+        monkeypatch.setattr(training, "measure_noise_scale", self.measure)
+        return self
+
+    def measure(self, run, data, config, bar):
+        self.measured.append(run)
+        bar.update(config.epochs)
+        small, big = config.noise_batch_sizes
+        epochs = range(config.epochs + 1)
+        record = dict(
+            small_batch=small,
+            big_batch=big,
+            steps_per_epoch=1,
+            steps=list(epochs),
+            small_sq_norms=[1.0 + self.noise_scale / small for _ in epochs],
+            big_sq_norms=[1.0 + self.noise_scale / big for _ in epochs],
+        )
+        return row("sgd", run.batch_size, run.learning_rate, 0, 0.5, 0.5), record
 
     def __call__(self, run, data, config, bar, record_trust_ratios):
         if self.fail_after is not None and len(self.trained) == self.fail_after:
@@ -388,40 +545,46 @@ def test_an_interrupted_study_resumes_without_retraining(fashion_dir, tmp_path, 
     runs = study_config.plan_runs(config)
     dataset = fashion_mnist.load(str(fashion_dir))
     uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
-    monkeypatch.setattr(training, "train", FakeTraining())
+    FakeTraining().install(monkeypatch)
     experiment.run_study(config, dataset, str(uninterrupted))
 
-    first = FakeTraining(fail_after=3)
-    monkeypatch.setattr(training, "train", first)
+    first = FakeTraining(fail_after=3).install(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         experiment.run_study(config, dataset, str(interrupted))
-    second = FakeTraining()
-    monkeypatch.setattr(training, "train", second)
+    second = FakeTraining().install(monkeypatch)
     experiment.run_study(config, dataset, str(interrupted))
 
-    # Every run trained exactly once across the two starts, in plan order.
+    # Every run trained exactly once across the two starts, in plan order,
+    # after the noise-scale run.
+    assert first.measured == [study_config.noise_run("cnn", config)] and not second.measured
     assert first.trained + second.trained == runs
     assert (interrupted / "results.csv").read_text() == (uninterrupted / "results.csv").read_text()
-    assert f"3 of {len(runs)} runs resumed" in (interrupted / "summary.md").read_text()
+    summary = (interrupted / "summary.md").read_text()
+    assert f"4 of {len(runs) + 1} runs resumed" in summary  # the noise-scale run and 3
     assert not list((interrupted / "completed").rglob("*.tmp"))
     assert "every run trained" in (uninterrupted / "summary.md").read_text()
 
     # Saved runs count only for the same settings, code and versions, and
     # other settings' runs are saved beside them, not over them; --noresume
-    # retrains all.
-    other_settings = FakeTraining()
-    monkeypatch.setattr(training, "train", other_settings)
+    # retrains all. The noise-scale run's settings add its batch sizes.
+    other_noise_batches = FakeTraining().install(monkeypatch)
+    experiment.run_study(
+        dataclasses.replace(config, noise_batch_sizes=(8, 64)), dataset, str(interrupted)
+    )
+    assert not other_noise_batches.trained and len(other_noise_batches.measured) == 1
+    other_settings = FakeTraining().install(monkeypatch)
     experiment.run_study(dataclasses.replace(config, epochs=3), dataset, str(interrupted))
-    assert other_settings.trained == runs
+    assert other_settings.trained == runs and len(other_settings.measured) == 1
     assert "every run trained" in (interrupted / "summary.md").read_text()
-    same_again = FakeTraining()
-    monkeypatch.setattr(training, "train", same_again)
+    same_again = FakeTraining().install(monkeypatch)
     experiment.run_study(config, dataset, str(interrupted))
-    assert same_again.trained == []
-    assert f"{len(runs)} of {len(runs)} runs resumed" in (interrupted / "summary.md").read_text()
-    assert len(list((interrupted / "completed").iterdir())) == 2  # one folder per settings
-    other_version = FakeTraining()
-    monkeypatch.setattr(training, "train", other_version)
+    assert same_again.trained == [] and same_again.measured == []
+    total = len(runs) + 1
+    assert f"{total} of {total} runs resumed" in (interrupted / "summary.md").read_text()
+    # One folder per settings: the first, its other noise batches (the
+    # noise-scale run's alone) and 3 epochs, each with its noise-scale run's.
+    assert len(list((interrupted / "completed").iterdir())) == 5
+    other_version = FakeTraining().install(monkeypatch)
     monkeypatch.setattr(experiment.keras_lars, "__version__", "9.9.9")
     experiment.run_study(config, dataset, str(interrupted))
     assert other_version.trained == runs
@@ -429,14 +592,54 @@ def test_an_interrupted_study_resumes_without_retraining(fashion_dir, tmp_path, 
     monkeypatch.setattr(
         experiment, "TRAINING_SOURCES", (fashion_dir / "train-labels-idx1-ubyte.gz",)
     )
-    other_code = FakeTraining()
-    monkeypatch.setattr(training, "train", other_code)
+    other_code = FakeTraining().install(monkeypatch)
     experiment.run_study(config, dataset, str(interrupted))
     assert other_code.trained == runs
-    fresh = FakeTraining()
-    monkeypatch.setattr(training, "train", fresh)
+    fresh = FakeTraining().install(monkeypatch)
     experiment.run_study(config, dataset, str(uninterrupted), resume=False)
-    assert fresh.trained == runs
+    assert fresh.trained == runs and len(fresh.measured) == 1
+
+
+def test_the_default_grid_is_placed_by_the_measured_noise_scale(fashion_dir, tmp_path, monkeypatch):
+    config = study_config.StudyConfig(
+        epochs=2,
+        warmup_epochs=1,
+        seeds=1,
+        noise_multiples=(1.0, 2.0, 16.0),
+        validation_examples=88,  # 512 to train
+    )
+    fake = FakeTraining(noise_scale=150.0).install(monkeypatch)
+    loads = itertools.chain([0.5], itertools.count(1.0))
+    monkeypatch.setattr(experiment.os, "getloadavg", lambda: (next(loads), 0.0, 0.0))
+    verdicts = experiment.run_study(config, fashion_mnist.load(str(fashion_dir)), str(tmp_path))
+    # 150 rounds to 144; 16x (2304) is more than the training set.
+    assert sorted({run.batch_size for run in fake.trained}) == [128, 144, 288]
+    # The noise-scale run is the reference SGD run of seed 0: its row, not a
+    # second training.
+    reference_sgd = study_config.noise_run("cnn", config)
+    assert fake.measured == [reference_sgd] and reference_sgd not in fake.trained
+    with open(tmp_path / "results.csv") as f:
+        reference_rows = [
+            r for r in csv.DictReader(f) if r["optimizer"] == "sgd" and r["batch_size"] == "128"
+        ]
+    assert len(reference_rows) == 1 and float(reference_rows[0]["test_accuracy"]) == 0.5
+    summary = (tmp_path / "summary.md").read_text()
+    assert (
+        "`cnn`: batch sizes 128 (the reference), 144 (1×), 288 (2×); "
+        "16× left out: 2304 is more than the 512 training images." in summary
+    )
+    assert "| method | B=128 (0.85×) | B=144 (0.96×) | B=288 (1.9×) |" in summary
+    assert "| **median over training** | **150** |" in summary
+    # Other work on the host stretches the wall time: the load beside it
+    # (the noise-scale run, then 1 + 7 + 7 runs trained, one reading after each).
+    assert "was 0.5 at the start, 8.5 on average after each run trained and 16.0 at the end" in (
+        summary
+    )
+    assert "LARS stayed within its allowance" in summary or "LARS missed" in summary
+    left_out = [c for c in verdicts if "16×" in c.statement]
+    assert left_out and all(c.held is None for c in left_out)
+    with open(tmp_path / "noise_scale.csv") as f:
+        assert [float(r["b_simple"]) for r in csv.DictReader(f)] == pytest.approx([150.0] * 3)
 
 
 def without_timings(path):
@@ -457,6 +660,7 @@ def test_a_killed_study_resumes_to_the_same_results(fashion_dir, tmp_path):
         "--sgd_sweep=1,0.25",
         "--lars_lrs=3",
         "--validation_examples=88",  # 512 to train: whole batches
+        "--noise_batch_sizes=8,64",
     ]
 
     def study(out):
@@ -469,7 +673,7 @@ def test_a_killed_study_resumes_to_the_same_results(fashion_dir, tmp_path):
     killed = commands.environment(**{commands.KILL_AFTER: "2"})
     code, output = commands.run(study(tmp_path / "killed"), tmp_path / "killed.log", killed)
     assert code == -signal.SIGKILL, output[-3000:]
-    done, total = 2, 5  # (1 + 1) + (2 + 1) runs
+    done, total = 2, 6  # the noise-scale run, then (1 + 1) + (2 + 1) runs
     assert len(list((tmp_path / "killed" / "completed").rglob("*.json"))) == done
 
     code, output = commands.run(

@@ -1,5 +1,6 @@
-"""Runs the study: every planned run (or its saved result), then the table,
-the claim check, the CSV files and the figures.
+"""Runs the study: each model's noise-scale run, the grid it places, every
+planned run (or its saved result), then the tables, the claim check, the CSV
+files and the figures.
 
 Each finished run is saved in `<out_dir>/completed/<key>/` with what produced
 it: the run itself, the settings it depends on, the data, and a fingerprint of
@@ -12,11 +13,15 @@ summary says how many it reused.
 
 import csv
 import dataclasses
+import datetime
 import hashlib
 import importlib
 import json
+import math
 import os
 import pathlib
+import platform
+import statistics
 import time
 
 import keras
@@ -28,8 +33,14 @@ from .. import faults
 from .. import optimization
 from . import claims as claims_lib
 from . import fashion_mnist
+from . import noise_scale
 from . import plots
 from . import training
+from .config import BASE_BATCH
+from .config import Thresholds
+from .config import fixed_grid
+from .config import noise_run
+from .config import placed_grid
 from .config import plan_runs
 
 # Whose source a saved run depends on (plots and claims are recomputed).
@@ -53,48 +64,172 @@ def check_out_dir(out_dir):
         raise PermissionError(f"--out_dir={out_dir}: {existing} is not writable")
 
 
-def run_study(config, dataset, out_dir, thresholds=None, resume=True):
-    """Runs every configuration and writes the outputs; returns the claims."""
+def check_backend():
+    """Raises `ValueError` unless Keras runs on TensorFlow: the noise-scale
+    probe takes its gradients with TensorFlow's GradientTape."""
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            "the study measures the noise scale with TensorFlow: run it with "
+            f"KERAS_BACKEND=tensorflow (make study does). Received: {keras.backend.backend()}"
+        )
+
+
+def check_data(config, dataset):
+    """Raises `ValueError` naming --noise_batch_sizes unless its big batch
+    fits the training images (checked before the first run trains)."""
+    train_examples = len(split(dataset, config)[0])
+    if config.noise_batch_sizes[1] > train_examples:
+        raise ValueError(
+            f"`noise_batch_sizes` asks for a big batch of {config.noise_batch_sizes[1]}, more "
+            f"than the {train_examples} training images. "
+            f"Received: noise_batch_sizes={config.noise_batch_sizes}"
+        )
+
+
+def run_study(config, dataset, out_dir, thresholds=None, resume=True, command=None):
+    """Measures each model's noise scale, places its grid (or takes the fixed
+    one), runs every configuration and writes the outputs; returns the
+    claims. `command`, when given, is named in the outputs."""
+    thresholds = thresholds or Thresholds()
     data = split(dataset, config)
-    runs = plan_runs(config)
     settings = run_settings(config, dataset.source)
-    start = time.time()
-    rows, records, reused, trained = [], {}, 0, 0
-    with tqdm(total=len(runs) * config.epochs, unit="epoch", desc="study") as bar:
-        for run in runs:
-            path = _completed_path(out_dir, settings, run)
-            saved = _load_completed(path, settings, run) if resume else None
-            if saved:
-                row, record = saved
-                reused += 1
-                bar.update(config.epochs)
-            else:
-                row, record = training.train(run, data, config, bar, run.seed == 0)
-                _save_completed(path, settings, run, row, record)
-                trained += 1
-                faults.kill_if_asked(trained)
+    start, loads = time.time(), [_load_average()]  # then after each run
+    done = dict(reused=0, trained=0)
+
+    def trained_or_saved(run, settings, train, bar, kind=""):
+        """`train(bar)`'s (row, record), or those an earlier start saved."""
+        path = _completed_path(out_dir, settings, run, kind)
+        saved = _load_completed(path, settings, run) if resume else None
+        if saved:
+            done["reused"] += 1
+            bar.update(config.epochs)
+            return saved
+        row, record = train(bar)
+        loads.append(_load_average())
+        _save_completed(path, settings, run, row, record)
+        done["trained"] += 1
+        faults.kill_if_asked(done["trained"])
+        return row, record
+
+    noise_settings = dict(settings, noise_batch_sizes=list(config.noise_batch_sizes))
+    noise, noise_rows = {}, {}
+    with tqdm(total=len(config.models) * config.epochs, unit="epoch", desc="noise") as bar:
+        for model in config.models:
+            run = noise_run(model, config)
+            noise_rows[run], record = trained_or_saved(
+                run,
+                noise_settings,
+                lambda bar, run=run: training.measure_noise_scale(run, data, config, bar),
+                bar,
+                kind="noise",
+            )
+            noise[model] = noise_scale.by_epoch(record)
+    grids = {}
+    for model, estimates in noise.items():
+        scale = noise_scale.over_training(estimates)
+        if config.batch_sizes:
+            grids[model] = fixed_grid(config, scale)
+        else:
+            grids[model] = placed_grid(config, scale, len(data[0]))
+        print(f"{model}: noise scale {scale:.0f}; batch sizes {_grid_text(grids[model])}")
+
+    runs = plan_runs(config, grids)
+    # The noise-scale run is the reference SGD run of seed 0 (the probes move
+    # no weight and draw from a generator of their own): its result is that
+    # run's, not trained twice.
+    runs_to_train = [run for run in runs if run not in noise_rows]
+    rows = [noise_rows[run] for run in runs if run in noise_rows]
+    records = {run: None for run in runs if run in noise_rows}
+    with tqdm(total=len(runs_to_train) * config.epochs, unit="epoch", desc="study") as bar:
+        for run in runs_to_train:
+            row, record = trained_or_saved(
+                run,
+                settings,
+                lambda bar, run=run: training.train(run, data, config, bar, run.seed == 0),
+                bar,
+            )
             rows.append(row)
             records[run] = record
     summaries = {
-        model: claims_lib.summarize([r for r in rows if r["model"] == model], config.batch_sizes)
+        model: claims_lib.summarize(
+            [r for r in rows if r["model"] == model], grids[model].batch_sizes
+        )
         for model in config.models
     }
-    verdicts = {model: claims_lib.check_claims(s, thresholds) for model, s in summaries.items()}
-    comparison = claims_lib.compare_batch_norm(summaries, thresholds)
+    verdicts = {
+        model: claims_lib.check_claims(summary, grids[model], thresholds)
+        for model, summary in summaries.items()
+    }
+    comparison = claims_lib.compare_batch_norm(summaries, grids, thresholds)
     text = write_outputs(
         out_dir,
         rows,
         summaries,
         verdicts,
         comparison,
-        _ratio_panels(records, summaries, config),
+        _ratio_panels(records, summaries),
         config,
         dataset.source,
         time.time() - start,
-        reused,
+        done["reused"],
+        len(runs_to_train) + len(noise),
+        grids=grids,
+        noise=noise,
+        thresholds=thresholds,
+        command=command,
+        loads=loads,
     )
     print(text)
     return [claim for claims in verdicts.values() for claim in claims] + comparison
+
+
+def _grid_text(grid):
+    """ "128, 352 (1x), 1408 (4x); 16x (5632) left out: ..."."""
+    if not grid.placed:
+        return ", ".join(map(str, grid.batch_sizes))
+    placed = {batch: k for k, batch, _ in grid.placed if batch}
+    text = ", ".join(
+        f"{b} ({placed[b]:g}×)" if b in placed else f"{b} (the reference)" for b in grid.batch_sizes
+    )
+    left_out = [f"{k:g}× left out: {why}" for k, batch, why in grid.placed if batch is None]
+    return "; ".join([text, *left_out])
+
+
+def provenance(command=None):
+    """The host, the software and the date (and the command, when given)."""
+    backend = keras.backend.backend()
+    parts = [
+        f"{os.cpu_count()} CPU cores ({_cpu_model()}, {platform.system()})",
+        f"Python {platform.python_version()}, keras_lars {keras_lars.__version__}, "
+        f"Keras {keras.__version__}, {backend} "
+        f"{importlib.import_module(backend).__version__}",
+    ]
+    if command:
+        parts.append(f"`{command}`")
+    parts.append(datetime.date.today().isoformat())
+    return "; ".join(parts)
+
+
+def _cpu_model():
+    """/proc/cpuinfo's model name (Linux), else the architecture."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def _load_average():
+    """The host's 1-minute load average (NaN where the system has none):
+    other work on the same cores stretches the wall time, so the summary
+    states the load beside it."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return math.nan
 
 
 def split(dataset, config):
@@ -113,8 +248,9 @@ def split(dataset, config):
 def run_settings(config, source):
     """What one run's result depends on, besides the `Run` itself."""
     settings = dataclasses.asdict(config)
-    for study_wide in ("models", "batch_sizes", "seeds", "sgd_sweep", "lars_lrs"):
-        del settings[study_wide]
+    study_wide = ("models", "batch_sizes", "seeds", "sgd_sweep", "lars_lrs", "noise_multiples")
+    for name in (*study_wide, "noise_batch_sizes"):  # the noise run adds the last
+        del settings[name]
     digest = hashlib.sha256()
     for path in TRAINING_SOURCES:
         digest.update(path.read_bytes())
@@ -130,7 +266,23 @@ def run_settings(config, source):
 
 
 def write_outputs(
-    out_dir, rows, summaries, verdicts, comparison, ratio_panels, config, source, seconds, reused
+    out_dir,
+    rows,
+    summaries,
+    verdicts,
+    comparison,
+    ratio_panels,
+    config,
+    source,
+    seconds,
+    reused,
+    total_runs,
+    *,
+    grids,
+    noise,
+    thresholds,
+    command=None,
+    loads=(),
 ):
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
@@ -139,26 +291,60 @@ def write_outputs(
         writer.writerows(rows)
     with open(os.path.join(out_dir, "summary.csv"), "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["model", "method", "batch_size", "learning_rate", "mean", "std", "seeds"])
+        writer.writerow(
+            [
+                "model",
+                "method",
+                "batch_size",
+                "learning_rate",
+                "mean",
+                "std",
+                "seeds",
+                "noise_scale",
+                "noise_multiple",
+            ]
+        )
         for model, summary in summaries.items():
+            grid = grids[model]
             for line, cells in summary.items():
                 for batch, cell in sorted(cells.items()):
                     writer.writerow(
-                        [model, line, batch, cell.learning_rate, cell.mean, cell.std, config.seeds]
+                        [model, line, batch, cell.learning_rate, cell.mean, cell.std]
+                        + [config.seeds, f"{grid.noise_scale:.1f}", f"{grid.multiple(batch):.3f}"]
                     )
+    with open(os.path.join(out_dir, "noise_scale.csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            ["model", "epoch", "gradient_sq", "trace", "b_simple", "small_batch", "big_batch"]
+        )
+        for model, estimates in noise.items():
+            for epoch, e in estimates:
+                writer.writerow(
+                    [model, epoch, e.gradient_sq, e.trace, e.simple, e.small_batch, e.big_batch]
+                )
     verdict = {True: "HELD", False: "FAILED", None: "NOT TESTED"}
     wall_time = f"Wall time {seconds / 60:.1f} min, " + (
-        f"with {reused} of {len(rows)} runs resumed from an earlier start "
+        f"with {reused} of {total_runs} runs resumed from an earlier start "
         "(same settings, data, code and versions)"
         if reused
         else "every run trained (none saved earlier with these settings, data, code and versions)"
     )
+    loads = [value for value in loads if math.isfinite(value)]
+    if len(loads) > 1:
+        wall_time += (
+            f"; the host's 1-minute load average ({os.cpu_count()} cores, each run keeping all "
+            f"busy) was {loads[0]:.1f} at "
+            f"the start, {statistics.fmean(loads[1:]):.1f} on average after each run trained "
+            f"and {loads[-1]:.1f} at the end"
+        )
     text = [
         "# Large-batch study: SGD with linear scaling vs LARS",
         "",
         f"Data: {source}. {config.epochs} epochs ({config.warmup_epochs} of warm-up), "
         f"{config.seeds} seed(s): test accuracy, mean ± standard deviation over seeds, at the "
         f"rate chosen on validation. {wall_time}.",
+        "",
+        f"Host and software: {provenance(command)}.",
         "",
         "SGD lines: momentum SGD with the same coupled L2 weight decay as LARS (keras_lars.LARS "
         "with adaptation switched off for every variable); biases and normalisation variables "
@@ -169,11 +355,14 @@ def write_outputs(
         text += [f"Trained on the first {config.train_examples} training images.", ""]
     if config.seeds == 1:
         text += ["One seed: no error bars, and a single draw can flip a verdict.", ""]
+    text += _noise_section(noise, grids, config, thresholds)
     for model, summary in summaries.items():
+        text += [f"## {model}", ""]
+        sentence = claims_lib.headline(verdicts[model])
+        if sentence:
+            text += [sentence, ""]
         text += [
-            f"## {model}",
-            "",
-            claims_lib.markdown_table(summary, config.batch_sizes),
+            claims_lib.markdown_table(summary, grids[model].batch_sizes, grids[model]),
             "",
             "The claim, part by part:",
             "",
@@ -184,19 +373,83 @@ def write_outputs(
     text += [f"- **{verdict[c.held]}**: {c.statement}. ({c.detail})" for c in comparison]
     with open(os.path.join(out_dir, "summary.md"), "w") as f:
         f.write("\n".join(text) + "\n")
+    caption = f"Host and software: {provenance(command)}"
     plots.plot_accuracy(
-        os.path.join(out_dir, "accuracy_vs_batch.png"), summaries, config.batch_sizes
+        os.path.join(out_dir, "accuracy_vs_batch.png"),
+        summaries,
+        {model: grid.batch_sizes for model, grid in grids.items()},
+        caption,
     )
-    plots.plot_trust_ratios(os.path.join(out_dir, "trust_ratios.png"), ratio_panels)
+    plots.plot_trust_ratios(os.path.join(out_dir, "trust_ratios.png"), ratio_panels, caption)
+    plots.plot_noise_scale(
+        os.path.join(out_dir, "noise_scale.png"),
+        {
+            model: [(epoch, e.simple) for epoch, e in estimates]
+            for model, estimates in noise.items()
+        },
+        {model: (grid.noise_scale, grid.batch_sizes) for model, grid in grids.items()},
+        caption,
+    )
     return "\n".join(text)
 
 
-def _completed_path(out_dir, settings, run):
+def _noise_section(noise, grids, config, thresholds):
+    """The noise scale over training, per model, and the grid it placed."""
+    small, big = config.noise_batch_sizes
+    models = list(noise)
+    text = [
+        "## The noise scale",
+        "",
+        'The simple noise scale B_simple = tr(Σ)/|G|² (McCandlish et al. 2018, "An Empirical '
+        'Model of Large-Batch Training"): the batch size past which a bigger batch stops '
+        "saving steps. Measured on each model's momentum-SGD run at batch "
+        f"{BASE_BATCH} (seed 0, the study's schedule) from the loss gradient's squared norms "
+        f"at batch {small} and {big}, {training.NOISE_PROBES_PER_EPOCH * training.NOISE_BIG_BATCHES_PER_PROBE} "  # noqa: E501
+        f"draws of {big} training images an epoch; an epoch's value is from its draws' "
+        "averages. The grid is placed by the median over the epochs (the first epochs' "
+        "fast-falling loss keeps it low; as the rate decays to zero it grows without bound).",
+        "",
+        "| epoch | " + " | ".join(models) + " |",
+        "|---:|" + "---:|" * len(models),
+    ]
+    epochs = sorted({epoch for estimates in noise.values() for epoch, _ in estimates})
+    by_model = {model: dict(estimates) for model, estimates in noise.items()}
+    for epoch in epochs:
+        cells = [_scale(by_model[m][epoch].simple) if epoch in by_model[m] else "—" for m in models]
+        name = "0 (before training)" if epoch == 0 else str(epoch)
+        text.append(f"| {name} | " + " | ".join(cells) + " |")
+    text.append(
+        "| **median over training** | "
+        + " | ".join(f"**{_scale(grids[m].noise_scale)}**" for m in models)
+        + " |"
+    )
+    text += [""]
+    for model in models:
+        text.append(f"- `{model}`: batch sizes {_grid_text(grids[model])}.")
+    low, high = thresholds.regime_gaps
+    text += [
+        "",
+        "The paper's ImageNet runs, batch 8K to 32K, sat at roughly 0.3 to 3 times ImageNet's "
+        "noise scale (McCandlish et al.: the useful batch there reaches the tens of "
+        "thousands). LARS's allowed shortfall below the reference goes by the same yardstick: "
+        f"{low:g} points up to {thresholds.paper_regime:g}× the noise scale, where the paper "
+        f"made its claim, {high:g} past it (the study's earlier allowances at batch 4096 and "
+        "8192, unchanged).",
+        "",
+    ]
+    return text
+
+
+def _scale(value):
+    return "∞ (|G|² lost in the noise)" if math.isinf(value) else f"{value:,.0f}"
+
+
+def _completed_path(out_dir, settings, run, kind=""):
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     linear = "-linear" if run.linear_scaled else ""
     name = (
-        f"{run.model}-{run.optimizer}-b{run.batch_size}-lr{run.learning_rate:g}{linear}"
-        f"-seed{run.seed}"
+        f"{kind + '-' if kind else ''}{run.model}-{run.optimizer}-b{run.batch_size}"
+        f"-lr{run.learning_rate:g}{linear}-seed{run.seed}"
     )
     return os.path.join(out_dir, "completed", key, name + ".json")
 
@@ -225,15 +478,13 @@ def _save_completed(path, settings, run, row, record):
     os.replace(path + ".tmp", path)
 
 
-def _ratio_panels(records, summaries, config):
+def _ratio_panels(records, summaries):
     """λ per layer for the selected LARS run at the smallest and the largest
     batch of each model (seed 0)."""
     panels = {}
     for model, summary in summaries.items():
         lars = summary[claims_lib.LARS_BEST]
-        for batch in sorted({min(config.batch_sizes), max(config.batch_sizes)}):
-            if batch not in lars:
-                continue
+        for batch in sorted({min(lars), max(lars)}) if lars else ():
             for run, record in records.items():
                 if (
                     record

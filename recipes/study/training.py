@@ -1,15 +1,21 @@
 """One run of the study: the CNN, its optimizer, `model.fit`, the accuracies,
-and the per-layer trust ratios LARS records inside its step."""
+the per-layer trust ratios LARS records inside its step, and the gradient
+norms that give the task's noise scale."""
 
 import math
 import time
 
 import keras
+import numpy as np
 
 from .. import optimization
 from . import fashion_mnist
 
 TRUST_RATIO_PROBES_PER_EPOCH = 4
+# The gradient at one point of a run swings with the step; McCandlish et al.
+# average over steps, and so the noise scale averages an epoch's probes.
+NOISE_PROBES_PER_EPOCH = 2
+NOISE_BIG_BATCHES_PER_PROBE = 2
 # Keras's default (0.99) leaves a third of the initial statistics after the
 # ~70 steps of a large-batch run; the TF ResNet references use 0.9.
 BN_MOMENTUM = 0.9
@@ -89,6 +95,106 @@ class TrustRatioRecorder(keras.callbacks.Callback):
                 self.history.setdefault(path.split("/")[-2], []).append(ratio)
 
 
+class NoiseScaleProbe(keras.callbacks.Callback):
+    """The loss gradient's squared norm at two batch sizes, for
+    `noise_scale.estimate`: `probes` times an epoch, and as often at the start
+    (epoch 0), each probe `big_batches` fresh random draws of the training
+    images. Each big batch is split into small batches and its gradient is
+    their mean (for a model without batch norm exactly the big batch's
+    gradient; with batch norm each small batch is normalised by its own
+    statistics, as in training, which keeps the estimator's premise of
+    independent small batches). The run is left as it was: no weight moves
+    and batch norm's moving statistics are put back. Weight decay, a
+    deterministic term, is not in the loss."""
+
+    def __init__(self, x, y, small_batch, big_batch, every_steps, probes, big_batches, seed):
+        super().__init__()
+        if not (big_batch <= len(x) and big_batch % small_batch == 0 < small_batch < big_batch):
+            raise ValueError(
+                "`noise_batch_sizes` must be two batch sizes, the big one a multiple of the "
+                f"small one and at most the {len(x)} training images. "
+                f"Received: noise_batch_sizes=({small_batch}, {big_batch})"
+            )
+        self.x, self.y = x, y
+        self.small_batch, self.big_batch = small_batch, big_batch
+        self.every_steps, self.probes, self.big_batches = max(1, every_steps), probes, big_batches
+        self.rng = np.random.default_rng(seed)
+        self.steps, self.small_sq_norms, self.big_sq_norms = [], [], []
+        self._step, self._norms = 0, None
+
+    def on_train_begin(self, logs=None):
+        for _ in range(self.probes):
+            self._probe()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step += 1
+        if self._step % self.every_steps == 0:
+            self._probe()
+
+    def _probe(self):
+        import tensorflow as tf  # the study runs on TensorFlow (make study)
+
+        if self._norms is None:
+            self._norms = _squared_norms_function(self.model, tf)
+        saved = [v.numpy() for v in self.model.non_trainable_variables]
+        chunks = self.big_batch // self.small_batch
+        for _ in range(self.big_batches):
+            index = self.rng.choice(len(self.x), self.big_batch, replace=False)
+            x = self.x[index].reshape(chunks, self.small_batch, *self.x.shape[1:])
+            y = self.y[index].reshape(chunks, self.small_batch)
+            small_sq, big_sq = self._norms(tf.constant(x), tf.constant(y))
+            self.steps.append(self._step)
+            self.small_sq_norms.append(float(small_sq))
+            self.big_sq_norms.append(float(big_sq))
+        for variable, value in zip(self.model.non_trainable_variables, saved):
+            variable.assign(value)
+
+    def record(self):
+        """One entry a big batch: the step it was drawn at (0: before
+        training), its mean squared small-batch norm, its squared norm."""
+        return dict(
+            small_batch=self.small_batch,
+            big_batch=self.big_batch,
+            steps=self.steps,
+            small_sq_norms=self.small_sq_norms,
+            big_sq_norms=self.big_sq_norms,
+        )
+
+
+def _squared_norms_function(model, tf):
+    """(x, y) of shape (chunks, small, ...) -> (mean over chunks of |g_chunk|²,
+    |mean of the chunks' gradients|²), in one compiled loop."""
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    variables = model.trainable_variables
+
+    def squared_norm(tensors):
+        return tf.add_n([tf.reduce_sum(tf.square(t)) for t in tensors])
+
+    @tf.function(reduce_retracing=True)
+    def norms(x, y):
+        chunks = tf.shape(x)[0]
+
+        def body(i, small_sq, total):
+            with tf.GradientTape() as tape:
+                value = loss(y[i], model(x[i], training=True))
+            gradients = tape.gradient(value, variables)
+            return (
+                i + 1,
+                small_sq + squared_norm(gradients),
+                [t + g for t, g in zip(total, gradients)],
+            )
+
+        _, small_sq, total = tf.while_loop(
+            lambda i, *_: i < chunks,
+            body,
+            (tf.constant(0), tf.constant(0.0), [tf.zeros_like(v) for v in variables]),
+        )
+        count = tf.cast(chunks, tf.float32)
+        return small_sq / count, squared_norm([t / count for t in total])
+
+    return norms
+
+
 class ProgressBar(keras.callbacks.Callback):
     def __init__(self, bar, label):
         super().__init__()
@@ -99,9 +205,28 @@ class ProgressBar(keras.callbacks.Callback):
         self.bar.update(1)
 
 
-def train(run, data, config, bar, record_trust_ratios=True):
+def measure_noise_scale(run, data, config, bar):
+    """Trains `run` (the reference SGD run) with a `NoiseScaleProbe` at
+    `config.noise_batch_sizes`; returns its result row and the probe's record."""
+    small_batch, big_batch = config.noise_batch_sizes
+    probe = NoiseScaleProbe(
+        data[0],
+        data[1],
+        small_batch,
+        big_batch,
+        every_steps=math.ceil(len(data[0]) / run.batch_size) // NOISE_PROBES_PER_EPOCH,
+        probes=NOISE_PROBES_PER_EPOCH,
+        big_batches=NOISE_BIG_BATCHES_PER_PROBE,
+        seed=run.seed,
+    )
+    row, _ = train(run, data, config, bar, record_trust_ratios=False, callbacks=[probe])
+    return row, dict(probe.record(), steps_per_epoch=math.ceil(len(data[0]) / run.batch_size))
+
+
+def train(run, data, config, bar, record_trust_ratios=True, callbacks=()):
     """Trains one configuration; returns its result row and the trust-ratio
-    record (None unless `record_trust_ratios`, which only LARS runs keep)."""
+    record (None unless `record_trust_ratios`, which only LARS runs keep).
+    `callbacks` are added to `fit`'s."""
     keras.utils.set_random_seed(run.seed)
     x_train, y_train, x_val, y_val, x_test, y_test = data
     steps_per_epoch = math.ceil(len(x_train) / run.batch_size)
@@ -113,7 +238,7 @@ def train(run, data, config, bar, record_trust_ratios=True):
         metrics=["accuracy"],
     )
     label = f"{run.model} {run.optimizer} B={run.batch_size} lr={run.learning_rate:g} s={run.seed}"
-    callbacks = [keras.callbacks.TerminateOnNaN(), ProgressBar(bar, label)]
+    callbacks = [keras.callbacks.TerminateOnNaN(), ProgressBar(bar, label), *callbacks]
     if record_trust_ratios:
         recorder = TrustRatioRecorder(steps_per_epoch // TRUST_RATIO_PROBES_PER_EPOCH)
         callbacks.append(recorder)
