@@ -1,13 +1,11 @@
 """The ImageNet recipe on TensorFlow, end to end on a generated ImageNet:
-each strategy trains, mixed precision, synthetic and TFDS input,
-accumulation, resume after SIGKILL, divergence, time to accuracy, the
-evaluation schedule, bad input. (Across replicas:
-tests/test_imagenet_train_replicas.py; checkpoint and settings faults:
-tests/test_faults_recipe.py.)"""
+each strategy trains, mixed precision, synthetic and TFDS input, time to
+accuracy, the evaluation schedule, bad input. (Across replicas:
+tests/test_imagenet_train_replicas.py; accumulation, resume after SIGKILL
+and divergence, on every backend: tests/test_imagenet_recipe.py; checkpoint
+and settings faults: tests/test_faults_recipe.py.)"""
 
 import json
-import os
-import signal
 
 import keras
 import numpy as np
@@ -19,15 +17,11 @@ pytestmark = pytest.mark.skipif(
 tf = pytest.importorskip("tensorflow")
 
 import commands  # noqa: E402
-import reference  # noqa: E402
 from imagenet_runs import ALEXNET  # noqa: E402
 from imagenet_runs import CLASSES  # noqa: E402
 from imagenet_runs import LEARNS  # noqa: E402
 from imagenet_runs import SMALL  # noqa: E402
-from imagenet_runs import SMALL_FLAGS  # noqa: E402
 from imagenet_runs import VALIDATION_PER_CLASS  # noqa: E402
-from imagenet_runs import assert_arrays_close  # noqa: E402
-from imagenet_runs import assert_finite  # noqa: E402
 from imagenet_runs import assert_loss_falls  # noqa: E402
 from imagenet_runs import checkpoint_arrays  # noqa: E402
 from imagenet_runs import checkpoint_steps  # noqa: E402
@@ -36,27 +30,9 @@ from imagenet_runs import scalars  # noqa: E402
 from imagenet_runs import train_command  # noqa: E402
 from recipes.imagenet import bad_data  # noqa: E402
 from recipes.imagenet import batching  # noqa: E402
-from recipes.imagenet import controller  # noqa: E402
 from recipes.imagenet import crops  # noqa: E402
 from recipes.imagenet import sources  # noqa: E402
 from recipes.imagenet import strategies  # noqa: E402
-
-
-def expected_rate(model_dir, step):
-    """The MLPerf schedule's rate at `step`, from the formula (tests/reference.py)
-    and the run's config.json: warm-up from 0, then poly(2) decay over
-    train_steps - warmup_steps + 1 steps."""
-    with open(os.path.join(model_dir, "config.json")) as f:
-        saved = json.load(f)
-    config, plan = saved["config"], saved["plan"]
-    return reference.polynomial_warmup(
-        step,
-        peak=config["learning_rate"],
-        decay_steps=plan["train_steps"] - plan["warmup_steps"] + 1,
-        warmup_steps=plan["warmup_steps"],
-        end=config["end_learning_rate"],
-    )
-
 
 # --- Each strategy trains ------------------------------------------------------
 
@@ -153,79 +129,7 @@ def test_tfds_imagenet2012_through_the_builder(tmp_path):
     assert summary["steps"] == 3 and summary["eval_images"] == 12
 
 
-# --- Accumulation, resume, divergence ------------------------------------------
-
-
-def test_accumulation_equals_the_whole_batch_and_counts_updates(data_dir, tmp_path):
-    settings = dict(ALEXNET, **SMALL, data_dir=str(data_dir), train_steps=4, deterministic=True)
-    run(**settings, model_dir=str(tmp_path / "whole"))
-    run(**settings, model_dir=str(tmp_path / "k4"), accumulation_steps=4)
-    assert_arrays_close(
-        checkpoint_arrays(tmp_path / "k4")[0],
-        checkpoint_arrays(tmp_path / "whole")[0],
-        rtol=1e-5,
-        atol=1e-5,
-    )
-    logged = scalars(tmp_path / "k4")["learning_rate"]
-    assert [step for step, _ in logged] == [2, 4]  # updates, not micro-batches
-    for update, rate in logged:
-        assert rate == pytest.approx(expected_rate(tmp_path / "k4", update), rel=1e-6)
-
-
-def test_resume_after_sigkill_equals_an_uninterrupted_run(data_dir, tmp_path):
-    """The run SIGKILLs itself right after saving step 6 (recipes/faults.py)."""
-    flags = [
-        "--model=alexnet_bn",  # batch norm and dropout: both must resume exactly
-        "--image_size=67",
-        *SMALL_FLAGS,
-        "--train_steps=14",
-        "--deterministic",
-    ]
-    code, output = commands.run(
-        train_command(tmp_path / "whole", data_dir, *flags), tmp_path / "whole.log"
-    )
-    assert code == 0, output[-3000:]
-    killed = train_command(tmp_path / "killed", data_dir, *flags)
-    code, output = commands.run(
-        killed, tmp_path / "killed.log", env=commands.environment(**{commands.KILL_AFTER: "6"})
-    )
-    assert code == -signal.SIGKILL, output[-3000:]
-    assert checkpoint_arrays(tmp_path / "killed")[1] == 6
-
-    code, output = commands.run(killed, tmp_path / "resumed.log")
-    assert code == 0, output[-3000:]
-    assert "Resumed from step 6" in output
-    assert_arrays_close(
-        checkpoint_arrays(tmp_path / "killed")[0],
-        checkpoint_arrays(tmp_path / "whole")[0],
-        rtol=1e-6,
-        atol=1e-7,
-    )
-    after = [(s, r) for s, r in scalars(tmp_path / "killed")["learning_rate"] if s > 6]
-    assert [s for s, _ in after] == [8, 10, 12, 14]
-    for step, rate in after:
-        assert rate == pytest.approx(expected_rate(tmp_path / "killed", step), rel=1e-6)
-
-
-def test_a_diverging_run_saves_no_state_it_has_not_checked(data_dir, tmp_path):
-    """A peak rate of 1e30 after one warm-up step at rate 0, a checkpoint after
-    every step: the state after step 1 is the last whose loss and variables
-    are finite; the next update makes it blow up, its loss still finite (1e28
-    weights), so only the check of the state's own loss stops it before
-    that state is saved."""
-    settings = {
-        **ALEXNET,
-        **SMALL,
-        "learning_rate": 1e30,
-        "warmup_epochs": 0.25,  # 2 steps: rates 0, then 5e29
-        "steps_per_loop": 1,
-    }
-    with pytest.raises(controller.TrainingDiverged, match="stopped without saving") as info:
-        run(**settings, data_dir=str(data_dir), model_dir=str(tmp_path), train_steps=8)
-    assert checkpoint_steps(tmp_path) == [1]
-    assert str(tmp_path / "checkpoints" / "ckpt-1") in str(info.value)
-    assert "after step 2" in str(info.value) or "at step 2" in str(info.value), info.value
-    assert_finite(checkpoint_arrays(tmp_path)[0])
+# --- Time to accuracy ----------------------------------------------------------
 
 
 def test_time_to_accuracy_stops_at_the_first_evaluation_reaching_the_target(data_dir, tmp_path):

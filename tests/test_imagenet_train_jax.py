@@ -1,10 +1,9 @@
 """The ImageNet recipes on the JAX backend: keras.distribution.DataParallel on
-four forced host devices (conftest.py), resume after SIGKILL, exact
-evaluation, accumulation, refusals."""
+four forced host devices (conftest.py), exact evaluation, Keras's
+accumulation under it, refusals. (Accumulation, resume after SIGKILL and
+divergence, on every backend: tests/test_imagenet_recipe.py.)"""
 
-import json
 import re
-import signal
 
 import keras
 import numpy as np
@@ -16,17 +15,13 @@ pytestmark = pytest.mark.skipif(
 tf = pytest.importorskip("tensorflow")  # the input pipeline's library
 
 import commands  # noqa: E402
-import reference  # noqa: E402
 from imagenet_runs import ALEXNET  # noqa: E402
 from imagenet_runs import CLASSES  # noqa: E402
 from imagenet_runs import LEARNS  # noqa: E402
 from imagenet_runs import SMALL  # noqa: E402
-from imagenet_runs import SMALL_FLAGS  # noqa: E402
 from imagenet_runs import VALIDATION_PER_CLASS  # noqa: E402
 from imagenet_runs import assert_arrays_close  # noqa: E402
-from imagenet_runs import assert_finite  # noqa: E402
 from imagenet_runs import checkpoint_arrays  # noqa: E402
-from imagenet_runs import checkpoint_steps  # noqa: E402
 from imagenet_runs import jax_environment  # noqa: E402
 from imagenet_runs import losses  # noqa: E402
 from imagenet_runs import run  # noqa: E402
@@ -34,7 +29,6 @@ from imagenet_runs import scalars  # noqa: E402
 from imagenet_runs import train_command  # noqa: E402
 from imagenet_runs import write_records  # noqa: E402
 from recipes.imagenet import config as config_lib  # noqa: E402
-from recipes.imagenet import controller  # noqa: E402
 from recipes.imagenet import crops  # noqa: E402
 from recipes.imagenet import job  # noqa: E402
 from recipes.imagenet import models  # noqa: E402
@@ -81,77 +75,6 @@ def test_data_parallel_trains_logs_and_evaluates(data_dir, tmp_path):
     assert [step for step, _ in scalars(tmp_path, "eval")["top1"]] == [16]
 
 
-def test_accumulation_equals_the_whole_batch_and_counts_updates(data_dir, tmp_path):
-    settings = dict(ALEXNET, **SMALL, data_dir=str(data_dir), train_steps=4, deterministic=True)
-    run(**settings, model_dir=str(tmp_path / "whole"), strategy="data_parallel")
-    run(**settings, model_dir=str(tmp_path / "k2"), strategy="data_parallel", accumulation_steps=2)
-    whole, _ = checkpoint_arrays(tmp_path / "whole")
-    accumulated, _ = checkpoint_arrays(tmp_path / "k2")
-    # The checkpoints list the model's variables first; the optimizer's differ
-    # (the accumulated run also holds its gradient accumulators).
-    model_variables = len(models.build("alexnet", CLASSES, 67, dropout=0.0).variables)
-    for i in range(model_variables):
-        np.testing.assert_allclose(accumulated[f"v{i}"], whole[f"v{i}"], rtol=1e-5, atol=1e-5)
-    with open(tmp_path / "k2" / "config.json") as f:
-        plan = json.load(f)["plan"]
-    logged = scalars(tmp_path / "k2")["learning_rate"]
-    assert [step for step, _ in logged] == [2, 4]  # updates, not micro-batches
-    for update, rate in logged:
-        # The MLPerf schedule from the formula (tests/reference.py).
-        expected = reference.polynomial_warmup(
-            update,
-            peak=ALEXNET["learning_rate"],
-            decay_steps=plan["train_steps"] - plan["warmup_steps"] + 1,
-            warmup_steps=plan["warmup_steps"],
-        )
-        assert rate == pytest.approx(expected, rel=1e-6)
-
-
-RESUME_FLAGS = [
-    "--strategy=data_parallel",
-    "--model=alexnet_bn",  # batch norm and dropout: both must resume exactly
-    "--image_size=67",
-    *SMALL_FLAGS,
-    "--train_steps=12",
-    "--deterministic",
-]
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(data_dir, tmp_path_factory):
-    model_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
-    code, output = commands.run(
-        train_command(model_dir, data_dir, *RESUME_FLAGS),
-        model_dir.parent / "run.log",
-        env=jax_environment(),
-    )
-    assert code == 0, output[-3000:]
-    return model_dir
-
-
-@pytest.mark.parametrize("kill", [commands.KILL_AFTER, commands.KILL_DURING])
-def test_resume_after_sigkill_equals_an_uninterrupted_run(data_dir, tmp_path, uninterrupted, kill):
-    """The run SIGKILLs itself right after checkpoint 6 is written whole, or
-    as soon as its asynchronous save has started (recipes/faults.py): then
-    Orbax may not have committed it, and the run resumes from 4."""
-    killed = train_command(tmp_path / "killed", data_dir, *RESUME_FLAGS)
-    code, output = commands.run(killed, tmp_path / "killed.log", env=jax_environment(**{kill: "6"}))
-    assert code == -signal.SIGKILL, output[-3000:]
-    if kill == commands.KILL_AFTER:
-        assert checkpoint_arrays(tmp_path / "killed")[1] == 6
-
-    code, output = commands.run(killed, tmp_path / "resumed.log", env=jax_environment())
-    assert code == 0, output[-3000:]
-    resumed = re.search(r"Resumed from step (\d+)", output)
-    assert resumed and int(resumed[1]) in ((6,) if kill == commands.KILL_AFTER else (4, 6)), output
-    assert_arrays_close(
-        checkpoint_arrays(tmp_path / "killed")[0],
-        checkpoint_arrays(uninterrupted)[0],
-        1e-6,
-        1e-7,
-    )
-
-
 def test_kerass_one_batch_look_ahead_drops_no_batch(data_dir, tmp_path, monkeypatch):
     """Without a distribution, on GPUs and TPUs, Keras's JAX trainer reads one
     batch ahead of each `fit` call and drops it at the call's end. Forced
@@ -175,24 +98,6 @@ def test_kerass_one_batch_look_ahead_drops_no_batch(data_dir, tmp_path, monkeypa
     assert_arrays_close(
         checkpoint_arrays(tmp_path / "ahead")[0], checkpoint_arrays(tmp_path / "plain")[0], 0, 0
     )
-
-
-def test_a_diverging_run_saves_no_state_it_has_not_checked(data_dir, tmp_path):
-    """As on TensorFlow (tests/test_imagenet_train.py): the state after step 1
-    is saved, the next, whose own loss blows up, is not."""
-    settings = {
-        **ALEXNET,
-        **SMALL,
-        "learning_rate": 1e30,
-        "warmup_epochs": 0.25,  # 2 steps: rates 0, then 5e29
-        "steps_per_loop": 1,
-    }
-    with pytest.raises(controller.TrainingDiverged, match="stopped without saving") as info:
-        run(**settings, data_dir=str(data_dir), model_dir=str(tmp_path), train_steps=8)
-    assert checkpoint_steps(tmp_path) == [1]
-    assert str(tmp_path / "checkpoints" / "1") in str(info.value)
-    assert "after step 2" in str(info.value) or "at step 2" in str(info.value), info.value
-    assert_finite(checkpoint_arrays(tmp_path)[0])
 
 
 def test_the_default_span_keeps_batch_norm_on_each_device():
