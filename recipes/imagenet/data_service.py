@@ -144,11 +144,17 @@ def serve_until_stopped(server, ready):
         received.append(signal.Signals(signal_number).name)
         stopped.set()
 
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    previous = {s: signal.signal(s, stop) for s in stop_signals}
+    # A process inherits its parent's blocked signals (a test runner's, or
+    # a parent whose libraries block them in the forking thread): blocked,
+    # a SIGTERM would never arrive and the server would serve forever.
+    blocked = signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
     try:
         ready()
         stopped.wait()
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         for s, handler in previous.items():
             signal.signal(s, handler)
     server.stop()
