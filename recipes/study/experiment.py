@@ -139,7 +139,7 @@ def run_study(config, dataset, out_dir, thresholds=None, resume=True, command=No
     # run's, not trained twice.
     runs_to_train = [run for run in runs if run not in noise_rows]
     rows = [noise_rows[run] for run in runs if run in noise_rows]
-    records = {run: None for run in runs if run in noise_rows}
+    records = {}  # trust ratios of the trained runs (an SGD run has none)
     with tqdm(total=len(runs_to_train) * config.epochs, unit="epoch", desc="study") as bar:
         for run in runs_to_train:
             row, record = trained_or_saved(
