@@ -249,29 +249,84 @@ def row(optimizer, batch, lr, seed, val, test, linear=False, model="cnn"):
     )
 
 
-def test_summarize_selects_on_validation_and_reports_mean_and_std():
+def test_summarize_selects_on_seed_0_validation_and_reports_mean_and_std():
     rows = [
         row("sgd", 64, 0.8, 0, NAN, NAN, linear=True),
-        row("sgd", 64, 0.2, 0, 0.80, 0.70),
-        row("sgd", 64, 0.2, 1, 0.90, 0.80),
+        row("sgd", 64, 0.8, 1, 0.5, 0.5, linear=True),
+        row("sgd", 64, 0.2, 0, 0.85, 0.70),
+        row("sgd", 64, 0.2, 1, 0.80, 0.80),
         row("sgd", 64, 0.05, 0, 0.84, 0.95),
-        row("sgd", 64, 0.05, 1, 0.84, 0.95),
+        row("sgd", 64, 0.05, 1, 0.99, 0.95),
         row("lars", 64, 1.0, 0, 0.9, 0.9),
         row("lars", 64, 1.0, 1, NAN, NAN),
         row("lars", 64, 3.0, 0, 0.5, 0.6),
-        row("lars", 64, 3.0, 1, 0.7, 0.62),
     ]
+    assert claims.chosen_rates(rows) == {("sgd", 64): 0.2, ("lars", 64): 1.0}
     summary = claims.summarize(rows, [64])
     assert math.isnan(summary[claims.SGD_LINEAR][64].mean)
-    # 0.2 has the better mean validation accuracy (0.85 > 0.84), though 0.05
-    # tests better: selection must not look at the test set.
+    # 0.2 has seed 0's best validation accuracy (0.85 > 0.84), though 0.05
+    # tests better and has the better mean validation accuracy: the rate is
+    # chosen on seed 0's validation split alone.
     best = summary[claims.SGD_BEST][64]
     assert (best.mean, best.learning_rate) == pytest.approx((75.0, 0.2))
     assert best.std == pytest.approx(np.std([70.0, 80.0], ddof=1))
-    # A rate that diverged in one seed counts as diverged.
-    assert summary[claims.LARS_BEST][64].learning_rate == 3.0
-    assert claims.format_cell(summary[claims.LARS_BEST][64]) == "61.0 ± 1.4% (lr 3)"
+    # The chosen rate diverged in seed 1: the line counts as diverged.
+    assert claims.format_cell(summary[claims.LARS_BEST][64]) == "diverged (lr 1)"
     assert claims.format_cell(summary[claims.SGD_LINEAR][64]) == "diverged (lr 0.8)"
+    # Every rate diverged on seed 0: no rate is chosen, the line diverged.
+    diverged = [row("lars", 64, lr, 0, NAN, NAN) for lr in (1.0, 3.0)]
+    assert claims.chosen_rates(diverged) == {("lars", 64): None}
+    assert claims.format_cell(claims.summarize(diverged, [64])[claims.LARS_BEST][64]) == (
+        "diverged (lr 1)"
+    )
+
+
+def test_seed_0_sweeps_every_rate_and_the_other_seeds_repeat_the_chosen_ones():
+    config = study_config.StudyConfig(
+        models=("cnn", "cnn_bn"),
+        batch_sizes=(128, 1024),
+        seeds=3,
+        sgd_sweep=(1.0, 0.25),
+        lars_lrs=(8.0, 16.0),
+    )
+    Run = study_config.Run
+    sweep = study_config.plan_sweep(config)
+    # The reference batch runs each optimizer's first rate; 1024 every rate
+    # (LARS's square-root scaled from batch 4096: 8 / 2 and 16 / 2).
+    assert sweep[:6] == [
+        Run("cnn", "sgd", 128, 0.05, 0, linear_scaled=True),
+        Run("cnn", "lars", 128, 1.414, 0),  # 8 · (128 / 4096)^½, rounded
+        Run("cnn", "sgd", 1024, 0.4, 0, linear_scaled=True),
+        Run("cnn", "sgd", 1024, 0.1, 0),
+        Run("cnn", "lars", 1024, 4.0, 0),
+        Run("cnn", "lars", 1024, 8.0, 0),
+    ]
+    assert len(sweep) == 2 * (2 + 4) and {run.seed for run in sweep} == {0}
+    chosen = {
+        "cnn": {("sgd", 128): 0.05, ("lars", 128): 1.414, ("sgd", 1024): 0.1, ("lars", 1024): 8.0},
+        # The linear rate is the best SGD here (one run, not two), and every
+        # LARS rate diverged at 1024 (not repeated).
+        "cnn_bn": {
+            ("sgd", 128): 0.05,
+            ("lars", 128): 1.414,
+            ("sgd", 1024): 0.4,
+            ("lars", 1024): None,
+        },
+    }
+    repeats = study_config.plan_repeats(config, chosen)
+    for seed in (1, 2):
+        assert [run for run in repeats if run.seed == seed] == [
+            Run("cnn", "sgd", 128, 0.05, seed, linear_scaled=True),
+            Run("cnn", "lars", 128, 1.414, seed),
+            Run("cnn", "sgd", 1024, 0.4, seed, linear_scaled=True),
+            Run("cnn", "sgd", 1024, 0.1, seed),
+            Run("cnn", "lars", 1024, 8.0, seed),
+            Run("cnn_bn", "sgd", 128, 0.05, seed, linear_scaled=True),
+            Run("cnn_bn", "lars", 128, 1.414, seed),
+            Run("cnn_bn", "sgd", 1024, 0.4, seed, linear_scaled=True),
+        ]
+    assert len(repeats) == 2 * 8
+    assert study_config.plan_repeats(dataclasses.replace(config, seeds=1), chosen) == []
 
 
 def test_imports_load_no_plotting_and_change_nothing(tmp_path):
@@ -309,6 +364,26 @@ def test_the_sgd_baseline_is_lars_without_adaptation_and_the_same_decay():
     assert decayed and all(path.endswith("kernel") for path in decayed)
 
 
+def test_probes_fire_at_each_multiple_of_their_steps_with_several_steps_a_call():
+    """With `steps_per_execution`, batch ends come only between calls: a probe
+    every 3 updates, 10 a epoch run 4 a call (ends at 4, 8, 10, 14, 18, 20),
+    fires at the first end at or past each multiple of 3."""
+
+    class Steps(training.EveryNSteps):
+        fired = []
+
+        def on_step(self, step):
+            self.fired.append(step)
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse", steps_per_execution=4)
+    x, y = np.zeros((10, 2), "float32"), np.zeros((10, 1), "float32")
+    model.fit(x, y, batch_size=1, epochs=2, verbose=0, callbacks=[Steps(3)])
+    assert Steps.fired == [4, 8, 10, 14, 18]
+    assert [training.steps_per_execution(b, 235) for b in (128, 352, 1408)] == [8, 2, 1]
+    assert training.steps_per_execution(16, 32) == 32  # an epoch's steps at most
+
+
 def test_the_batch_norm_model():
     model = training.build_model("cnn_bn")
     norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
@@ -338,7 +413,38 @@ def test_end_to_end_on_a_tiny_set(fashion_dir, tmp_path):
 
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == len(study_config.plan_runs(config)) == 2 * 2 * ((1 + 1) + (2 + 1))
+    # Seed 0 runs every rate; seed 1 repeats linear SGD and the rates chosen
+    # on seed 0's validation accuracy.
+    runs = [
+        study_config.Run(
+            r["model"],
+            r["optimizer"],
+            int(r["batch_size"]),
+            float(r["learning_rate"]),
+            int(r["seed"]),
+            r["linear_scaled"] == "True",
+        )
+        for r in rows
+    ]
+    assert [run for run in runs if run.seed == 0] == study_config.plan_sweep(config)
+    assert len(study_config.plan_sweep(config)) == 2 * ((1 + 1) + (2 + 1))
+    chosen = {
+        model: {
+            (r["optimizer"], int(r["batch_size"])): float(r["learning_rate"])
+            for r in sorted(
+                (
+                    r
+                    for r in rows
+                    if r["model"] == model
+                    and r["seed"] == "0"
+                    and not math.isnan(float(r["val_accuracy"]))  # diverged: not repeated
+                ),
+                key=lambda r: float(r["val_accuracy"]),  # the best last
+            )
+        }
+        for model in config.models
+    }
+    assert [run for run in runs if run.seed == 1] == study_config.plan_repeats(config, chosen)
     assert {r["model"] for r in rows} == {"cnn", "cnn_bn"}
     accuracies = [float(r["test_accuracy"]) for r in rows if r["diverged"] == "False"]
     assert accuracies and max(accuracies) > 0.3  # the bands are learnable
@@ -542,7 +648,15 @@ def test_an_interrupted_study_resumes_without_retraining(fashion_dir, tmp_path, 
     config = study_config.StudyConfig(
         batch_sizes=(16, 64), epochs=2, warmup_epochs=1, lars_lrs=(1.0, 2.0), seeds=2
     )
-    runs = study_config.plan_runs(config)
+    sweep = study_config.plan_sweep(config)
+    # FakeTraining's accuracy grows with the rate: seed 0 chooses each
+    # line's highest, which the other seed repeats.
+    chosen = {}
+    for run in sweep:
+        line = (run.optimizer, run.batch_size)
+        chosen[line] = max(chosen.get(line, 0.0), run.learning_rate)
+    runs = sweep + study_config.plan_repeats(config, {"cnn": chosen})
+    assert len(runs) == 2 + 6 + 2 + 2  # seed 0's sweep (4 SGD and 2 LARS at 64), seed 1's repeats
     dataset = fashion_mnist.load(str(fashion_dir))
     uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
     FakeTraining().install(monkeypatch)

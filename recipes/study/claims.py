@@ -7,6 +7,7 @@ import itertools
 import math
 import statistics
 
+from .config import SELECTION_SEED
 from .config import Grid
 from .config import NoiseMultiple
 from .config import Thresholds
@@ -107,33 +108,47 @@ def _batch_where(batch, multiple):
     return f"batch {batch} ({multiple:.1f}× the noise scale)"
 
 
-def summarize(rows, batch_sizes):
-    """{line: {batch: Cell}} for one model's rows.
+def chosen_rates(rows):
+    """{(optimizer, batch): rate} for one model's rows: each swept line's
+    rate with the best validation accuracy on the selection seed (seed 0),
+    None where every rate diverged there."""
+    lines = {}
+    for r in rows:
+        if r["seed"] == SELECTION_SEED:
+            lines.setdefault((r["optimizer"], r["batch_size"]), []).append(r)
+    chosen = {}
+    for line, runs in lines.items():
+        finite = [r for r in runs if not math.isnan(r["val_accuracy"])]
+        best = max(finite, key=lambda r: r["val_accuracy"], default=None)
+        chosen[line] = best and best["learning_rate"]
+    return chosen
 
-    A configuration that diverged in any seed counts as diverged. Swept lines
-    take the rate with the best mean validation accuracy.
+
+def summarize(rows, batch_sizes):
+    """{line: {batch: Cell}} for one model's rows: test accuracy, mean and
+    standard deviation over the seeds, at the rate `chosen_rates` takes.
+
+    A configuration that diverged in any seed counts as diverged; a line
+    whose every rate diverged on the selection seed shows its first rate.
     """
     configs = {}
     for r in rows:
         key = (r["optimizer"], r["batch_size"], r["learning_rate"], r["linear_scaled"])
         configs.setdefault(key, []).append(r)
+    chosen = chosen_rates(rows)
     summary = {line: {} for line in LINES}
-    for batch in batch_sizes:
-        candidates = {"sgd": [], "lars": []}
-        for (optimizer, b, lr, linear), runs in configs.items():
-            if b != batch:
-                continue
-            validation = _mean([r["val_accuracy"] for r in runs])
-            cell = Cell(*_mean_and_std([r["test_accuracy"] for r in runs]), lr)
-            candidates[optimizer].append((validation, cell))
-            if linear:
-                summary[SGD_LINEAR][batch] = cell
-        for line, optimizer in ((SGD_BEST, "sgd"), (LARS_BEST, "lars")):
-            finite = [c for c in candidates[optimizer] if not math.isnan(c[0])]
-            if finite:
-                summary[line][batch] = max(finite, key=lambda c: c[0])[1]
-            elif candidates[optimizer]:
-                summary[line][batch] = candidates[optimizer][0][1]._replace(mean=math.nan)
+    for (optimizer, batch, lr, linear), runs in configs.items():
+        if batch not in batch_sizes:
+            continue
+        cell = Cell(*_mean_and_std([r["test_accuracy"] for r in runs]), lr)
+        if linear:
+            summary[SGD_LINEAR][batch] = cell
+        line = SGD_BEST if optimizer == "sgd" else LARS_BEST
+        rate = chosen.get((optimizer, batch))
+        if rate == lr:
+            summary[line][batch] = cell
+        elif rate is None and batch not in summary[line]:
+            summary[line][batch] = cell._replace(mean=math.nan)
     return summary
 
 

@@ -22,9 +22,10 @@ claim is checked at each larger batch, LARS allowed 4 points below the
 reference up to 3 times the noise scale (where the paper made its claim) and
 7 points past it.
 Every run uses linear warm-up then polynomial (power 2) decay, momentum 0.9 and
-weight decay 5e-4 on the kernels. The rate of each swept line is chosen on a
-validation split held out of the training set; the table reports test
-accuracy, mean ± standard deviation over three seeds.
+weight decay 5e-4 on the kernels. Seed 0 runs every rate and chooses each
+swept line's rate by its accuracy on a validation split held out of the
+training set; seeds 1 and 2 repeat the chosen rates only. The table reports
+test accuracy, mean ± standard deviation over the three seeds.
 
 Command (the README's main job), on 2 CPU cores:
 
@@ -200,9 +201,11 @@ def main(argv):
         return _error(str(error))
     models = len(config.models)
     if config.batch_sizes:
-        runs = f"{len(study_config.plan_runs(config))} runs"
+        runs = f"{len(study_config.plan_sweep(config))} runs on seed 0"
     else:
-        runs = "the batch sizes it places"
+        runs = "seed 0's runs at the batch sizes it places"
+    if config.seeds > 1:
+        runs += f", then the rates they choose on {config.seeds - 1} more seed(s)"
     print(f"Data: {dataset.source}; {models} noise-scale run(s), then {runs} -> {FLAGS.out_dir}")
     print("Settings:", dataclasses.asdict(config))
     command = " ".join(["python -m recipes.large_batch_study", *sys.argv[1:]])

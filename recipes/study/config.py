@@ -12,6 +12,9 @@ from ..checks import check_integer
 from ..checks import check_number
 
 BASE_BATCH = 128  # where `sgd_base_lr` applies
+# The seed whose validation accuracy chooses each swept line's rate; the
+# other seeds repeat only the chosen rates (`plan_repeats`).
+SELECTION_SEED = 0
 LARS_REFERENCE_BATCH = 4096  # LARS rates are given here, square-root scaled below
 MODELS = ("cnn", "cnn_bn")
 
@@ -243,27 +246,57 @@ class Run:
 def noise_run(model, config):
     """The run whose gradients give `model`'s noise scale: momentum SGD at
     BASE_BATCH and `sgd_base_lr`, seed 0, the study's schedule."""
-    return Run(model, "sgd", BASE_BATCH, config.sgd_base_lr, 0, linear_scaled=True)
+    return Run(model, "sgd", BASE_BATCH, config.sgd_base_lr, SELECTION_SEED, linear_scaled=True)
 
 
-def plan_runs(config, grids=None):
-    """Every (model, optimizer, batch, rate, seed), on `grids` ({model: Grid};
-    default: the fixed `config.batch_sizes`). The smallest batch is the
-    reference: each optimizer runs once there, at the first rate of its sweep."""
+def plan_sweep(config, grids=None):
+    """Seed 0's runs, which choose the rates: every (model, optimizer, batch,
+    rate) on `grids` ({model: Grid}; default: the fixed `config.batch_sizes`).
+    The smallest batch is the reference: each optimizer runs once there, at
+    the first rate of its sweep."""
     runs = []
+    for model, batch, reference in _batches(config, grids):
+        sgd_sweep = config.sgd_sweep[:1] if reference else config.sgd_sweep
+        lars_lrs = config.lars_lrs[:1] if reference else config.lars_lrs
+        linear = _linear_rate(config, batch)
+        for k in sgd_sweep:
+            runs.append(
+                Run(model, "sgd", batch, linear * k, SELECTION_SEED, linear_scaled=k == 1.0)
+            )
+        scale = math.sqrt(min(batch, LARS_REFERENCE_BATCH) / LARS_REFERENCE_BATCH)
+        for lr in lars_lrs:
+            runs.append(Run(model, "lars", batch, round(lr * scale, 3), SELECTION_SEED))
+    return runs
+
+
+def plan_repeats(config, chosen, grids=None):
+    """The other seeds' runs: at each batch, linear-scaled SGD and each swept
+    line at its rate `chosen` on seed 0 ({model: {(optimizer, batch): rate}},
+    `claims.chosen_rates`); a line whose every rate diverged on seed 0 (rate
+    None) is not repeated, as it counts as diverged whatever the other seeds
+    do."""
+    runs = []
+    for seed in range(SELECTION_SEED + 1, config.seeds):
+        for model, batch, _ in _batches(config, grids):
+            linear = _linear_rate(config, batch)
+            runs.append(Run(model, "sgd", batch, linear, seed, linear_scaled=True))
+            sgd, lars = (chosen[model].get((name, batch)) for name in ("sgd", "lars"))
+            if sgd is not None and sgd != linear:
+                runs.append(Run(model, "sgd", batch, sgd, seed))
+            if lars is not None:
+                runs.append(Run(model, "lars", batch, lars, seed))
+    return runs
+
+
+def _batches(config, grids):
+    """(model, batch, whether it is the model's reference batch)."""
     for model in config.models:
         batch_sizes = grids[model].batch_sizes if grids else fixed_grid(config).batch_sizes
         if not batch_sizes:
             raise ValueError("`batch_sizes` must name at least one. Received: batch_sizes=()")
-        reference = min(batch_sizes)
-        for seed in range(config.seeds):
-            for batch in batch_sizes:
-                sgd_sweep = config.sgd_sweep[:1] if batch == reference else config.sgd_sweep
-                lars_lrs = config.lars_lrs[:1] if batch == reference else config.lars_lrs
-                linear = config.sgd_base_lr * batch / BASE_BATCH
-                for k in sgd_sweep:
-                    runs.append(Run(model, "sgd", batch, linear * k, seed, linear_scaled=k == 1.0))
-                scale = math.sqrt(min(batch, LARS_REFERENCE_BATCH) / LARS_REFERENCE_BATCH)
-                for lr in lars_lrs:
-                    runs.append(Run(model, "lars", batch, round(lr * scale, 3), seed))
-    return runs
+        for batch in batch_sizes:
+            yield model, batch, batch == min(batch_sizes)
+
+
+def _linear_rate(config, batch):
+    return config.sgd_base_lr * batch / BASE_BATCH

@@ -41,7 +41,8 @@ from .config import Thresholds
 from .config import fixed_grid
 from .config import noise_run
 from .config import placed_grid
-from .config import plan_runs
+from .config import plan_repeats
+from .config import plan_sweep
 
 # Whose source a saved run depends on (plots and claims are recomputed).
 TRAINING_SOURCES = (
@@ -133,23 +134,40 @@ def run_study(config, dataset, out_dir, thresholds=None, resume=True, command=No
             grids[model] = placed_grid(config, scale, len(data[0]))
         print(f"{model}: noise scale {scale:.0f}; batch sizes {_grid_text(grids[model])}")
 
-    runs = plan_runs(config, grids)
     # The noise-scale run is the reference SGD run of seed 0 (the probes move
     # no weight and draw from a generator of their own): its result is that
     # run's, not trained twice.
-    runs_to_train = [run for run in runs if run not in noise_rows]
-    rows = [noise_rows[run] for run in runs if run in noise_rows]
+    sweep = plan_sweep(config, grids)
+    rows = [noise_rows[run] for run in sweep if run in noise_rows]
+    sweep = [run for run in sweep if run not in noise_rows]
     records = {}  # trust ratios of the trained runs (an SGD run has none)
-    with tqdm(total=len(runs_to_train) * config.epochs, unit="epoch", desc="study") as bar:
-        for run in runs_to_train:
-            row, record = trained_or_saved(
-                run,
-                settings,
-                lambda bar, run=run: training.train(run, data, config, bar, run.seed == 0),
-                bar,
-            )
-            rows.append(row)
-            records[run] = record
+    # Until seed 0 has chosen the rates, the bar counts the most repeats
+    # there can be: three lines at each batch, each at a rate of its own.
+    batches = sum(len(grids[model].batch_sizes) for model in config.models)
+    most_repeats = (config.seeds - 1) * 3 * batches
+    with tqdm(total=(len(sweep) + most_repeats) * config.epochs, unit="epoch", desc="study") as bar:
+
+        def train_all(runs):
+            for run in runs:
+                row, record = trained_or_saved(
+                    run,
+                    settings,
+                    lambda bar, run=run: training.train(run, data, config, bar, run.seed == 0),
+                    bar,
+                )
+                rows.append(row)
+                records[run] = record
+
+        train_all(sweep)
+        chosen = {
+            model: claims_lib.chosen_rates([r for r in rows if r["model"] == model])
+            for model in config.models
+        }
+        repeats = plan_repeats(config, chosen, grids)
+        bar.total = (len(sweep) + len(repeats)) * config.epochs
+        bar.refresh()
+        train_all(repeats)
+    runs_to_train = sweep + repeats
     summaries = {
         model: claims_lib.summarize(
             [r for r in rows if r["model"] == model], grids[model].batch_sizes
@@ -342,7 +360,8 @@ def write_outputs(
         "",
         f"Data: {source}. {config.epochs} epochs ({config.warmup_epochs} of warm-up), "
         f"{config.seeds} seed(s): test accuracy, mean ± standard deviation over seeds, at the "
-        f"rate chosen on validation. {wall_time}.",
+        "rate chosen on seed 0's validation accuracy (seed 0 runs every rate, the other seeds "
+        f"the chosen ones). {wall_time}.",
         "",
         f"Host and software: {provenance(command)}.",
         "",

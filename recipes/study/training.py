@@ -19,6 +19,9 @@ NOISE_BIG_BATCHES_PER_PROBE = 2
 # Keras's default (0.99) leaves a third of the initial statistics after the
 # ~70 steps of a large-batch run; the TF ResNet references use 0.9.
 BN_MOMENTUM = 0.9
+# Batch sizes below this run several steps per call of the compiled step
+# (`steps_per_execution`).
+IMAGES_PER_EXECUTION = 1024
 
 
 def build_model(name="cnn"):
@@ -74,28 +77,50 @@ def make_optimizer(run, config, steps_per_epoch, track_trust_ratios=False):
     )
 
 
-class TrustRatioRecorder(keras.callbacks.Callback):
-    """Reads the λ LARS used for every kernel, a few times an epoch, from the
-    optimizer (no extra forward or backward pass)."""
+def steps_per_execution(batch_size, steps_per_epoch):
+    """Steps `fit` runs per call: each call costs about as much as batch 128's
+    step itself on 2 cores, so small batches run several a call (an epoch's
+    at most)."""
+    return max(1, min(steps_per_epoch, IMAGES_PER_EXECUTION // batch_size))
+
+
+class EveryNSteps(keras.callbacks.Callback):
+    """Calls `on_step(step)` at the first batch end at or past each multiple
+    of `every_steps` updates: with several steps a call (`fit`'s
+    `steps_per_execution`), batch ends come only between calls."""
 
     def __init__(self, every_steps):
         super().__init__()
         self.every_steps = max(1, every_steps)
-        self.steps, self.history = [], {}
-        self._step = 0
+        self._next = self.every_steps
 
     def on_train_batch_end(self, batch, logs=None):
-        self._step += 1
-        if self._step % self.every_steps:
-            return
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        if step >= self._next:
+            self._next = (step // self.every_steps + 1) * self.every_steps
+            self.on_step(step)
+
+    def on_step(self, step):
+        raise NotImplementedError
+
+
+class TrustRatioRecorder(EveryNSteps):
+    """Reads the λ LARS used for every kernel, a few times an epoch, from the
+    optimizer (no extra forward or backward pass)."""
+
+    def __init__(self, every_steps):
+        super().__init__(every_steps)
+        self.steps, self.history = [], {}
+
+    def on_step(self, step):
         ratios = self.model.optimizer.trust_ratios()
-        self.steps.append(self._step)
+        self.steps.append(step)
         for path, ratio in ratios.items():
             if path.endswith("kernel"):
                 self.history.setdefault(path.split("/")[-2], []).append(ratio)
 
 
-class NoiseScaleProbe(keras.callbacks.Callback):
+class NoiseScaleProbe(EveryNSteps):
     """The loss gradient's squared norm at two batch sizes, for
     `noise_scale.estimate`: `probes` times an epoch, and as often at the start
     (epoch 0), each probe `big_batches` fresh random draws of the training
@@ -108,7 +133,7 @@ class NoiseScaleProbe(keras.callbacks.Callback):
     deterministic term, is not in the loss."""
 
     def __init__(self, x, y, small_batch, big_batch, every_steps, probes, big_batches, seed):
-        super().__init__()
+        super().__init__(every_steps)
         if not (big_batch <= len(x) and big_batch % small_batch == 0 < small_batch < big_batch):
             raise ValueError(
                 "`noise_batch_sizes` must be two batch sizes, the big one a multiple of the "
@@ -117,21 +142,16 @@ class NoiseScaleProbe(keras.callbacks.Callback):
             )
         self.x, self.y = x, y
         self.small_batch, self.big_batch = small_batch, big_batch
-        self.every_steps, self.probes, self.big_batches = max(1, every_steps), probes, big_batches
+        self.probes, self.big_batches = probes, big_batches
         self.rng = np.random.default_rng(seed)
         self.steps, self.small_sq_norms, self.big_sq_norms = [], [], []
-        self._step, self._norms = 0, None
+        self._norms = None
 
     def on_train_begin(self, logs=None):
         for _ in range(self.probes):
-            self._probe()
+            self.on_step(0)
 
-    def on_train_batch_end(self, batch, logs=None):
-        self._step += 1
-        if self._step % self.every_steps == 0:
-            self._probe()
-
-    def _probe(self):
+    def on_step(self, step):
         import tensorflow as tf  # the study runs on TensorFlow (make study)
 
         if self._norms is None:
@@ -143,7 +163,7 @@ class NoiseScaleProbe(keras.callbacks.Callback):
             x = self.x[index].reshape(chunks, self.small_batch, *self.x.shape[1:])
             y = self.y[index].reshape(chunks, self.small_batch)
             small_sq, big_sq = self._norms(tf.constant(x), tf.constant(y))
-            self.steps.append(self._step)
+            self.steps.append(step)
             self.small_sq_norms.append(float(small_sq))
             self.big_sq_norms.append(float(big_sq))
         for variable, value in zip(self.model.non_trainable_variables, saved):
@@ -236,6 +256,7 @@ def train(run, data, config, bar, record_trust_ratios=True, callbacks=()):
         optimizer=make_optimizer(run, config, steps_per_epoch, record_trust_ratios),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
+        steps_per_execution=steps_per_execution(run.batch_size, steps_per_epoch),
     )
     label = f"{run.model} {run.optimizer} B={run.batch_size} lr={run.learning_rate:g} s={run.seed}"
     callbacks = [keras.callbacks.TerminateOnNaN(), ProgressBar(bar, label), *callbacks]
