@@ -48,19 +48,15 @@ for each layer over training).
 """
 
 import dataclasses
-import os
 import sys
 
 from absl import flags
 
-from ..checks import check_integer
 from . import config as study_config
 
 FLAGS = flags.FLAGS
 # The defaults, read off the dataclass (building one would run its checks).
 DEFAULTS = study_config.StudyConfig.defaults()
-# One run a core: a run does not keep two cores busy on its own.
-DEFAULT_WORKERS = os.cpu_count() or 1
 
 
 def define_flags():
@@ -137,12 +133,6 @@ def define_flags():
         "Allowed LARS shortfall in points at given batches (4096:4,8192:7) or multiples of "
         "the noise scale (1x:4,4x:7), instead of the rule of --lars_regime_gaps.",
     )
-    flags.DEFINE_integer(
-        "workers",
-        DEFAULT_WORKERS,
-        "Runs trained at once, each in a process of its own with its share of the cores "
-        "(recipes/study/workers.py); the noise-scale runs train first, alone.",
-    )
     flags.DEFINE_bool(
         "resume",
         True,
@@ -197,7 +187,6 @@ def main(argv):
         return _error(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
         config, thresholds = settings_from_flags()
-        check_integer("workers", FLAGS.workers, low=1)
     except ValueError as error:
         return _error(f"{error} (see --help)")
     from . import experiment
@@ -221,13 +210,7 @@ def main(argv):
     print("Settings:", dataclasses.asdict(config))
     command = " ".join(["python -m recipes.large_batch_study", *sys.argv[1:]])
     experiment.run_study(
-        config,
-        dataset,
-        FLAGS.out_dir,
-        thresholds,
-        resume=FLAGS.resume,
-        command=command,
-        workers=FLAGS.workers,
+        config, dataset, FLAGS.out_dir, thresholds, resume=FLAGS.resume, command=command
     )
     return 0
 

@@ -36,7 +36,6 @@ from . import fashion_mnist
 from . import noise_scale
 from . import plots
 from . import training
-from . import workers as workers_lib
 from .config import BASE_BATCH
 from .config import Thresholds
 from .config import fixed_grid
@@ -88,10 +87,9 @@ def check_data(config, dataset):
         )
 
 
-def run_study(config, dataset, out_dir, thresholds=None, resume=True, command=None, workers=1):
+def run_study(config, dataset, out_dir, thresholds=None, resume=True, command=None):
     """Measures each model's noise scale, places its grid (or takes the fixed
-    one), runs every configuration, `workers` at a time after the
-    noise-scale runs (`workers.py`), and writes the outputs; returns the
+    one), runs every configuration and writes the outputs; returns the
     claims. `command`, when given, is named in the outputs."""
     thresholds = thresholds or Thresholds()
     data = split(dataset, config)
@@ -99,26 +97,20 @@ def run_study(config, dataset, out_dir, thresholds=None, resume=True, command=No
     start, loads = time.time(), [_load_average()]  # then after each run
     done = dict(reused=0, trained=0)
 
-    def saved(run, settings, bar, kind=""):
-        """The (row, record) an earlier start saved for `run`, or None."""
-        found = resume and _load_completed(
-            _completed_path(out_dir, settings, run, kind), settings, run
-        )
-        if found:
-            done["reused"] += 1
-            bar.update(config.epochs)
-        return found or None
-
-    def keep(run, settings, result, kind=""):
-        loads.append(_load_average())
-        _save_completed(_completed_path(out_dir, settings, run, kind), settings, run, *result)
-        done["trained"] += 1
-        faults.kill_if_asked(done["trained"])
-        return result
-
     def trained_or_saved(run, settings, train, bar, kind=""):
         """`train(bar)`'s (row, record), or those an earlier start saved."""
-        return saved(run, settings, bar, kind) or keep(run, settings, train(bar), kind)
+        path = _completed_path(out_dir, settings, run, kind)
+        saved = _load_completed(path, settings, run) if resume else None
+        if saved:
+            done["reused"] += 1
+            bar.update(config.epochs)
+            return saved
+        row, record = train(bar)
+        loads.append(_load_average())
+        _save_completed(path, settings, run, row, record)
+        done["trained"] += 1
+        faults.kill_if_asked(done["trained"])
+        return row, record
 
     noise_settings = dict(settings, noise_batch_sizes=list(config.noise_batch_sizes))
     noise, noise_rows = {}, {}
@@ -153,26 +145,18 @@ def run_study(config, dataset, out_dir, thresholds=None, resume=True, command=No
     # there can be: three lines at each batch, each at a rate of its own.
     batches = sum(len(grids[model].batch_sizes) for model in config.models)
     most_repeats = (config.seeds - 1) * 3 * batches
-    total = (len(sweep) + most_repeats) * config.epochs
-    with (
-        tqdm(total=total, unit="epoch", desc="study") as bar,
-        workers_lib.Pool(data, config, workers) as pool,
-    ):
+    with tqdm(total=(len(sweep) + most_repeats) * config.epochs, unit="epoch", desc="study") as bar:
 
         def train_all(runs):
-            results = {run: saved(run, settings, bar) for run in runs}
-            missing = [run for run, result in results.items() if result is None]
-            if workers > 1:
-                finished = pool.trained(missing, bar)
-            else:
-                finished = (
-                    (run, training.train(run, data, config, bar, run.seed == 0)) for run in missing
-                )
-            for run, result in finished:
-                results[run] = keep(run, settings, result)
             for run in runs:
-                rows.append(results[run][0])
-                records[run] = results[run][1]
+                row, record = trained_or_saved(
+                    run,
+                    settings,
+                    lambda bar, run=run: training.train(run, data, config, bar, run.seed == 0),
+                    bar,
+                )
+                rows.append(row)
+                records[run] = record
 
         train_all(sweep)
         chosen = {
