@@ -43,8 +43,8 @@ class StudyConfig:
     lars_lrs: tuple = (24.0, 48.0, 96.0)
     trust_coefficient: float = 0.001
     validation_examples: int = 5000
-    # 30,000 of the 55,000 that remain after validation: three seeds of every
-    # run fit in ten minutes on 2 cores (0: all of them).
+    # 30,000 of the 55,000 that remain after validation (0: all of them):
+    # the study's time goes with it (docs/study.md).
     train_examples: int = 30000
     test_examples: int = 0  # 0: all
 
