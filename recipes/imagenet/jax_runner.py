@@ -161,7 +161,7 @@ class JaxRunner(Runner):
                 "span must divide a device's share or be a whole number of shares; "
                 "--bn_span=0 normalises over each device's share"
             )
-        return None if span == micro else span
+        return span
 
     def scope(self):
         # The distribution is Keras's from __init__ to close(): fit needs it too.

@@ -113,12 +113,11 @@ class Runner(abc.ABC):
         description: the devices, for the start-up line and summary.json.
         replicas: how many devices the global batch is split over.
         chief: whether this process writes the run's files.
-        bn_span: the span batch normalisation takes, as the layers see
-            the batch (`GhostBatchNormalization`'s `span`): each
-            statistic's images, or None for every image a layer sees at
-            once. The runner reads `config.bn_span` (0: a replica's
-            micro-batch) for its devices, and refuses a span they cannot
-            take.
+        bn_span: the images each batch-norm statistic covers, as the
+            layers see the batch (`GhostBatchNormalization`'s `span`; a
+            layer given exactly that many images normalises them whole).
+            The runner reads `config.bn_span` (0: a replica's micro-batch)
+            for its devices, and refuses a span they cannot take.
         optimizer_accumulation_steps: the optimizer's
             `gradient_accumulation_steps`, as the runner decides it: the
             accumulation steps where the optimizer accumulates (JAX's
@@ -136,7 +135,7 @@ class Runner(abc.ABC):
     description: str
     replicas: int
     chief: bool
-    bn_span: int | None
+    bn_span: int
     optimizer_accumulation_steps: int | None
     micro_steps_per_update: int
     skips_overflowing_steps: bool

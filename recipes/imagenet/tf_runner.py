@@ -94,16 +94,15 @@ class TensorFlowRunner(Runner):
         own micro-batch, in groups of the span."""
         config = self.config
         micro = config.global_batch_size // (self.replicas * config.accumulation_steps)
-        if config.bn_span in (0, micro):
-            return None
-        if micro % config.bn_span:
+        span = config.bn_span or micro
+        if micro % span:
             raise ValueError(
                 f"--bn_span={config.bn_span}: on TensorFlow each replica normalises its own "
                 f"micro-batch, here {micro} images, and the span must divide it (combining "
                 "statistics over replicas needs KERAS_BACKEND=jax, whose device mesh does "
                 "it); --bn_span=0 normalises over each replica's whole micro-batch"
             )
-        return config.bn_span
+        return span
 
     def scope(self):
         return self.strategy.scope()
