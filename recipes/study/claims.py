@@ -18,9 +18,9 @@ LARS_BEST = "LARS, best of sweep"
 LINES = (SGD_LINEAR, SGD_BEST, LARS_BEST)
 
 
-class Cell(collections.namedtuple("Cell", "mean std learning_rate")):
-    """Test accuracy in points over seeds (mean NaN if any seed diverged; std
-    NaN with one seed) at the rate chosen on validation."""
+class Cell(collections.namedtuple("Cell", "mean std learning_rate seeds", defaults=(1,))):
+    """Test accuracy in points over `seeds` seeds (mean NaN if any seed
+    diverged; std NaN with one seed) at the rate chosen on validation."""
 
 
 SGD_FAILS = "linear-scaled SGD fails"
@@ -140,7 +140,7 @@ def summarize(rows, batch_sizes):
     for (optimizer, batch, lr, linear), runs in configs.items():
         if batch not in batch_sizes:
             continue
-        cell = Cell(*_mean_and_std([r["test_accuracy"] for r in runs]), lr)
+        cell = Cell(*_mean_and_std([r["test_accuracy"] for r in runs]), lr, len(runs))
         if linear:
             summary[SGD_LINEAR][batch] = cell
         line = SGD_BEST if optimizer == "sgd" else LARS_BEST

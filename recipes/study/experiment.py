@@ -328,7 +328,7 @@ def write_outputs(
                 for batch, cell in sorted(cells.items()):
                     writer.writerow(
                         [model, line, batch, cell.learning_rate, cell.mean, cell.std]
-                        + [config.seeds, f"{grid.noise_scale:.1f}", f"{grid.multiple(batch):.3f}"]
+                        + [cell.seeds, f"{grid.noise_scale:.1f}", f"{grid.multiple(batch):.3f}"]
                     )
     with open(os.path.join(out_dir, "noise_scale.csv"), "w", newline="") as f:
         writer = csv.writer(f)
