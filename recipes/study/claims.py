@@ -18,7 +18,7 @@ LARS_BEST = "LARS, best of sweep"
 LINES = (SGD_LINEAR, SGD_BEST, LARS_BEST)
 
 
-class Cell(collections.namedtuple("Cell", "mean std learning_rate seeds", defaults=(1,))):
+class Cell(collections.namedtuple("Cell", "mean std learning_rate seeds")):
     """Test accuracy in points over `seeds` seeds (mean NaN if any seed
     diverged; std NaN with one seed) at the rate chosen on validation."""
 

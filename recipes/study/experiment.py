@@ -37,6 +37,7 @@ from . import noise_scale
 from . import plots
 from . import training
 from .config import BASE_BATCH
+from .config import SELECTION_SEED
 from .config import Thresholds
 from .config import fixed_grid
 from .config import noise_run
@@ -147,13 +148,13 @@ def run_study(config, dataset, out_dir, thresholds=None, resume=True, command=No
     most_repeats = (config.seeds - 1) * 3 * batches
     with tqdm(total=(len(sweep) + most_repeats) * config.epochs, unit="epoch", desc="study") as bar:
 
+        def train(run, bar):  # the selection seed's runs record trust ratios
+            return training.train(run, data, config, bar, run.seed == SELECTION_SEED)
+
         def train_all(runs):
             for run in runs:
                 row, record = trained_or_saved(
-                    run,
-                    settings,
-                    lambda bar, run=run: training.train(run, data, config, bar, run.seed == 0),
-                    bar,
+                    run, settings, lambda bar, run=run: train(run, bar), bar
                 )
                 rows.append(row)
                 records[run] = record
@@ -167,7 +168,6 @@ def run_study(config, dataset, out_dir, thresholds=None, resume=True, command=No
         bar.total = (len(sweep) + len(repeats)) * config.epochs
         bar.refresh()
         train_all(repeats)
-    runs_to_train = sweep + repeats
     summaries = {
         model: claims_lib.summarize(
             [r for r in rows if r["model"] == model], grids[model].batch_sizes
@@ -190,7 +190,7 @@ def run_study(config, dataset, out_dir, thresholds=None, resume=True, command=No
         dataset.source,
         time.time() - start,
         done["reused"],
-        len(runs_to_train) + len(noise),
+        len(sweep) + len(repeats) + len(noise),
         grids=grids,
         noise=noise,
         thresholds=thresholds,
@@ -509,7 +509,7 @@ def _ratio_panels(records, summaries):
                     record
                     and run.model == model
                     and run.optimizer == "lars"
-                    and run.seed == 0
+                    and run.seed == SELECTION_SEED
                     and run.batch_size == batch
                     and run.learning_rate == lars[batch].learning_rate
                 ):
