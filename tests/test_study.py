@@ -386,6 +386,29 @@ def test_probes_fire_at_each_multiple_of_their_steps_with_several_steps_a_call()
     assert training.steps_per_execution(16, 32) == 32  # an epoch's steps at most
 
 
+def test_every_update_is_a_whole_batch_of_a_fresh_shuffle():
+    """10 images at batch 4: two batches an epoch, the 2 images left over
+    dropped (a different two each epoch), no image twice in an epoch, the
+    same order for the same seed."""
+    x = np.arange(10, dtype="float32").reshape(10, 1, 1, 1)
+    y = np.arange(10, dtype="int64")
+
+    def epochs(seed):
+        dataset = training.whole_batches(x, y, batch_size=4, seed=seed)
+        return [[b[1].numpy().tolist() for b in dataset] for _ in range(3)]
+
+    first = epochs(seed=7)
+    for batches in first:
+        assert [len(b) for b in batches] == [4, 4]
+        seen = [i for b in batches for i in b]
+        assert len(set(seen)) == 8
+    assert len({tuple(i for b in batches for i in b) for batches in first}) == 3
+    assert first == epochs(seed=7) and first != epochs(seed=8)
+    for batch in training.whole_batches(x, y, batch_size=4, seed=7):
+        np.testing.assert_array_equal(batch[0].numpy().ravel(), batch[1].numpy())
+    assert training.updates_per_epoch(20000, 6144) == 3
+
+
 def test_the_batch_norm_model():
     model = training.build_model("cnn_bn")
     norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
@@ -579,13 +602,25 @@ def test_another_backend_stops_before_training(tmp_path):
     assert "Traceback" not in output and not out.exists()
 
 
-def test_a_noise_batch_larger_than_the_training_set_stops_before_training(fashion_dir, tmp_path):
+@pytest.mark.parametrize(
+    "flags, error",
+    [
+        ((), "`noise_batch_sizes` asks for a big batch of 4096"),
+        (
+            ("--noise_batch_sizes=16,64", "--batch_sizes=128,481"),
+            "`batch_sizes` asks for batch 481",  # a run trains on whole batches
+        ),
+    ],
+)
+def test_a_batch_larger_than_the_training_set_stops_before_training(
+    fashion_dir, tmp_path, flags, error
+):
     out = tmp_path / "out"
     code, errors, output = study_errors(
-        tmp_path, f"--out_dir={out}", f"--data_dir={fashion_dir}", "--quick"
+        tmp_path, f"--out_dir={out}", f"--data_dir={fashion_dir}", "--quick", *flags
     )
     assert code == 1 and "Traceback" not in output, output[-2000:]
-    assert len(errors) == 1 and "`noise_batch_sizes` asks for a big batch of 4096" in errors[0]
+    assert len(errors) == 1 and error in errors[0], errors
     assert "than the 480 training images" in errors[0]
     assert "Data:" not in output and not out.exists()
 

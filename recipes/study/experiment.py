@@ -77,9 +77,16 @@ def check_backend():
 
 
 def check_data(config, dataset):
-    """Raises `ValueError` naming --noise_batch_sizes unless its big batch
-    fits the training images (checked before the first run trains)."""
+    """Raises `ValueError` naming --noise_batch_sizes or --batch_sizes unless
+    their batches fit the training images: a run trains on whole batches
+    (checked before the first run trains)."""
     train_examples = len(split(dataset, config)[0])
+    too_big = [batch for batch in config.batch_sizes if batch > train_examples]
+    if too_big:
+        raise ValueError(
+            f"`batch_sizes` asks for batch {too_big[0]}, more than the {train_examples} "
+            f"training images. Received: batch_sizes={config.batch_sizes}"
+        )
     if config.noise_batch_sizes[1] > train_examples:
         raise ValueError(
             f"`noise_batch_sizes` asks for a big batch of {config.noise_batch_sizes[1]}, more "

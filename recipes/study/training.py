@@ -229,18 +229,42 @@ def measure_noise_scale(run, data, config, bar):
     """Trains `run` (the reference SGD run) with a `NoiseScaleProbe` at
     `config.noise_batch_sizes`; returns its result row and the probe's record."""
     small_batch, big_batch = config.noise_batch_sizes
+    epoch_updates = updates_per_epoch(len(data[0]), run.batch_size)
     probe = NoiseScaleProbe(
         data[0],
         data[1],
         small_batch,
         big_batch,
-        every_steps=math.ceil(len(data[0]) / run.batch_size) // NOISE_PROBES_PER_EPOCH,
+        every_steps=epoch_updates // NOISE_PROBES_PER_EPOCH,
         probes=NOISE_PROBES_PER_EPOCH,
         big_batches=NOISE_BIG_BATCHES_PER_PROBE,
         seed=run.seed,
     )
     row, _ = train(run, data, config, bar, record_trust_ratios=False, callbacks=[probe])
-    return row, dict(probe.record(), steps_per_epoch=math.ceil(len(data[0]) / run.batch_size))
+    return row, dict(probe.record(), steps_per_epoch=epoch_updates)
+
+
+def whole_batches(x, y, batch_size, seed):
+    """The training set shuffled anew each epoch and cut into whole batches
+    of `batch_size`, the partial last one dropped (as the ImageNet references
+    do): every update is at the run's batch size. A partial batch trained at
+    the large batch's rate would be a quarter of the updates when, say, 20,000
+    images meet batch 6144."""
+    import tensorflow as tf  # the study runs on TensorFlow (make study)
+
+    x, y = tf.constant(x), tf.constant(y)
+    return (
+        tf.data.Dataset.range(len(x))
+        .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+        .batch(batch_size, drop_remainder=True)
+        .map(lambda index: (tf.gather(x, index), tf.gather(y, index)))
+        .prefetch(2)
+    )
+
+
+def updates_per_epoch(train_examples, batch_size):
+    """Whole batches an epoch (`whole_batches`)."""
+    return train_examples // batch_size
 
 
 def train(run, data, config, bar, record_trust_ratios=True, callbacks=()):
@@ -249,27 +273,24 @@ def train(run, data, config, bar, record_trust_ratios=True, callbacks=()):
     `callbacks` are added to `fit`'s."""
     keras.utils.set_random_seed(run.seed)
     x_train, y_train, x_val, y_val, x_test, y_test = data
-    steps_per_epoch = math.ceil(len(x_train) / run.batch_size)
+    epoch_steps = updates_per_epoch(len(x_train), run.batch_size)
     record_trust_ratios = record_trust_ratios and run.optimizer == "lars"
     model = build_model(run.model)
     model.compile(
-        optimizer=make_optimizer(run, config, steps_per_epoch, record_trust_ratios),
+        optimizer=make_optimizer(run, config, epoch_steps, record_trust_ratios),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
-        steps_per_execution=steps_per_execution(run.batch_size, steps_per_epoch),
+        steps_per_execution=steps_per_execution(run.batch_size, epoch_steps),
     )
     label = f"{run.model} {run.optimizer} B={run.batch_size} lr={run.learning_rate:g} s={run.seed}"
     callbacks = [keras.callbacks.TerminateOnNaN(), ProgressBar(bar, label), *callbacks]
     if record_trust_ratios:
-        recorder = TrustRatioRecorder(steps_per_epoch // TRUST_RATIO_PROBES_PER_EPOCH)
+        recorder = TrustRatioRecorder(epoch_steps // TRUST_RATIO_PROBES_PER_EPOCH)
         callbacks.append(recorder)
     start = time.time()
     history = model.fit(
-        x_train,
-        y_train,
-        batch_size=run.batch_size,
+        whole_batches(x_train, y_train, run.batch_size, run.seed),
         epochs=config.epochs,
-        shuffle=True,
         verbose=0,
         callbacks=callbacks,
     )
@@ -297,4 +318,4 @@ def train(run, data, config, bar, record_trust_ratios=True, callbacks=()):
     )
     if not record_trust_ratios:
         return row, None
-    return row, dict(steps=recorder.steps, ratios=recorder.history, steps_per_epoch=steps_per_epoch)
+    return row, dict(steps=recorder.steps, ratios=recorder.history, steps_per_epoch=epoch_steps)
