@@ -43,9 +43,9 @@ class StudyConfig:
     lars_lrs: tuple = (24.0, 48.0, 96.0)
     trust_coefficient: float = 0.001
     validation_examples: int = 5000
-    # 20,000 of the 55,000 that remain after validation (0: all of them):
+    # 15,000 of the 55,000 that remain after validation (0: all of them):
     # the study's time goes with it (docs/study.md).
-    train_examples: int = 20000
+    train_examples: int = 15000
     test_examples: int = 0  # 0: all
 
     @classmethod

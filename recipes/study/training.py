@@ -291,6 +291,7 @@ def train(run, data, config, bar, record_trust_ratios=True, callbacks=()):
     history = model.fit(
         whole_batches(x_train, y_train, run.batch_size, run.seed),
         epochs=config.epochs,
+        shuffle=False,  # whole_batches shuffles
         verbose=0,
         callbacks=callbacks,
     )
