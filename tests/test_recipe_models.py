@@ -8,6 +8,7 @@ import pytest
 
 from recipes.imagenet import config as config_lib
 from recipes.imagenet import models
+from recipes.imagenet.models import resnet
 from recipes.imagenet.models.alexnet import LocalResponseNormalization
 from recipes.imagenet.models.alexnet import SplitGroupConv2D
 from recipes.imagenet.models.normalization import GhostBatchNormalization
@@ -69,6 +70,16 @@ def test_resnet50_is_v1_5_with_the_tf_references_batch_norm():
         for layer in plain.layers
         if isinstance(layer, keras.layers.BatchNormalization)
     )
+
+
+def test_other_stages_build_a_resnet_of_the_same_blocks():
+    """One bottleneck (three convolutions) a block, a projection at each
+    stage's first; the last stage here has two blocks."""
+    model = resnet.resnet50(4, 32, stages=((8, 1), (16, 1), (32, 1), (64, 2)))
+    convolutions = [layer.name for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert len(convolutions) == 1 + 5 * 3 + 4 and "stage5_block2_proj" not in convolutions
+    assert model.get_layer("stage5_block2_conv3").filters == 64 * resnet.EXPANSION
+    assert model.name == "resnet" and model.output.shape == (None, 4)
 
 
 @pytest.mark.parametrize("initializer, variance", [("he_normal", 2.0), ("variance_scaling", 1.0)])

@@ -91,8 +91,12 @@ def resnet50(
     conv_initializer="he_normal",
     mean=IMAGENET_MEAN_RGB,
     stddev=IMAGENET_STDDEV_RGB,
+    stages=STAGES,
 ):
-    """A Keras functional ResNet-50 v1.5 taking `image_size`² uint8 RGB images."""
+    """A Keras functional ResNet-50 v1.5 taking `image_size`² uint8 RGB images.
+    Other `stages` ((bottleneck width, blocks) for each of the four) build a
+    narrower or shallower ResNet of the same blocks, for tests that need the
+    layers and not the size."""
     if conv_initializer not in CONV_INITIALIZERS:
         raise ValueError(
             f"`conv_initializer` must be one of {sorted(CONV_INITIALIZERS)}. "
@@ -103,7 +107,7 @@ def resnet50(
     x = _conv(x, 64, 7, 2, "conv1", conv_initializer)
     x = layers.ReLU(name="conv1_relu")(_batch_norm(x, "conv1_bn", bn_span))
     x = layers.MaxPooling2D(3, strides=2, padding="same", name="pool1")(x)
-    for stage, (width, blocks) in enumerate(STAGES, start=2):
+    for stage, (width, blocks) in enumerate(stages, start=2):
         for block in range(blocks):
             x = _bottleneck(
                 x,
@@ -122,4 +126,4 @@ def resnet50(
         dtype="float32",  # logits in float32 under mixed precision
         name="fc",
     )(x)
-    return keras.Model(inputs, logits, name="resnet50")
+    return keras.Model(inputs, logits, name="resnet50" if stages == STAGES else "resnet")
