@@ -247,9 +247,9 @@ def measure_noise_scale(run, data, config, bar):
 def whole_batches(x, y, batch_size, seed):
     """The training set shuffled anew each epoch and cut into whole batches
     of `batch_size`, the partial last one dropped (as the ImageNet references
-    do): every update is at the run's batch size. A partial batch trained at
-    the large batch's rate would be a quarter of the updates when, say, 20,000
-    images meet batch 6144."""
+    do): every update is at the run's batch size, never a remainder trained
+    at the large batch's rate (at 20,000 images and batch 6144, a quarter of
+    the updates)."""
     import tensorflow as tf  # the study runs on TensorFlow (make study)
 
     x, y = tf.constant(x), tf.constant(y)
@@ -273,19 +273,19 @@ def train(run, data, config, bar, record_trust_ratios=True, callbacks=()):
     `callbacks` are added to `fit`'s."""
     keras.utils.set_random_seed(run.seed)
     x_train, y_train, x_val, y_val, x_test, y_test = data
-    epoch_steps = updates_per_epoch(len(x_train), run.batch_size)
+    epoch_updates = updates_per_epoch(len(x_train), run.batch_size)
     record_trust_ratios = record_trust_ratios and run.optimizer == "lars"
     model = build_model(run.model)
     model.compile(
-        optimizer=make_optimizer(run, config, epoch_steps, record_trust_ratios),
+        optimizer=make_optimizer(run, config, epoch_updates, record_trust_ratios),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
-        steps_per_execution=steps_per_execution(run.batch_size, epoch_steps),
+        steps_per_execution=steps_per_execution(run.batch_size, epoch_updates),
     )
     label = f"{run.model} {run.optimizer} B={run.batch_size} lr={run.learning_rate:g} s={run.seed}"
     callbacks = [keras.callbacks.TerminateOnNaN(), ProgressBar(bar, label), *callbacks]
     if record_trust_ratios:
-        recorder = TrustRatioRecorder(epoch_steps // TRUST_RATIO_PROBES_PER_EPOCH)
+        recorder = TrustRatioRecorder(epoch_updates // TRUST_RATIO_PROBES_PER_EPOCH)
         callbacks.append(recorder)
     start = time.time()
     history = model.fit(
@@ -319,4 +319,4 @@ def train(run, data, config, bar, record_trust_ratios=True, callbacks=()):
     )
     if not record_trust_ratios:
         return row, None
-    return row, dict(steps=recorder.steps, ratios=recorder.history, steps_per_epoch=epoch_steps)
+    return row, dict(steps=recorder.steps, ratios=recorder.history, steps_per_epoch=epoch_updates)
