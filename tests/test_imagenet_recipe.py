@@ -117,7 +117,9 @@ def test_accumulation_equals_the_whole_batch_and_counts_updates(data_dir, tmp_pa
         # Orbax's arrays are numbered in order, the model's variables first;
         # the accumulators come before the optimizer's momentums, so only the
         # model's variables are compared.
-        model = models.build("alexnet", CLASSES, ALEXNET["image_size"], dropout=0.0)
+        model = models.build(
+            "alexnet", CLASSES, 67, dropout=0.0, alexnet_fc_units=ALEXNET["alexnet_fc_units"]
+        )
         assert len(accumulated) == len(whole) + len(model.trainable_variables)
         kept = [f"v{i}" for i in range(len(model.variables))]
         whole, accumulated = ({key: a[key] for key in kept} for a in (whole, accumulated))
@@ -143,6 +145,7 @@ def resume_flags():
     return [
         f"--strategy={STRATEGY[BACKEND]}",
         "--model=alexnet_bn",  # batch norm and dropout: both must resume exactly
+        f"--alexnet_fc_units={ALEXNET['alexnet_fc_units']}",
         "--image_size=67",
         *SMALL_FLAGS,
         f"--train_steps={RESUME_TRAIN_STEPS}",

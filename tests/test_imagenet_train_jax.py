@@ -17,6 +17,7 @@ tf = pytest.importorskip("tensorflow")  # the input pipeline's library
 import commands  # noqa: E402
 from imagenet_runs import ALEXNET  # noqa: E402
 from imagenet_runs import CLASSES  # noqa: E402
+from imagenet_runs import FC_UNITS  # noqa: E402
 from imagenet_runs import LEARNS  # noqa: E402
 from imagenet_runs import SMALL  # noqa: E402
 from imagenet_runs import VALIDATION_PER_CLASS  # noqa: E402
@@ -151,6 +152,7 @@ def test_evaluation_sees_37_images_exactly_once_on_four_devices(tmp_path):
     (tmp_path / "labels.txt").write_text("".join(f"{i}\tn{i}\n" for i in range(1, 11)))
     config = config_lib.resolve(
         model="alexnet",
+        alexnet_fc_units=FC_UNITS,
         image_size=67,
         strategy="data_parallel",
         data_dir=str(tmp_path),

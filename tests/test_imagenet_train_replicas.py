@@ -18,6 +18,7 @@ tf = pytest.importorskip("tensorflow")
 import commands  # noqa: E402
 import keras_lars  # noqa: E402
 from imagenet_runs import ALEXNET  # noqa: E402
+from imagenet_runs import FC_UNITS  # noqa: E402
 from imagenet_runs import SMALL  # noqa: E402
 from imagenet_runs import SMALL_FLAGS  # noqa: E402
 from imagenet_runs import assert_arrays_close  # noqa: E402
@@ -199,7 +200,7 @@ def test_batch_norm_statistics_become_their_mean_over_replicas_after_a_loop():
     own images); after the loop every copy is their mean."""
     strategy = strategies.create("mirrored")
     with strategy.scope():
-        model = models.build("alexnet_bn", 4, 67)
+        model = models.build("alexnet_bn", 4, 67, alexnet_fc_units=FC_UNITS)
         trainer = Trainer(
             strategy, model, keras_lars.LARS(), global_batch_size=8, synthetic=(67, 4)
         )
@@ -419,7 +420,7 @@ def test_evaluation_sees_37_images_exactly_once_on_four_replicas(tmp_path):
     strategy = strategies.create("mirrored")
     assert strategy.num_replicas_in_sync == 4
     with strategy.scope():
-        model = models.build("alexnet", 10, 67)
+        model = models.build("alexnet", 10, 67, alexnet_fc_units=FC_UNITS)
         optimizer = keras_lars.LARS()
         trainer = Trainer(strategy, model, optimizer, global_batch_size=8)
     steps = batching.evaluation_steps(source, 8)
@@ -452,7 +453,7 @@ def test_the_final_state_check_runs_on_the_last_micro_batch_only():
     the memory training needs)."""
     strategy = strategies.create("mirrored")
     with strategy.scope():
-        model = models.build("alexnet", 4, 67, dropout=0.0)
+        model = models.build("alexnet", 4, 67, dropout=0.0, alexnet_fc_units=FC_UNITS)
         trainer = Trainer(
             strategy,
             model,

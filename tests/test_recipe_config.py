@@ -213,6 +213,7 @@ def test_defaults_depend_on_the_model_and_strategy():
         (dict(train_epochs=0), "--train_epochs"),
         (dict(trust_coefficient=0.0), "--trust_coefficient"),
         (dict(alexnet_groups="three"), "--alexnet_groups"),
+        (dict(model="alexnet", alexnet_fc_units=0), "--alexnet_fc_units"),
         (dict(alexnet_bn_variant="before"), "--alexnet_bn_variant"),
         (dict(logical_cpus=-2), "--logical_cpus"),
         (dict(allreduce_dtype="float16"), "--allreduce_dtype"),

@@ -106,6 +106,13 @@ def test_resnet50_convolutions_start_with_their_sources_variance(initializer, va
         ("alexnet", {}, ALEXNET, 0),
         ("alexnet", {"alexnet_groups": "native"}, ALEXNET, 0),
         ("alexnet", {"alexnet_groups": "none"}, ALEXNET_UNGROUPED, 0),
+        # fc6 and fc7 of 256 (the tests' runs): only the classifier narrows.
+        (
+            "alexnet",
+            {"alexnet_fc_units": 256},
+            sum(ALEXNET_CONVS) + dense(6 * 6 * 256, 256) + dense(256, 256) + dense(256, 1000),
+            0,
+        ),
         # Authors: BN without scale or offset on the inputs of conv2..conv5.
         ("alexnet_bn", {}, ALEXNET, 2 * (96 + 256 + 384 + 384)),
         # conv -> BN -> ReLU: no conv biases, a BN γ and β per channel.
@@ -187,6 +194,7 @@ def test_models_save_and_load(tmp_path):
         (lambda: models.build("alexnet", 10, 66), "image_size"),
         (lambda: models.build("alexnet", 10, 227, alexnet_groups="three"), "groups"),
         (lambda: models.build("alexnet_bn", 10, 227, alexnet_bn_variant="x"), "variant"),
+        (lambda: models.build("alexnet", 10, 227, alexnet_fc_units=0), "fc_units"),
         (lambda: models.build("vgg16", 10, 224), "model"),
         (lambda: models.build("resnet50", 10, 32, conv_initializer="glorot"), "conv_initializer"),
     ],

@@ -201,6 +201,11 @@ def define_flags():
         config_lib.ALEXNET_BN_VARIANTS,
         "Where AlexNet-BN's BN sits.",
     )
+    flags.DEFINE_integer(
+        "alexnet_fc_units",
+        DEFAULTS["alexnet_fc_units"],
+        "Width of AlexNet's fc6 and fc7 (4096 in every source; narrower for small inputs).",
+    )
     flags.DEFINE_integer("seed", DEFAULTS["seed"], "Seed of initialisation and input order.")
     flags.DEFINE_string(
         "profile_steps",

@@ -25,6 +25,9 @@ IMAGE_SIZE = {"resnet50": 224, "alexnet": 227, "alexnet_bn": 227}
 # the smallest input whose pool5 keeps one pixel).
 MIN_IMAGE_SIZE = {"resnet50": 32, "alexnet": 67, "alexnet_bn": 67}
 ALEXNET_GROUPS = ("split", "native", "none")
+# The width of AlexNet's fc6 and fc7 in every source; narrower ones make
+# small inputs' runs (the tests', a quick look at a recipe) cheap.
+ALEXNET_FC_UNITS = 4096
 CONV_INITIALIZERS = ("he_normal", "variance_scaling")  # models/resnet.py
 ALEXNET_BN_VARIANTS = ("authors", "conv_bn_relu")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -105,6 +108,7 @@ class TrainConfig:
     zero_init_residual: bool
     alexnet_groups: str
     alexnet_bn_variant: str
+    alexnet_fc_units: int
     seed: int
     deterministic: bool
     profile_steps: str | None  # "A,B": trace the steps after A up to B
@@ -146,6 +150,7 @@ DEFAULTS = dict(
     zero_init_residual=True,
     alexnet_groups="split",
     alexnet_bn_variant="authors",
+    alexnet_fc_units=ALEXNET_FC_UNITS,
     seed=0,
     deterministic=False,
     profile_steps=None,
@@ -216,7 +221,7 @@ def check(config):
     division, status = config.mlperf_submission_division, config.mlperf_submission_status
     check_choice("--mlperf_submission_division", division, MLPERF_DIVISIONS)
     check_choice("--mlperf_submission_status", status, MLPERF_STATUSES)
-    for name in ("global_batch_size", "accumulation_steps", "image_size"):
+    for name in ("global_batch_size", "accumulation_steps", "image_size", "alexnet_fc_units"):
         check_integer(f"--{name}", getattr(config, name), low=1)
     for name in ("train_steps", "steps_per_loop", "train_images", "eval_batch_size"):
         if getattr(config, name) is not None:

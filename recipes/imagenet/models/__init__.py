@@ -3,6 +3,7 @@
 Their names, input sizes and options are listed in `recipes/imagenet/config.py`.
 """
 
+from ..config import ALEXNET_FC_UNITS
 from ..config import MODELS
 from ..preprocessing import PREPROCESSING
 from .alexnet import alexnet
@@ -31,6 +32,7 @@ def build(
     zero_init_residual=True,
     alexnet_groups="split",
     alexnet_bn_variant="authors",
+    alexnet_fc_units=ALEXNET_FC_UNITS,
     bn_span=None,
     preprocessing=None,
     conv_initializer="he_normal",
@@ -54,7 +56,12 @@ def build(
         )
     if name == "alexnet":
         return alexnet(
-            num_classes, image_size, dropout=dropout, groups=alexnet_groups, **normalization
+            num_classes,
+            image_size,
+            dropout=dropout,
+            groups=alexnet_groups,
+            fc_units=alexnet_fc_units,
+            **normalization,
         )
     if name == "alexnet_bn":
         return alexnet_bn(
@@ -64,6 +71,7 @@ def build(
             groups=alexnet_groups,
             variant=alexnet_bn_variant,
             bn_span=bn_span,
+            fc_units=alexnet_fc_units,
             **normalization,
         )
     raise ValueError(f"`model` must be one of {MODELS}. Received: model={name!r}")
@@ -81,6 +89,7 @@ def build_for(config, num_classes, bn_span=None):
         zero_init_residual=config.zero_init_residual,
         alexnet_groups=config.alexnet_groups,
         alexnet_bn_variant=config.alexnet_bn_variant,
+        alexnet_fc_units=config.alexnet_fc_units,
         bn_span=bn_span,
         preprocessing=config.preprocessing,
         conv_initializer=config.conv_initializer,

@@ -3,7 +3,7 @@ the LARS authors ran it).
 
 - `alexnet`: BVLC AlexNet: 227² input, conv1 96 11x11/4, local response
   normalisation (LRN) after conv1 and conv2, grouped conv2/conv4/conv5 (two
-  groups), fc6 and fc7 of 4096 with dropout 0.5, BVLC's initialisation
+  groups), fc6 and fc7 of 4096 (`fc_units`) with dropout 0.5, BVLC's initialisation
   (Gaussian 0.01 for convolutions, 0.005 for fc6/fc7; biases 0 or 0.1).
   60,965,224 parameters at 1000 classes.
 - `alexnet_bn`, variant "authors" (the default): the LARS authors' NVCaffe
@@ -29,6 +29,7 @@ from keras import layers
 from keras import ops
 
 from ..config import ALEXNET_BN_VARIANTS as BN_VARIANTS
+from ..config import ALEXNET_FC_UNITS as FC_UNITS
 from ..config import ALEXNET_GROUPS as GROUPS
 from ..config import MIN_IMAGE_SIZE
 from ..preprocessing import PREPROCESSING
@@ -156,13 +157,13 @@ def _conv(x, filters, kernel_size, name, *, strides=1, groups="none", bias=0.0, 
     return SplitGroupConv2D(filters, kernel_size, groups=2, **options)(x)
 
 
-def _classifier(x, num_classes, dropout, fc_init):
-    """fc6, fc7 (4096, ReLU, dropout) and fc8, with float32 logits."""
+def _classifier(x, num_classes, dropout, fc_init, units):
+    """fc6, fc7 (`units`, ReLU, dropout) and fc8, with float32 logits."""
     x = layers.Flatten(name="flatten")(x)
     for name in ("fc6", "fc7"):
         std, bias = fc_init
         x = layers.Dense(
-            4096,
+            units,
             activation="relu",
             kernel_initializer=_gaussian(std),
             bias_initializer=keras.initializers.Constant(bias),
@@ -175,7 +176,7 @@ def _classifier(x, num_classes, dropout, fc_init):
     )(x)
 
 
-def _check(image_size, groups):
+def _check(image_size, groups, fc_units):
     smallest = MIN_IMAGE_SIZE["alexnet"]
     if image_size < smallest:
         raise ValueError(
@@ -183,6 +184,8 @@ def _check(image_size, groups):
         )
     if groups not in GROUPS:
         raise ValueError(f"`groups` must be one of {GROUPS}. Received: groups={groups!r}")
+    if not isinstance(fc_units, int) or fc_units < 1:
+        raise ValueError(f"`fc_units` must be an integer >= 1. Received: fc_units={fc_units!r}")
 
 
 def _normalized_input(image_size, mean, stddev):
@@ -195,12 +198,14 @@ def alexnet(
     image_size=227,
     dropout=0.5,
     groups="split",
+    fc_units=FC_UNITS,
     mean=CAFFE_PREPROCESSING.mean,
     stddev=CAFFE_PREPROCESSING.stddev,
 ):
     """BVLC AlexNet with LRN, taking `image_size`² uint8 RGB images
-    (normalised by the model with `mean` and `stddev`)."""
-    _check(image_size, groups)
+    (normalised by the model with `mean` and `stddev`), fc6 and fc7 of
+    `fc_units`."""
+    _check(image_size, groups, fc_units)
     pool = dict(pool_size=3, strides=2)
     inputs, x = _normalized_input(image_size, mean, stddev)
     x = _conv(x, 96, 11, "conv1", strides=4)
@@ -213,7 +218,7 @@ def alexnet(
     x = layers.ReLU(name="relu4")(_conv(x, 384, 3, "conv4", groups=groups, bias=0.1))
     x = layers.ReLU(name="relu5")(_conv(x, 256, 3, "conv5", groups=groups, bias=0.1))
     x = layers.MaxPooling2D(**pool, name="pool5")(x)
-    logits = _classifier(x, num_classes, dropout, fc_init=(0.005, 0.1))
+    logits = _classifier(x, num_classes, dropout, fc_init=(0.005, 0.1), units=fc_units)
     return keras.Model(inputs, logits, name="alexnet")
 
 
@@ -224,13 +229,14 @@ def alexnet_bn(
     groups="split",
     variant="authors",
     bn_span=None,
+    fc_units=FC_UNITS,
     mean=NVCAFFE_PREPROCESSING.mean,
     stddev=NVCAFFE_PREPROCESSING.stddev,
 ):
     """AlexNet with batch normalisation over `bn_span` images (None: the
-    whole batch); see the module docstring for the variants. The authors'
-    data layer subtracts the mean and scales by 1/256."""
-    _check(image_size, groups)
+    whole batch), fc6 and fc7 of `fc_units`; see the module docstring for the
+    variants. The authors' data layer subtracts the mean and scales by 1/256."""
+    _check(image_size, groups, fc_units)
     if variant not in BN_VARIANTS:
         raise ValueError(f"`variant` must be one of {BN_VARIANTS}. Received: variant={variant!r}")
     pool = dict(pool_size=3, strides=2)
@@ -256,5 +262,5 @@ def alexnet_bn(
     x = conv_block(x, 384, 3, "conv4", groups=groups)
     x = conv_block(x, 256, 3, "conv5", groups=groups)
     x = layers.MaxPooling2D(**pool, name="pool5")(x)
-    logits = _classifier(x, num_classes, dropout, fc_init=(0.005, 0.1))
+    logits = _classifier(x, num_classes, dropout, fc_init=(0.005, 0.1), units=fc_units)
     return keras.Model(inputs, logits, name="alexnet_bn")
