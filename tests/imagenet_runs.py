@@ -19,15 +19,18 @@ CLASSES, TRAIN_PER_CLASS, VALIDATION_PER_CLASS = 4, 16, 5
 # hold 17 of the 20 M parameters at 67 px, and each run would spend most of
 # its time initialising, updating and saving them.
 FC_UNITS = 256
-# A model that visibly learns the generated classes in a few steps.
+# A model that visibly learns the generated classes in a few steps. 16 steps
+# of 16 images take the loss from 1.39 to 0.33 (one device, TensorFlow) and
+# to 0.87 (JAX's four devices, 4 images a batch norm) in the last two loops;
+# at 256 units no rate found learned on both.
 LEARNS = dict(
     model="alexnet_bn",
     alexnet_bn_variant="conv_bn_relu",
-    alexnet_fc_units=FC_UNITS,
+    alexnet_fc_units=1024,
     image_size=67,
     dropout=0.0,
     trust_coefficient=0.01,
-    learning_rate=0.5,
+    learning_rate=1.0,
     preprocessing="model_garden",
 )
 # AlexNet at its smallest input, without dropout or batch norm: the same
