@@ -24,6 +24,7 @@ tf = pytest.importorskip("tensorflow")  # the input pipeline's library
 import commands  # noqa: E402
 from imagenet_runs import ALEXNET  # noqa: E402
 from imagenet_runs import CLASSES  # noqa: E402
+from imagenet_runs import FC_UNITS  # noqa: E402
 from imagenet_runs import SMALL  # noqa: E402
 from imagenet_runs import SMALL_FLAGS  # noqa: E402
 from imagenet_runs import assert_arrays_close  # noqa: E402
@@ -118,7 +119,7 @@ def test_accumulation_equals_the_whole_batch_and_counts_updates(data_dir, tmp_pa
         # the accumulators come before the optimizer's momentums, so only the
         # model's variables are compared.
         model = models.build(
-            "alexnet", CLASSES, 67, dropout=0.0, alexnet_fc_units=ALEXNET["alexnet_fc_units"]
+            "alexnet", CLASSES, ALEXNET["image_size"], dropout=0.0, alexnet_fc_units=FC_UNITS
         )
         assert len(accumulated) == len(whole) + len(model.trainable_variables)
         kept = [f"v{i}" for i in range(len(model.variables))]
@@ -145,7 +146,7 @@ def resume_flags():
     return [
         f"--strategy={STRATEGY[BACKEND]}",
         "--model=alexnet_bn",  # batch norm and dropout: both must resume exactly
-        f"--alexnet_fc_units={ALEXNET['alexnet_fc_units']}",
+        f"--alexnet_fc_units={FC_UNITS}",
         "--image_size=67",
         *SMALL_FLAGS,
         f"--train_steps={RESUME_TRAIN_STEPS}",
