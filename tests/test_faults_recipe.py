@@ -27,6 +27,7 @@ tf = pytest.importorskip("tensorflow")
 
 import commands  # noqa: E402
 from imagenet_runs import ALEXNET  # noqa: E402
+from imagenet_runs import DIVERGES  # noqa: E402
 from imagenet_runs import SMALL  # noqa: E402
 from imagenet_runs import SMALL_FLAGS  # noqa: E402
 from imagenet_runs import assert_arrays_close  # noqa: E402
@@ -455,8 +456,8 @@ def test_a_run_that_saved_no_checkpoint_may_start_again_with_other_settings(
     data_dir, tmp_path, capsys
 ):
     """A run stopped before its first checkpoint (here: a 60-minute interval
-    and a rate so high the first loop diverges) locks no settings."""
-    settings = {**SETTINGS, "learning_rate": 1e30, "checkpoint_every_minutes": 60}
+    and a rate so high the second step diverges) locks no settings."""
+    settings = {**SETTINGS, **DIVERGES, "checkpoint_every_minutes": 60}
     with pytest.raises(TrainingDiverged):
         run(**settings, data_dir=str(data_dir), model_dir=str(tmp_path))
     assert (tmp_path / "config.json").exists() and checkpoint_steps(tmp_path) == []

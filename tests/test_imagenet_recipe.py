@@ -24,6 +24,7 @@ tf = pytest.importorskip("tensorflow")  # the input pipeline's library
 import commands  # noqa: E402
 from imagenet_runs import ALEXNET  # noqa: E402
 from imagenet_runs import CLASSES  # noqa: E402
+from imagenet_runs import DIVERGES  # noqa: E402
 from imagenet_runs import FC_UNITS  # noqa: E402
 from imagenet_runs import SMALL  # noqa: E402
 from imagenet_runs import SMALL_FLAGS  # noqa: E402
@@ -203,15 +204,9 @@ def test_a_diverging_run_saves_no_state_it_has_not_checked(data_dir, tmp_path):
     are finite; the next update makes it blow up, its loss still finite (1e28
     weights), so only the check of the state's own loss stops it before
     that state is saved."""
-    settings = {
-        **ALEXNET,
-        **SMALL,
-        "learning_rate": 1e30,
-        "warmup_epochs": 0.25,  # WARMUP_STEPS, 2: rates 0, then 5e29
-        "steps_per_loop": 1,
-    }
+    settings = {**ALEXNET, **SMALL, **DIVERGES}  # WARMUP_STEPS, 2: rates 0, then 5e29
     with pytest.raises(controller.TrainingDiverged, match="stopped without saving") as info:
-        run(**settings, data_dir=str(data_dir), model_dir=str(tmp_path), train_steps=8)
+        run(**settings, data_dir=str(data_dir), model_dir=str(tmp_path))
     assert checkpoint_steps(tmp_path) == [1]
     saved = tmp_path / "checkpoints" / CHECKPOINT_NAME[BACKEND].format(step=1)
     assert str(saved) in str(info.value)
