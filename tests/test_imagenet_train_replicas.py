@@ -20,7 +20,6 @@ import keras_lars  # noqa: E402
 from imagenet_runs import ALEXNET  # noqa: E402
 from imagenet_runs import FC_UNITS  # noqa: E402
 from imagenet_runs import SMALL  # noqa: E402
-from imagenet_runs import SMALL_FLAGS  # noqa: E402
 from imagenet_runs import assert_arrays_close  # noqa: E402
 from imagenet_runs import checkpoint_arrays  # noqa: E402
 from imagenet_runs import run  # noqa: E402
@@ -34,19 +33,25 @@ from recipes.imagenet import strategies  # noqa: E402
 from recipes.imagenet.models import resnet  # noqa: E402
 from recipes.imagenet.train_loop import Trainer  # noqa: E402
 
+# AlexNet without dropout or batch norm, 4 steps: the same numbers on one
+# device and on any number of replicas, with or without XLA.
+REPLICATED = dict(ALEXNET, **SMALL, train_steps=4, deterministic=True)
 
-def test_mirrored_on_four_cpus_equals_one_device(data_dir, tmp_path):
+
+@pytest.fixture(scope="module")
+def one_device(data_dir, tmp_path_factory):
+    """The variables REPLICATED leaves on one device, without XLA."""
+    model_dir = tmp_path_factory.mktemp("one_device")
+    summary = run(**REPLICATED, data_dir=str(data_dir), model_dir=str(model_dir))
+    assert "1 replica(s)" in summary["strategy"] and "XLA" not in summary["strategy"]
+    return checkpoint_arrays(model_dir)[0]
+
+
+def test_mirrored_on_four_cpus_equals_one_device(data_dir, tmp_path, one_device):
     """The same global batch on four replicas (conftest.py's logical CPUs)."""
-    settings = dict(ALEXNET, **SMALL, data_dir=str(data_dir), train_steps=4, deterministic=True)
-    one = run(**settings, model_dir=str(tmp_path / "one"))
-    four = run(**settings, model_dir=str(tmp_path / "four"), strategy="mirrored")
-    assert "4 replica(s)" in four["strategy"] and "1 replica(s)" in one["strategy"]
-    assert_arrays_close(
-        checkpoint_arrays(tmp_path / "four")[0],
-        checkpoint_arrays(tmp_path / "one")[0],
-        rtol=1e-5,
-        atol=1e-5,
-    )
+    four = run(**REPLICATED, data_dir=str(data_dir), model_dir=str(tmp_path), strategy="mirrored")
+    assert "4 replica(s)" in four["strategy"]
+    assert_arrays_close(checkpoint_arrays(tmp_path)[0], one_device, rtol=1e-5, atol=1e-5)
 
 
 def fixed_batches(batch, image_size, classes, batches=8, seed=0):
@@ -221,32 +226,23 @@ def test_batch_norm_statistics_become_their_mean_over_replicas_after_a_loop():
             np.testing.assert_allclose(copy, expected, rtol=1e-6, err_msg=variable.path)
 
 
-def test_xla_per_replica_on_two_cpus_equals_the_uncompiled_loop(data_dir, tmp_path):
-    """MirroredStrategy on 2 logical CPUs, each replica's forward and backward
-    pass one XLA computation, against the same run without XLA: XLA fuses and
-    reorders float32 sums, so the weights agree to 1e-4 (relative), not
-    bit for bit."""
+def test_xla_per_replica_on_two_cpus_equals_the_uncompiled_loop(data_dir, tmp_path, one_device):
+    """MirroredStrategy on 2 logical CPUs (a recipe process of its own, as
+    `--logical_cpus` needs), each replica's forward and backward pass one XLA
+    computation, against one device without XLA: XLA fuses and reorders
+    float32 sums, so the weights agree to 1e-4 (relative), not bit for bit."""
     flags = [
         "--strategy=mirrored",
         "--logical_cpus=2",
-        *(f"--{name}={value}" for name, value in ALEXNET.items()),
-        *SMALL_FLAGS,
-        "--train_steps=4",
+        "--jit_compile",
+        *(f"--{name}={value}" for name, value in REPLICATED.items() if name != "deterministic"),
         "--deterministic",
     ]
-    for compiled in ("--jit_compile", "--nojit_compile"):
-        out = tmp_path / compiled.strip("-")
-        code, output = commands.run(
-            train_command(out, data_dir, *flags, compiled), out.with_suffix(".log")
-        )
-        assert code == 0, output[-3000:]
-    assert "2 replica(s), XLA per replica" in (tmp_path / "jit_compile.log").read_text()
-    assert_arrays_close(
-        checkpoint_arrays(tmp_path / "jit_compile")[0],
-        checkpoint_arrays(tmp_path / "nojit_compile")[0],
-        rtol=1e-4,
-        atol=1e-6,
-    )
+    model_dir = tmp_path / "run"
+    code, output = commands.run(train_command(model_dir, data_dir, *flags), tmp_path / "run.log")
+    assert code == 0, output[-3000:]
+    assert "2 replica(s), XLA per replica" in output
+    assert_arrays_close(checkpoint_arrays(model_dir)[0], one_device, rtol=1e-4, atol=1e-6)
 
 
 def test_the_compiled_replica_step_is_one_xla_computation_holding_the_batch_norms():
