@@ -38,10 +38,11 @@ LEARNS = dict(
 ALEXNET = dict(
     model="alexnet", alexnet_fc_units=FC_UNITS, image_size=67, dropout=0.0, learning_rate=2.0
 )
-# With SMALL: a peak rate of 1e30 after one warm-up step at rate 0, one
-# step a loop: the second update blows the model up. One set of numbers for
-# every test of a diverging run, so that JAX compiles its step once.
-DIVERGES = dict(learning_rate=1e30, warmup_epochs=0.25, steps_per_loop=1, train_steps=8)
+# With SMALL (two warm-up steps): a peak rate of 1e30 after one warm-up step
+# at rate 0, one step a loop: the second update blows the model up. One set
+# of numbers for every test of a diverging run, so that JAX compiles its step
+# once.
+DIVERGES = dict(learning_rate=1e30, steps_per_loop=1, train_steps=8)
 # The command-line flags of SMALL.
 SMALL_FLAGS = [
     "--global_batch_size=8",
