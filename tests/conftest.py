@@ -1,6 +1,7 @@
 """Test set-up shared by every file: logical CPUs (TensorFlow) or host
 devices (JAX) for distribution tests, and the recipes' shared fixtures."""
 
+import gc
 import os
 import tempfile
 
@@ -45,6 +46,19 @@ def data_dir(tmp_path_factory):
     from imagenet_runs import make_tfrecords
 
     return make_tfrecords(tmp_path_factory.mktemp("imagenet"))
+
+
+@pytest.fixture(autouse=True)
+def destroy_input_pipelines_while_young(request):
+    """After a test that runs a recipe (it uses `data_dir`), collects what the
+    test left. On busy cores, destroying a tf.data iterator can wait out the
+    sleep of its autotuning thread, which grows with the iterator's age to a
+    minute (docs/recipes.md, "Limits"): one collected 40 s after its last use
+    took 99 s, ones collected at once 0.3-7.6 s. A collection takes about
+    0.2 s, so not after every test."""
+    yield
+    if "data_dir" in request.fixturenames:
+        gc.collect()
 
 
 @pytest.fixture
