@@ -50,14 +50,16 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def destroy_input_pipelines_while_young(request):
-    """After a test that runs a recipe (it uses `data_dir`), collects what the
-    test left. On busy cores, destroying a tf.data iterator can wait out the
-    sleep of its autotuning thread, which grows with the iterator's age to a
-    minute (docs/recipes.md, "Limits"): one collected 40 s after its last use
-    took 99 s, ones collected at once 0.3-7.6 s. A collection takes about
-    0.2 s, so not after every test."""
+    """After a test that runs a recipe (it uses `data_dir`) or trains under a
+    tf.distribute strategy (its module sets `COLLECT_AFTER_EACH_TEST`),
+    collects what the test left. On busy cores, destroying a tf.data iterator
+    can wait out the sleep of its autotuning thread, which grows with the
+    iterator's age to a minute (docs/recipes.md, "Limits"): one collected 40 s
+    after its last use took 99 s, ones collected at once 0.3-7.6 s. A
+    collection takes about 0.2 s, so not after every test."""
     yield
-    if "data_dir" in request.fixturenames:
+    trains = "data_dir" in request.fixturenames
+    if trains or getattr(request.module, "COLLECT_AFTER_EACH_TEST", False):
         gc.collect()
 
 

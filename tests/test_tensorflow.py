@@ -18,6 +18,10 @@ pytestmark = pytest.mark.skipif(
     reason="tf.IndexedSlices and tf.distribute are TensorFlow features",
 )
 tf = pytest.importorskip("tensorflow")
+# Each test's strategy input iterators are destroyed when it ends, while young
+# (conftest.py): collected a few tests later, they held this file's process
+# for minutes on busy cores.
+COLLECT_AFTER_EACH_TEST = True
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
