@@ -204,7 +204,7 @@ def test_a_diverging_run_saves_no_state_it_has_not_checked(data_dir, tmp_path):
     are finite; the next update makes it blow up, its loss still finite (1e28
     weights), so only the check of the state's own loss stops it before
     that state is saved."""
-    settings = {**ALEXNET, **SMALL, **DIVERGES}  # WARMUP_STEPS, 2: rates 0, then 5e29
+    settings = {**ALEXNET, **SMALL, **DIVERGES}
     with pytest.raises(controller.TrainingDiverged, match="stopped without saving") as info:
         run(**settings, data_dir=str(data_dir), model_dir=str(tmp_path))
     assert checkpoint_steps(tmp_path) == [1]
