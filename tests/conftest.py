@@ -50,8 +50,8 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def destroy_input_pipelines_while_young(request):
-    """After a test that runs a recipe (it uses `data_dir`) or trains under a
-    tf.distribute strategy (its module sets `COLLECT_AFTER_EACH_TEST`),
+    """After a test that runs a recipe (it uses `data_dir`) or trains in
+    another way (its module sets `COLLECT_AFTER_EACH_TEST`),
     collects what the test left. On busy cores, destroying a tf.data iterator
     can wait out the sleep of its autotuning thread, which grows with the
     iterator's age to a minute (docs/recipes.md, "Limits"): one collected 40 s

@@ -603,26 +603,22 @@ def test_another_backend_stops_before_training(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "flags, error",
+    "settings, error",
     [
-        ((), "`noise_batch_sizes` asks for a big batch of 4096"),
+        ({}, "`noise_batch_sizes` asks for a big batch of 4096"),
         (
-            ("--noise_batch_sizes=16,64", "--batch_sizes=128,481"),
+            dict(noise_batch_sizes=(16, 64), batch_sizes=(128, 481)),
             "`batch_sizes` asks for batch 481",  # a run trains on whole batches
         ),
     ],
 )
-def test_a_batch_larger_than_the_training_set_stops_before_training(
-    fashion_dir, tmp_path, flags, error
-):
-    out = tmp_path / "out"
-    code, errors, output = study_errors(
-        tmp_path, f"--out_dir={out}", f"--data_dir={fashion_dir}", "--quick", *flags
-    )
-    assert code == 1 and "Traceback" not in output, output[-2000:]
-    assert len(errors) == 1 and error in errors[0], errors
-    assert "than the 480 training images" in errors[0]
-    assert "Data:" not in output and not out.exists()
+def test_a_batch_larger_than_the_training_set_is_refused(fashion_dir, settings, error):
+    """`check_data`, which the command runs before training (its errors are
+    one line there: `test_data_that_is_not_gzip_stops_before_training`)."""
+    config = study_config.StudyConfig(**{**study_config.QUICK, **settings})
+    with pytest.raises(ValueError, match="than the 480 training images") as raised:
+        experiment.check_data(config, fashion_mnist.load(str(fashion_dir)))
+    assert error in str(raised.value)
 
 
 def test_data_that_is_not_gzip_stops_before_training(fashion_dir, tmp_path):
