@@ -5,13 +5,16 @@ commands, which share what they do before their command line runs:
    to install if not, before anything is imported or built;
 2. run the command-line module with absl, its --help describing that module
    (absl describes `__main__`, which under a console script is pip's
-   three-line wrapper and under `python -m recipes.imagenet_train` a shim).
+   three-line wrapper and under `python -m recipes.imagenet_train` a shim);
+3. end the process as soon as the command has returned and the exit handlers
+   have run, without the interpreter's teardown (`_exit`).
 
 Nothing here is imported at module level but the standard library (and
 `backend.py`, which imports nothing else), so that step 1 runs whatever is
 missing.
 """
 
+import atexit
 import importlib
 import importlib.util
 import os
@@ -132,4 +135,28 @@ def _run(program, module_name, needs_tensorflow, backend=None, also_needs=None):
         script.__doc__ = module.__doc__
         for flag in flags.FLAGS.get_key_flags_for_module(module.__name__):
             flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-    app.run(module.main)
+    try:
+        app.run(module.main)
+    except SystemExit as stop:
+        _exit(stop.code)
+
+
+def _exit(code):
+    """Ends the process as `sys.exit(code)` would, less the interpreter's
+    teardown. By then the command has closed or flushed what it wrote
+    (checkpoints, TensorBoard scalars, logs); the teardown would only destroy
+    TensorFlow's and JAX's objects, and destroying a tf.data iterator can wait
+    out its autotuning thread's sleep, seconds to a minute on busy cores
+    (docs/recipes.md, "Limits"). The exit handlers still run (logging's and
+    absl's flushes, `jax.distributed`'s shutdown); threads still running are
+    not waited for, so a command waits for its own writers (Orbax's
+    checkpoints) before it returns."""
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):  # sys.exit("message"): printed, status 1
+        print(code, file=sys.stderr)
+        code = 1
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

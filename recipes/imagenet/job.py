@@ -268,14 +268,16 @@ def _train(config, plan, runner, model, lars, progress, train_source, eval_sourc
         )
     log = _Log(config, runner.chief, [v.path for v in model.trainable_variables])
     started = time.time()
-    outcome = controller.Controller(
-        config, plan, runner, lars, log, faults.Faults.from_environment(), mlperf
-    ).run(
-        progress,
-        train_source and training_input(config, train_source, progress.step),
-        eval_source and evaluation_input(config, plan, eval_source),
-    )
-    log.flush()
+    try:
+        outcome = controller.Controller(
+            config, plan, runner, lars, log, faults.Faults.from_environment(), mlperf
+        ).run(
+            progress,
+            train_source and training_input(config, train_source, progress.step),
+            eval_source and evaluation_input(config, plan, eval_source),
+        )
+    finally:  # a stopped run's scalars too: the command line ends without teardown
+        log.flush()
     seconds = time.time() - started
     evaluation = outcome.evaluation
     summary = dict(
