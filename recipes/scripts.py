@@ -151,12 +151,7 @@ def _exit(code):
     absl's flushes, `jax.distributed`'s shutdown); threads still running are
     not waited for, so a command waits for its own writers (Orbax's
     checkpoints) before it returns."""
-    if code is None:
-        code = 0
-    elif not isinstance(code, int):  # sys.exit("message"): printed, status 1
-        print(code, file=sys.stderr)
-        code = 1
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(code)
+    os._exit(0 if code is None else code)  # a command's main returns its status

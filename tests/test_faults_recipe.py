@@ -36,6 +36,7 @@ from imagenet_runs import checkpoint_steps  # noqa: E402
 from imagenet_runs import jax_environment  # noqa: E402
 from imagenet_runs import make_tfrecords  # noqa: E402
 from imagenet_runs import run  # noqa: E402
+from imagenet_runs import scalars  # noqa: E402
 from imagenet_runs import train_command  # noqa: E402
 from imagenet_runs import write_records  # noqa: E402
 from recipes import faults  # noqa: E402
@@ -434,6 +435,8 @@ def test_sigterm_saves_after_the_step_under_way_and_the_rerun_ends_as_if_uninter
     (step,) = checkpoint_steps(tmp_path / "run")
     assert 1 <= step <= 6
     assert f"imagenet_train: Stopped at step {step} on request (SIGTERM)" in output, output
+    # The stopped loop's scalars, written before the command's prompt exit.
+    assert [logged for logged, _ in scalars(tmp_path / "run")["loss"]] == [step]
     code, output = commands.run(command, tmp_path / "resumed.log", env=environment())
     assert code == 0 and f"Resumed from step {step}" in output, output[-3000:]
     assert_arrays_close(
