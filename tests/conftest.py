@@ -4,6 +4,7 @@ devices (JAX) for distribution tests, and the recipes' shared fixtures."""
 import gc
 import os
 import tempfile
+import threading
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 if os.environ.get("KERAS_BACKEND") == "jax":
@@ -51,16 +52,20 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def destroy_input_pipelines_while_young(request):
     """After a test that runs a recipe (it uses `data_dir`) or trains in
-    another way (its module sets `COLLECT_AFTER_EACH_TEST`),
-    collects what the test left. On busy cores, destroying a tf.data iterator
-    can wait out the sleep of its autotuning thread, which grows with the
-    iterator's age to a minute (docs/recipes.md, "Limits"): one collected 40 s
-    after its last use took 99 s, ones collected at once 0.3-7.6 s. A
+    another way (its module sets `COLLECT_AFTER_EACH_TEST`), collects what
+    the test left, in a thread of its own. On busy cores, destroying a
+    tf.data iterator can wait out the sleep of its autotuning thread, which
+    grows with the iterator's age to a minute (docs/recipes.md, "Limits"):
+    one collected 40 s after its last use took 99 s, ones collected at once
+    0.3-7.6 s, and in clean-clone runs of `make test` such teardowns took up
+    to 20 s. TensorFlow lets go of the GIL while it waits (measured: the main
+    thread ran on throughout a 7.3 s destruction), so the next test runs
+    meanwhile; Python's own collections wait until that one ends. A
     collection takes about 0.2 s, so not after every test."""
     yield
     trains = "data_dir" in request.fixturenames
     if trains or getattr(request.module, "COLLECT_AFTER_EACH_TEST", False):
-        gc.collect()
+        threading.Thread(target=gc.collect, name="collect-test-garbage", daemon=True).start()
 
 
 @pytest.fixture
