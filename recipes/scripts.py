@@ -15,6 +15,7 @@ missing.
 """
 
 import atexit
+import contextlib
 import importlib
 import importlib.util
 import os
@@ -147,11 +148,17 @@ def _exit(code):
     (checkpoints, TensorBoard scalars, logs); the teardown would only destroy
     TensorFlow's and JAX's objects, and destroying a tf.data iterator can wait
     out its autotuning thread's sleep, seconds to a minute on busy cores
-    (docs/recipes.md, "Limits"). The exit handlers still run (logging's and
-    absl's flushes, `jax.distributed`'s shutdown); threads still running are
-    not waited for, so a command waits for its own writers (Orbax's
-    checkpoints) before it returns."""
+    (docs/recipes.md, "Limits"). The exit handlers still run (logging's
+    shutdown, which flushes absl's log too; `jax.distributed`'s shutdown);
+    threads still running are not waited for, so a command waits for its own
+    writers (Orbax's checkpoints) before it returns."""
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):  # sys.exit("message"): printed, status 1
+        print(code, file=sys.stderr)
+        code = 1
     atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0 if code is None else code)  # a command's main returns its status
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # `--help | head`: a closed pipe
+            stream.flush()
+    os._exit(code)

@@ -49,23 +49,62 @@ def data_dir(tmp_path_factory):
     return make_tfrecords(tmp_path_factory.mktemp("imagenet"))
 
 
+class _Collector:
+    """One thread that collects the garbage when asked. A `gc.collect()` while
+    another thread's is still running returns at once and collects nothing,
+    so a request that comes during a pass makes one more pass after it."""
+
+    def __init__(self):
+        self._asked = threading.Event()
+        self._stopping = False
+        self._thread = None
+
+    def ask(self):
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="collect-garbage", daemon=True)
+            self._thread.start()
+        self._asked.set()
+
+    def stop(self):
+        """Waits for the pass under way: a process that ends normally must
+        not tear TensorFlow down while this thread runs its destructors."""
+        if self._thread is not None:
+            self._stopping = True
+            self._asked.set()
+            self._thread.join()
+
+    def _run(self):
+        while True:
+            self._asked.wait()
+            self._asked.clear()
+            if self._stopping:
+                return
+            gc.collect()
+
+
+_COLLECTOR = _Collector()
+
+
+def pytest_unconfigure(config):
+    _COLLECTOR.stop()
+
+
 @pytest.fixture(autouse=True)
 def destroy_input_pipelines_while_young(request):
     """After a test that runs a recipe (it uses `data_dir`) or trains in
-    another way (its module sets `COLLECT_AFTER_EACH_TEST`), collects what
-    the test left, in a thread of its own. On busy cores, destroying a
+    another way (its module sets `COLLECT_AFTER_EACH_TEST`), has what the
+    test left collected, by a thread of its own. On busy cores, destroying a
     tf.data iterator can wait out the sleep of its autotuning thread, which
     grows with the iterator's age to a minute (docs/recipes.md, "Limits"):
     one collected 40 s after its last use took 99 s, ones collected at once
-    0.3-7.6 s, and in clean-clone runs of `make test` such teardowns took up
+    0.3-33 s, and in clean-clone runs of `make test` such a teardown took up
     to 20 s. TensorFlow lets go of the GIL while it waits (measured: the main
     thread ran on throughout a 7.3 s destruction), so the next test runs
-    meanwhile; Python's own collections wait until that one ends. A
-    collection takes about 0.2 s, so not after every test."""
+    meanwhile. A collection takes about 0.2 s, so not after every test."""
     yield
     trains = "data_dir" in request.fixturenames
     if trains or getattr(request.module, "COLLECT_AFTER_EACH_TEST", False):
-        threading.Thread(target=gc.collect, name="collect-test-garbage", daemon=True).start()
+        _COLLECTOR.ask()
 
 
 @pytest.fixture

@@ -316,6 +316,7 @@ def test_a_label_outside_the_classes_leads_with_the_explanation(tmp_path):
     errors = [line for line in output.splitlines() if line.startswith("imagenet_train: error:")]
     assert code == 1 and len(errors) == 1, output[-3000:]
     assert "Label outside [0, 4): is the label offset right?" in errors[0], errors
+    assert "Traceback" not in output and "function_node" not in output, output[-3000:]
 
 
 def example(image, label=1, image_key="image/encoded", float_label=False):

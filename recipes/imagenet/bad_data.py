@@ -121,10 +121,11 @@ def is_unreadable_data(error):
 def label_out_of_range(error):
     """The `LabelOutOfRange` a TensorFlow error stands for, or None: the line
     of `checked_label`'s assertion, which comes a few lines into the error
-    (after "Graph execution error:" and TensorFlow's framing)."""
+    (after "Graph execution error:" and TensorFlow's framing), or on its first
+    line after a "{{function_node ...}}" (JAX's input iterator)."""
     lines = [line.strip() for line in error.message.strip().splitlines()]
     ours = [line for line in lines if LABEL_QUESTION in line]
-    return LabelOutOfRange(ours[0]) if ours else None
+    return LabelOutOfRange(_cause(ours[0])) if ours else None
 
 
 @contextlib.contextmanager

@@ -276,8 +276,13 @@ def _train(config, plan, runner, model, lars, progress, train_source, eval_sourc
             train_source and training_input(config, train_source, progress.step),
             eval_source and evaluation_input(config, plan, eval_source),
         )
-    finally:  # a stopped run's scalars too: the command line ends without teardown
-        log.flush()
+    except BaseException:
+        # A stopped run's scalars too (the command line ends without
+        # teardown); the stop, not a failed flush, is what the run reports.
+        with contextlib.suppress(Exception):
+            log.flush()
+        raise
+    log.flush()
     seconds = time.time() - started
     evaluation = outcome.evaluation
     summary = dict(
