@@ -7,7 +7,8 @@ commands, which share what they do before their command line runs:
    (absl describes `__main__`, which under a console script is pip's
    three-line wrapper and under `python -m recipes.imagenet_train` a shim);
 3. end the process as soon as the command has returned and the exit handlers
-   have run, without the interpreter's teardown (`_exit`).
+   have run, without the interpreter's teardown (`exit_without_teardown`,
+   which Bazel's test runner, tests/pytest_main.py, uses too).
 
 Nothing here is imported at module level but the standard library (and
 `backend.py`, which imports nothing else), so that step 1 runs whatever is
@@ -139,10 +140,10 @@ def _run(program, module_name, needs_tensorflow, backend=None, also_needs=None):
     try:
         app.run(module.main)
     except SystemExit as stop:
-        _exit(stop.code)
+        exit_without_teardown(stop.code)
 
 
-def _exit(code):
+def exit_without_teardown(code):
     """Ends the process as `sys.exit(code)` would, less the interpreter's
     teardown. By then the command has closed or flushed what it wrote
     (checkpoints, TensorBoard scalars, logs); the teardown would only destroy

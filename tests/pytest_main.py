@@ -20,12 +20,12 @@ if __name__ == "__main__":
     # Every test of 2 s or more goes into the target's log (bazel/test_times.py
     # prints the slowest): where the next cut of the suite's time should go.
     # Without pytest's last garbage collection (its unraisableexception
-    # plugin) and without Python's at exit: destroying an old tf.data iterator
-    # can block for over a minute on busy cores (docs/recipes.md, "Limits"),
-    # and Bazel counts the target until its process ends.
+    # plugin) and without Python's teardown: destroying an old tf.data
+    # iterator can block for over a minute on busy cores (docs/recipes.md,
+    # "Limits"), and Bazel counts the target until its process ends.
+    from recipes.scripts import exit_without_teardown
+
     code = pytest.main(
         ["-p", "no:unraisableexception", "--durations=0", "--durations-min=2", *files]
     )
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(int(code))
+    exit_without_teardown(int(code))
